@@ -1,0 +1,1 @@
+//! The ringkv node. (being implemented)
