@@ -1,1 +1,27 @@
-//! The ringkv node. (being implemented)
+//! The ringkv server: everything that does I/O around the pure core.
+//!
+//! - `settings`: one struct of validated settings (flags, env, TOML).
+//! - `wire`: the inter-node protocol (the only network-serialized types of the node).
+//! - `transport`: multiplexed TCP connections between nodes, bounded and deadline-driven.
+//! - `membership`: chitchat gossip, failure detection, ring agreement by version.
+//! - `node`: identity, storage, replica handlers, background loops.
+//! - `coordinator`: the read and write paths, forwarding, read repair.
+//! - `http`: the client and admin HTTP API.
+//! - `server`: start, serve, shut down.
+//!
+//! Laws: no request waits past its deadline because of a peer; every queue and loop has a
+//! bound (see `settings::Limits`); bad input from a client or a peer is an error answered or
+//! a connection closed, never a panic.
+
+pub mod coordinator;
+pub mod error;
+pub mod http;
+pub mod membership;
+pub mod node;
+pub mod server;
+pub mod settings;
+pub mod transport;
+pub mod wire;
+
+pub use server::run;
+pub use settings::{ServerArgs, Settings};

@@ -1,0 +1,342 @@
+//! The client HTTP API (API.md §2) and the cluster/admin API (§3).
+//!
+//! Keys arrive percent-encoded as one path segment and are decoded to raw bytes here (not by
+//! the router, which would insist on UTF-8). Every error is the JSON body
+//! `{"error": {"code", "message"}}` with the contract's status code; a failed write also
+//! says `stored_on`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use metrics_exporter_prometheus::PrometheusHandle;
+use ringkv_core::constants::MAX_KEY_BYTES;
+use ringkv_core::{Context, VersionSet, VersionVector};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::membership::Status;
+use crate::node::Node;
+use crate::wire::{ClientOp, ClientReply};
+
+/// Header carrying the causal context.
+pub const CONTEXT_HEADER: &str = "x-context";
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub node: Arc<Node>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: HttpState) -> Router {
+    let max_body = state.node.settings().max_value_bytes + 1;
+    let concurrency = state.node.settings().limits.http_concurrency_max;
+    Router::new()
+        .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route("/status", get(status))
+        .route("/ring", get(ring))
+        .route("/metrics", get(render_metrics))
+        .route("/admin/local/{key}", get(admin_local))
+        .route("/admin/leave", post(admin_leave))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
+        .with_state(state)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(n) = self.stored_on {
+            error["stored_on"] = json!(n);
+        }
+        let mut body = json!({ "error": error });
+        if let Some(n) = self.stored_on {
+            body["stored_on"] = json!(n);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Decodes the raw key segment that follows `prefix` in the request path.
+fn key_from_uri(uri: &Uri, prefix: &str) -> Result<Bytes, ApiError> {
+    let raw = uri.path().strip_prefix(prefix).ok_or_else(|| ApiError::bad_request("missing key"))?;
+    if raw.is_empty() {
+        return Err(ApiError::bad_request("the key must not be empty"));
+    }
+    let key = percent_decode(raw).ok_or_else(|| ApiError::bad_request("the key is not valid percent-encoding"))?;
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::too_large(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(Bytes::from(key))
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The query parameters every data request accepts.
+struct DataParams {
+    r: Option<u8>,
+    w: Option<u8>,
+    timeout: Duration,
+}
+
+fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
+    let settings = node.settings();
+    let n = node.membership().ring().map(|r| r.ring.params().n).unwrap_or(settings.n);
+    let mut params = DataParams { r: None, w: None, timeout: settings.request_timeout };
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let quorum = |what: &str| -> Result<u8, ApiError> {
+            match value.parse::<u32>() {
+                Ok(q) if q >= 1 && q <= n as u32 => Ok(q as u8),
+                _ => Err(ApiError::bad_request(format!("{what} must be an integer in 1..={n}, got {value:?}"))),
+            }
+        };
+        match name {
+            "r" => params.r = Some(quorum("r")?),
+            "w" => params.w = Some(quorum("w")?),
+            "timeout_ms" => {
+                let max = settings.limits.request_timeout_max.as_millis() as u64;
+                match value.parse::<u64>() {
+                    Ok(ms) if ms >= 1 && ms <= max => params.timeout = Duration::from_millis(ms),
+                    _ => return Err(ApiError::bad_request(format!("timeout_ms must be an integer in 1..={max}, got {value:?}"))),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+fn context_from(headers: &HeaderMap) -> Result<Option<VersionVector>, ApiError> {
+    let Some(value) = headers.get(CONTEXT_HEADER) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::bad_request("X-Context is not printable ASCII"))?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Context::decode(text).map(|c| Some(c.into_vector())).map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
+}
+
+fn context_header(vector: &VersionVector) -> HeaderValue {
+    HeaderValue::from_str(&Context::new(vector.clone()).encode()).expect("contexts are header-safe")
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"))
+}
+
+fn record(op: &'static str, started: Instant, result: &Result<Response, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) if e.status.is_client_error() => "bad_request",
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(_) => "error",
+    };
+    metrics::counter!("ringkv_requests_total", "op" => op, "outcome" => outcome).increment(1);
+    metrics::histogram!("ringkv_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+}
+
+async fn get_key(State(state): State<HttpState>, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = get_key_inner(&state, &uri, &headers).await;
+    record("get", started, &result);
+    result
+}
+
+async fn get_key_inner(state: &HttpState, uri: &Uri, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let key = key_from_uri(uri, "/kv/")?;
+    let params = data_params(uri, &state.node)?;
+    let r = params.r.unwrap_or(state.node.settings().r);
+    let reply = state.node.client_op(ClientOp::Get { key, r }, params.timeout).await?;
+    let ClientReply::Read(versions) = reply else { return Err(ApiError::internal("unexpected reply to a read")) };
+    Ok(read_response(versions, wants_json(headers)))
+}
+
+fn read_response(versions: Option<VersionSet>, json: bool) -> Response {
+    let values: Vec<Bytes> = versions.as_ref().map(|v| v.values().cloned().collect()).unwrap_or_default();
+    let context = versions.as_ref().filter(|v| !v.context().is_empty()).map(|v| v.context().clone());
+    let mut headers = HeaderMap::new();
+    if let Some(ctx) = &context {
+        headers.insert(CONTEXT_HEADER, context_header(ctx));
+    }
+    let ctx_text = context.as_ref().map(|c| Context::new(c.clone()).encode());
+    let encoded: Vec<String> = values.iter().map(|v| BASE64.encode(v)).collect();
+    if json {
+        let status = if values.is_empty() { StatusCode::NOT_FOUND } else { StatusCode::OK };
+        return (status, headers, Json(json!({"context": ctx_text, "values": encoded}))).into_response();
+    }
+    match values.len() {
+        0 => (StatusCode::NOT_FOUND, headers, Json(json!({"error": {"code": "not_found", "message": "no value for this key"}}))).into_response(),
+        1 => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            (StatusCode::OK, headers, values.into_iter().next().expect("one value")).into_response()
+        }
+        _ => (StatusCode::MULTIPLE_CHOICES, headers, Json(json!({"context": ctx_text, "siblings": encoded}))).into_response(),
+    }
+}
+
+async fn put_key(
+    State(state): State<HttpState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let body = body.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(format!("value is over the limit of {} bytes", state.node.settings().max_value_bytes))
+            } else {
+                ApiError::bad_request(format!("could not read the body: {e}"))
+            }
+        })?;
+        if body.len() > state.node.settings().max_value_bytes {
+            return Err(ApiError::too_large(format!("value is over the limit of {} bytes", state.node.settings().max_value_bytes)));
+        }
+        write(&state, &uri, &headers, Some(body)).await
+    }
+    .await;
+    record("put", started, &result);
+    result
+}
+
+async fn delete_key(State(state): State<HttpState>, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = write(&state, &uri, &headers, None).await;
+    record("delete", started, &result);
+    result
+}
+
+async fn write(state: &HttpState, uri: &Uri, headers: &HeaderMap, value: Option<Bytes>) -> Result<Response, ApiError> {
+    let key = key_from_uri(uri, "/kv/")?;
+    let params = data_params(uri, &state.node)?;
+    // No context header: the write is concurrent with whatever is stored.
+    let context = Some(context_from(headers)?.unwrap_or_default());
+    let w = params.w.unwrap_or(state.node.settings().w);
+    let reply = state.node.client_op(ClientOp::Put { key, context, value, w }, params.timeout).await?;
+    let ClientReply::Written(stored) = reply else { return Err(ApiError::internal("unexpected reply to a write")) };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTEXT_HEADER, context_header(stored.context()));
+    Ok((StatusCode::NO_CONTENT, headers).into_response())
+}
+
+async fn empty_key() -> ApiError {
+    ApiError::bad_request("the key must not be empty")
+}
+
+async fn status(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    Json(status_json(&state.node))
+}
+
+/// `/status` as this node sees it.
+pub fn status_json(node: &Node) -> serde_json::Value {
+    let membership = node.membership();
+    let view = membership.view();
+    let ring = membership.ring();
+    let mut members = Vec::new();
+    let ring_members: Vec<_> = ring.as_ref().map(|r| r.ring.members().to_vec()).unwrap_or_default();
+    let mut ids: Vec<_> = ring_members.iter().map(|m| m.id.clone()).collect();
+    for p in view.peers.values() {
+        if !ids.contains(&p.id) {
+            ids.push(p.id.clone());
+        }
+    }
+    if !ids.contains(membership.me()) {
+        ids.push(membership.me().clone());
+    }
+    ids.sort();
+    for id in ids {
+        let peer = view.peers.get(&id);
+        let me = id == *membership.me();
+        let live = me || peer.is_some_and(|p| p.live);
+        let published = peer.map(|p| p.status).unwrap_or(Status::Joining);
+        let in_ring = ring_members.iter().any(|m| m.id == id);
+        let status = match (live, published) {
+            (false, _) => "down",
+            (true, Status::Leaving) => "leaving",
+            (true, _) if in_ring => "up",
+            (true, _) => "joining",
+        };
+        let settings = node.settings();
+        let (listen, http, zone) = match (me, peer) {
+            (true, _) => (settings.listen.to_string(), settings.http.to_string(), settings.zone.clone()),
+            (false, Some(p)) => (p.listen.to_string(), p.http.to_string(), p.zone.clone()),
+            (false, None) => (String::new(), String::new(), ring_members.iter().find(|m| m.id == id).map(|m| m.zone.clone()).unwrap_or_default()),
+        };
+        let owned = ring.as_ref().map(|r| r.ring.partitions_owned(&id)).unwrap_or(0);
+        members.push(json!({"node_id": id, "listen": listen, "http": http, "zone": zone, "status": status, "partitions_owned": owned}));
+    }
+    let (n, partitions, version) = match &ring {
+        Some(r) => (r.ring.params().n, r.ring.params().partitions, r.version),
+        None => (node.settings().n, node.settings().partitions, 0),
+    };
+    json!({
+        "node_id": membership.me(),
+        "cluster": {"n": n, "partitions": partitions, "ring_version": version, "members": members},
+    })
+}
+
+async fn ring(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ring = state.node.membership().ring().ok_or_else(|| ApiError::unavailable("this node has not joined a cluster yet", None))?;
+    let params = ring.ring.params();
+    let view = state.node.membership().view();
+    let partitions: Vec<_> = (0..params.partitions)
+        .map(|i| {
+            let p = ringkv_core::PartitionId::new(i, params.partitions).expect("in range");
+            let owners: Vec<_> = ring.ring.preference_list(p).home().map(|n| n.as_str()).collect();
+            json!({"partition": i, "first_hash": format!("{:032x}", p.first_hash(params.partitions).0), "owners": owners})
+        })
+        .collect();
+    let members: Vec<_> = ring
+        .ring
+        .members()
+        .iter()
+        .map(|m| {
+            let peer = view.peers.get(&m.id);
+            let http = if m.id == *state.node.membership().me() { Some(state.node.settings().http.to_string()) } else { peer.map(|p| p.http.to_string()) };
+            json!({"node_id": m.id, "zone": m.zone, "weight": m.weight, "http": http})
+        })
+        .collect();
+    Ok(Json(json!({"version": ring.version, "n": params.n, "partitions": params.partitions, "members": members, "table": partitions})))
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn admin_local(State(state): State<HttpState>, uri: Uri) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = key_from_uri(&uri, "/admin/local/")?;
+    let held = state.node.read_local(key).await.map_err(ApiError::from)?;
+    let Some(held) = held else { return Err(ApiError::not_found("this node holds nothing for the key")) };
+    let versions: Vec<_> = held.siblings().iter().map(|s| json!({"value": s.value.as_ref().map(|v| BASE64.encode(v))})).collect();
+    let context = Context::new(held.context().clone()).encode();
+    Ok(Json(json!({"versions": versions, "context": context, "hinted_for": Vec::<String>::new()})))
+}
+
+async fn admin_leave() -> ApiError {
+    ApiError { status: StatusCode::NOT_IMPLEMENTED, code: "not_implemented", message: "leave with data handoff is not implemented yet".into(), stored_on: None }
+}

@@ -1,0 +1,345 @@
+//! Membership: who is in the cluster, how to reach them, who is alive, and the ring every
+//! member agrees on.
+//!
+//! Gossip and failure detection are chitchat's (scuttlebutt anti-entropy gossip over UDP on
+//! the `--listen` port, seed nodes, phi-accrual failure detector). Each node publishes its
+//! addresses, zone, weight, status and the version and digest of the ring it holds.
+//!
+//! The ring is agreed on by versions, like Riak's claimant: the ring with the highest
+//! (version, digest) wins and is fetched from a node that holds it over the TCP transport
+//! (rings are too big for a gossip datagram at large Q). The *claimant*, the live ring member
+//! with the smallest node id, is the only node that makes a new version: when it sees live
+//! nodes that are not yet members, it runs the claim algorithm from the current ring (so
+//! movement is minimal) and publishes version + 1. Two claimants on two sides of a partition
+//! may both make a version; the (version, digest) order picks one everywhere after healing,
+//! and the claimant then re-adds whoever is still missing.
+//!
+//! Laws: a node is never a cluster of its own by accident (only a node started without seeds,
+//! or with only itself as seed, creates a ring; a node with seeds waits to be claimed); a
+//! failure is not a departure (a down node keeps its partitions); rings only move forward.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chitchat::transport::UdpTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion, spawn_chitchat};
+use ringkv_core::ring::{Member, Ring, RingParams};
+use ringkv_core::NodeId;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::settings::Settings;
+
+/// Phi above which chitchat considers a peer dead: about this many silent gossip intervals.
+pub const PHI_THRESHOLD: f64 = 5.0;
+/// How long chitchat keeps the state of a dead node before forgetting it.
+const DEAD_NODE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Storage meta key holding the adopted ring.
+pub const RING_META_KEY: &str = "ring";
+
+mod keys {
+    pub const LISTEN: &str = "listen";
+    pub const HTTP: &str = "http";
+    pub const RESP: &str = "resp";
+    pub const ZONE: &str = "zone";
+    pub const WEIGHT: &str = "weight";
+    pub const STATUS: &str = "status";
+    pub const RING: &str = "ring";
+}
+
+/// A member's lifecycle status, as it publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Joining,
+    Up,
+    Leaving,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Joining => "joining",
+            Status::Up => "up",
+            Status::Leaving => "leaving",
+        }
+    }
+    fn parse(s: &str) -> Option<Status> {
+        match s {
+            "joining" => Some(Status::Joining),
+            "up" => Some(Status::Up),
+            "leaving" => Some(Status::Leaving),
+            _ => None,
+        }
+    }
+}
+
+/// What one node knows of another.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub resp: Option<SocketAddr>,
+    pub zone: String,
+    pub weight: u32,
+    pub status: Status,
+    pub live: bool,
+    pub ring_version: u64,
+    pub ring_digest: u64,
+}
+
+/// A ring and its version. Version 0 never exists: a node without a ring has `None`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RingState {
+    pub version: u64,
+    pub ring: Ring,
+}
+
+impl RingState {
+    pub fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&self.ring).expect("rings serialize"))
+    }
+    fn rank(&self) -> (u64, u64) {
+        (self.version, self.digest())
+    }
+}
+
+/// The node's view of the cluster, swapped as a whole on every refresh.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub peers: BTreeMap<NodeId, PeerInfo>,
+}
+
+impl ClusterView {
+    pub fn is_live(&self, node: &NodeId) -> bool {
+        self.peers.get(node).is_some_and(|p| p.live)
+    }
+}
+
+pub struct Membership {
+    me: NodeId,
+    settings: Settings,
+    chitchat: ChitchatHandle,
+    view: RwLock<Arc<ClusterView>>,
+    ring: RwLock<Option<Arc<RingState>>>,
+    /// Addresses of nodes seen at least once, kept after chitchat forgets a dead node.
+    known: RwLock<HashMap<NodeId, PeerInfo>>,
+}
+
+impl Membership {
+    /// Starts gossip. `ring` is the ring this node persisted before, if any.
+    pub async fn start(settings: &Settings, ring: Option<RingState>) -> anyhow::Result<Membership> {
+        let me = settings.node_id.clone();
+        let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+        let seeds: Vec<String> = settings.seeds.iter().filter(|s| **s != settings.listen).map(|s| s.to_string()).collect();
+        let ring = match ring {
+            Some(ring) => Some(ring),
+            None if seeds.is_empty() => Some(Self::founding_ring(settings)?),
+            None => None,
+        };
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(me.as_str().to_string(), generation, settings.listen),
+            cluster_id: "ringkv".into(),
+            gossip_interval: settings.gossip_interval,
+            listen_addr: settings.listen,
+            seed_nodes: seeds,
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: PHI_THRESHOLD,
+                sampling_window_size: 100,
+                max_interval: settings.gossip_interval * 20,
+                initial_interval: settings.gossip_interval,
+                dead_node_grace_period: DEAD_NODE_GRACE,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let mut initial = vec![
+            (keys::LISTEN.to_string(), settings.listen.to_string()),
+            (keys::HTTP.to_string(), settings.http.to_string()),
+            (keys::ZONE.to_string(), settings.zone.clone()),
+            (keys::WEIGHT.to_string(), settings.weight.to_string()),
+        ];
+        if let Some(resp) = settings.resp {
+            initial.push((keys::RESP.to_string(), resp.to_string()));
+        }
+        let chitchat = spawn_chitchat(config, initial, &UdpTransport).await?;
+        let membership = Membership {
+            me,
+            settings: settings.clone(),
+            chitchat,
+            view: RwLock::new(Arc::new(ClusterView::default())),
+            ring: RwLock::new(None),
+            known: RwLock::new(HashMap::new()),
+        };
+        if let Some(ring) = ring {
+            membership.adopt(ring).await;
+        } else {
+            membership.publish_status().await;
+        }
+        membership.refresh().await;
+        Ok(membership)
+    }
+
+    fn founding_ring(settings: &Settings) -> anyhow::Result<RingState> {
+        let me = Member { id: settings.node_id.clone(), weight: settings.weight, zone: settings.zone.clone() };
+        let params = RingParams { partitions: settings.partitions, n: settings.n };
+        let ring = Ring::claim(None, &[me], params)?;
+        info!(partitions = params.partitions, n = params.n, "founding a new cluster");
+        Ok(RingState { version: 1, ring })
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn ring(&self) -> Option<Arc<RingState>> {
+        self.ring.read().unwrap().clone()
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.read().unwrap().clone()
+    }
+
+    /// The inter-node address of a node, if it was ever seen.
+    pub fn address(&self, node: &NodeId) -> Option<SocketAddr> {
+        if *node == self.me {
+            return Some(self.settings.listen);
+        }
+        self.known.read().unwrap().get(node).map(|p| p.listen)
+    }
+
+    /// Whether a node is believed alive (the node itself always is).
+    pub fn is_live(&self, node: &NodeId) -> bool {
+        *node == self.me || self.view().is_live(node)
+    }
+
+    /// Adopts `state` if it is newer than the current ring; returns whether it did.
+    pub async fn adopt(&self, state: RingState) -> bool {
+        {
+            let mut ring = self.ring.write().unwrap();
+            if ring.as_ref().is_some_and(|cur| cur.rank() >= state.rank()) {
+                return false;
+            }
+            info!(version = state.version, members = state.ring.members().len(), "adopting ring");
+            *ring = Some(Arc::new(state));
+        }
+        self.publish_status().await;
+        true
+    }
+
+    async fn publish_status(&self) {
+        let ring = self.ring();
+        let status = match &ring {
+            Some(r) if r.ring.members().iter().any(|m| m.id == self.me) => Status::Up,
+            _ => Status::Joining,
+        };
+        let ring_key = ring.map(|r| format!("{}:{:016x}", r.version, r.digest())).unwrap_or_default();
+        self.chitchat
+            .with_chitchat(|c| {
+                let state = c.self_node_state();
+                state.set(keys::STATUS, status.as_str());
+                state.set(keys::RING, &ring_key);
+            })
+            .await;
+    }
+
+    /// Rebuilds the cluster view from chitchat's state.
+    pub async fn refresh(&self) {
+        let peers = self
+            .chitchat
+            .with_chitchat(|c| {
+                let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                let mut newest: BTreeMap<String, PeerInfo> = BTreeMap::new();
+                let mut generation: HashMap<String, u64> = HashMap::new();
+                for (id, state) in c.node_states() {
+                    let Some(info) = peer_info(id, state, live.contains(id)) else { continue };
+                    let g = generation.entry(id.node_id.to_string()).or_insert(0);
+                    if id.generation_id >= *g {
+                        *g = id.generation_id;
+                        newest.insert(id.node_id.to_string(), info);
+                    }
+                }
+                newest
+            })
+            .await;
+        let view = ClusterView { peers: peers.into_values().map(|p| (p.id.clone(), p)).collect() };
+        {
+            let mut known = self.known.write().unwrap();
+            for p in view.peers.values() {
+                known.insert(p.id.clone(), p.clone());
+            }
+        }
+        *self.view.write().unwrap() = Arc::new(view);
+    }
+
+    /// The peer advertising the best ring, if it is better than ours.
+    pub fn better_ring_holder(&self) -> Option<(NodeId, SocketAddr, u64)> {
+        let mine = self.ring().map(|r| r.rank()).unwrap_or((0, 0));
+        self.view()
+            .peers
+            .values()
+            .filter(|p| p.live && p.id != self.me && (p.ring_version, p.ring_digest) > mine)
+            .max_by_key(|p| (p.ring_version, p.ring_digest))
+            .map(|p| (p.id.clone(), p.listen, p.ring_version))
+    }
+
+    /// If this node is the claimant and live nodes wait to join, makes the next ring.
+    pub fn next_ring_as_claimant(&self) -> Option<RingState> {
+        let current = self.ring()?;
+        let view = self.view();
+        let members = current.ring.members();
+        let claimant = members.iter().map(|m| &m.id).filter(|id| self.is_live(id)).min()?;
+        if *claimant != self.me {
+            return None;
+        }
+        let joiners: Vec<Member> = view
+            .peers
+            .values()
+            .filter(|p| p.live && p.status == Status::Joining && !members.iter().any(|m| m.id == p.id))
+            .map(|p| Member { id: p.id.clone(), weight: p.weight, zone: p.zone.clone() })
+            .collect();
+        if joiners.is_empty() {
+            return None;
+        }
+        let mut next_members = members.to_vec();
+        next_members.extend(joiners);
+        match Ring::claim(Some(&current.ring), &next_members, current.ring.params()) {
+            Ok(ring) => Some(RingState { version: current.version + 1, ring }),
+            Err(e) => {
+                warn!(error = %e, "claim failed; the joining nodes stay out of the ring");
+                None
+            }
+        }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.chitchat.shutdown().await;
+    }
+}
+
+fn peer_info(id: &ChitchatId, state: &NodeState, live: bool) -> Option<PeerInfo> {
+    let node = NodeId::new(id.node_id.to_string()).ok()?;
+    let addr = |k: &str| state.get(k).and_then(|v| v.parse::<SocketAddr>().ok());
+    let (ring_version, ring_digest) = state
+        .get(keys::RING)
+        .and_then(|v| v.split_once(':'))
+        .and_then(|(v, d)| Some((v.parse().ok()?, u64::from_str_radix(d, 16).ok()?)))
+        .unwrap_or((0, 0));
+    Some(PeerInfo {
+        id: node,
+        listen: addr(keys::LISTEN)?,
+        http: addr(keys::HTTP)?,
+        resp: addr(keys::RESP),
+        zone: state.get(keys::ZONE).unwrap_or("default").to_string(),
+        weight: state.get(keys::WEIGHT).and_then(|w| w.parse().ok()).unwrap_or(1),
+        status: state.get(keys::STATUS).and_then(Status::parse).unwrap_or(Status::Joining),
+        live,
+        ring_version,
+        ring_digest,
+    })
+}

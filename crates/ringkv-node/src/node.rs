@@ -1,0 +1,199 @@
+//! The node: owns the storage engine, membership, the peer pool and the background loops,
+//! and serves inter-node requests (replica reads and writes, forwarded client requests,
+//! ring fetches).
+//!
+//! Identity: the first start in a data directory draws a random *epoch* and stores it with the
+//! node id; later starts reuse it. A wiped directory draws a new epoch, so the node's
+//! `ReplicaId` (node id + epoch) is new and its version-vector counters can never collide with
+//! what its earlier incarnation issued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, key_hash};
+use ringkv_storage::StorageEngine;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::membership::{Membership, RING_META_KEY, RingState};
+use crate::settings::{Settings, StorageKind};
+use crate::transport::{Handler, Peers};
+use crate::wire::{ClientError, Request, Response};
+
+/// Storage meta key holding this node's identity.
+const IDENTITY_META_KEY: &str = "identity";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    node_id: NodeId,
+    epoch: u32,
+}
+
+pub struct Node {
+    pub(crate) settings: Settings,
+    pub(crate) replica: ReplicaId,
+    pub(crate) storage: Arc<dyn StorageEngine>,
+    pub(crate) membership: Membership,
+    pub(crate) peers: Peers,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Node {
+    pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Arc<Node>> {
+        let storage = open_storage(&settings)?;
+        let replica = load_identity(&settings, storage.as_ref())?;
+        let ring = match storage.get_meta(RING_META_KEY)? {
+            Some(bytes) => Some(postcard::from_bytes::<RingState>(&bytes).map_err(|e| anyhow::anyhow!("stored ring is unreadable: {e}"))?),
+            None => None,
+        };
+        let membership = Membership::start(&settings, ring).await?;
+        let peers = Peers::new(settings.node_id.clone(), settings.limits.clone());
+        let node = Arc::new(Node { settings, replica, storage, membership, peers, shutdown });
+        node.persist_ring().await;
+        info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
+        Ok(node)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Runs a storage call on the blocking pool (the engines fsync).
+    pub(crate) async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn StorageEngine) -> T + Send + 'static,
+    ) -> Result<T, ClientError> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+            .await
+            .map_err(|e| ClientError::Internal(format!("storage task failed: {e}")))
+    }
+
+    pub(crate) fn partition_of(&self, key: &[u8]) -> PartitionId {
+        let q = self.membership.ring().map(|r| r.ring.params().partitions).unwrap_or(self.settings.partitions);
+        PartitionId::of(key_hash(key), q)
+    }
+
+    /// Syncs `versions` into what this node holds for `key`.
+    pub(crate) async fn merge_local(&self, key: Bytes, versions: VersionSet) -> Result<VersionSet, ClientError> {
+        let partition = self.partition_of(&key);
+        self.store(move |s| {
+            s.update(partition, &key, &mut |current| match current {
+                Some(cur) if cur.includes(&versions) => None,
+                Some(cur) => Some(cur.sync(&versions)),
+                None => Some(versions.clone()),
+            })
+        })
+        .await?
+        .map(|stored| stored.unwrap_or_default())
+        .map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
+    pub(crate) async fn read_local(&self, key: Bytes) -> Result<Option<VersionSet>, ClientError> {
+        let partition = self.partition_of(&key);
+        self.store(move |s| s.get(partition, &key)).await?.map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
+    /// Stores the current ring so a restart resumes with it.
+    pub(crate) async fn persist_ring(&self) {
+        let Some(ring) = self.membership.ring() else { return };
+        let bytes = postcard::to_allocvec(ring.as_ref()).expect("rings serialize");
+        if let Err(e) = self.store(move |s| s.put_meta(RING_META_KEY, &bytes)).await.map(|r| r.map_err(|e| e.to_string())) {
+            warn!(error = ?e, "could not persist the ring");
+        }
+    }
+
+    /// One round of membership upkeep: refresh the view, fetch a newer ring, claim joiners.
+    pub(crate) async fn membership_round(&self) {
+        self.membership.refresh().await;
+        if let Some((holder, addr, version)) = self.membership.better_ring_holder() {
+            match self.peers.call(addr, Request::FetchRing, self.settings.request_timeout).await {
+                Ok(Response::Ring { version: v, ring }) if v >= version => {
+                    if self.membership.adopt(RingState { version: v, ring }).await {
+                        self.persist_ring().await;
+                    }
+                }
+                other => warn!(%holder, ?other, "could not fetch the newer ring"),
+            }
+        }
+        if let Some(next) = self.membership.next_ring_as_claimant() {
+            info!(version = next.version, "claimant: publishing a ring with the joining nodes");
+            if self.membership.adopt(next).await {
+                self.persist_ring().await;
+            }
+        }
+        metrics::gauge!("ringkv_peers_up").set(self.membership.view().peers.values().filter(|p| p.live).count() as f64);
+    }
+
+    /// Background loops; returns when shutdown is requested.
+    pub async fn run_background(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.gossip_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => self.membership_round().await,
+            }
+        }
+    }
+
+    async fn serve_request(self: Arc<Self>, request: Request, timeout: Duration) -> Response {
+        match request {
+            Request::Ping => Response::Ok,
+            Request::Read { key } => match self.read_local(key).await {
+                Ok(v) => Response::Versions(v),
+                Err(e) => Response::Error(e.to_string()),
+            },
+            Request::Write { key, versions, hinted_for: _ } => match self.merge_local(key, versions).await {
+                Ok(_) => Response::Ok,
+                Err(e) => Response::Error(e.to_string()),
+            },
+            Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
+            Request::FetchRing => match self.membership.ring() {
+                Some(r) => Response::Ring { version: r.version, ring: r.ring.clone() },
+                None => Response::Error("this node has no ring yet".into()),
+            },
+        }
+    }
+}
+
+impl Handler for Node {
+    fn handle(self: Arc<Self>, request: Request, timeout: Duration) -> BoxFuture<'static, Response> {
+        self.serve_request(request, timeout).boxed()
+    }
+}
+
+fn open_storage(settings: &Settings) -> anyhow::Result<Arc<dyn StorageEngine>> {
+    Ok(match settings.storage {
+        StorageKind::Memory => Arc::new(ringkv_storage::MemoryEngine::new()),
+        StorageKind::Fjall => {
+            std::fs::create_dir_all(&settings.data_dir)?;
+            Arc::new(ringkv_storage::FjallEngine::open(&settings.data_dir.join("fjall"), Default::default())?)
+        }
+    })
+}
+
+fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Result<ReplicaId> {
+    if let Some(bytes) = storage.get_meta(IDENTITY_META_KEY)? {
+        let identity: Identity = postcard::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("stored identity is unreadable: {e}"))?;
+        anyhow::ensure!(
+            identity.node_id == settings.node_id,
+            "data directory belongs to node {}, not {}",
+            identity.node_id,
+            settings.node_id
+        );
+        return Ok(ReplicaId::new(identity.node_id, identity.epoch));
+    }
+    let epoch = rand::random::<u32>().max(1);
+    let identity = Identity { node_id: settings.node_id.clone(), epoch };
+    storage.put_meta(IDENTITY_META_KEY, &postcard::to_allocvec(&identity)?)?;
+    Ok(ReplicaId::new(identity.node_id, epoch))
+}

@@ -1,0 +1,327 @@
+//! Node settings: one struct, resolved in one place from command-line flags, `RINGKV_*`
+//! environment variables and a TOML file (API.md §1).
+//!
+//! Precedence: a flag beats its environment variable (clap), and both beat the file; the
+//! file beats the built-in default. Every bound the node keeps is a field here, named with
+//! its unit last.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringkv_core::constants::{DEFAULT_MAX_VALUE_BYTES, DEFAULT_N, DEFAULT_PARTITIONS, MAX_N, MAX_PARTITIONS};
+use ringkv_core::NodeId;
+use serde::Deserialize;
+
+/// Which storage engine keeps the node's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Fjall,
+    Memory,
+}
+
+/// `ringkv server` flags. Every field is optional here so the file can fill gaps.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Stable, unique name of this node: [A-Za-z0-9_.-]{1,64}.
+    #[arg(long, env = "RINGKV_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Inter-node address (replication over TCP, gossip over UDP, same port).
+    #[arg(long, env = "RINGKV_LISTEN")]
+    pub listen: Option<String>,
+    /// Client HTTP API address.
+    #[arg(long, env = "RINGKV_HTTP")]
+    pub http: Option<String>,
+    /// Redis-protocol API address (off when absent).
+    #[arg(long, env = "RINGKV_RESP")]
+    pub resp: Option<String>,
+    /// Where this node keeps everything.
+    #[arg(long, env = "RINGKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Inter-node address of an existing member; repeatable.
+    #[arg(long = "seed", env = "RINGKV_SEED", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// TOML file with the same settings (`node_id = "n1"`, ...).
+    #[arg(long, env = "RINGKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Storage engine.
+    #[arg(long, env = "RINGKV_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Failure domain used to spread replicas.
+    #[arg(long, env = "RINGKV_ZONE")]
+    pub zone: Option<String>,
+    /// Relative capacity: share of partitions this node should own.
+    #[arg(long, env = "RINGKV_WEIGHT")]
+    pub weight: Option<u32>,
+    /// Q, ring partitions (a power of two); read only when a new cluster is created.
+    #[arg(long, env = "RINGKV_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// N, replicas per key; read only when a new cluster is created.
+    #[arg(long, env = "RINGKV_N")]
+    pub n: Option<u8>,
+    /// Default read quorum.
+    #[arg(long, env = "RINGKV_R")]
+    pub r: Option<u8>,
+    /// Default write quorum.
+    #[arg(long, env = "RINGKV_W")]
+    pub w: Option<u8>,
+    #[arg(long, env = "RINGKV_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_INTERVAL_MS")]
+    pub anti_entropy_interval_ms: Option<u64>,
+    #[arg(long, env = "RINGKV_HINT_INTERVAL_MS")]
+    pub hint_interval_ms: Option<u64>,
+    #[arg(long, env = "RINGKV_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "RINGKV_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+}
+
+/// The same settings as read from `--config FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    node_id: Option<String>,
+    listen: Option<String>,
+    http: Option<String>,
+    resp: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    storage: Option<StorageKind>,
+    zone: Option<String>,
+    weight: Option<u32>,
+    partitions: Option<u32>,
+    n: Option<u8>,
+    r: Option<u8>,
+    w: Option<u8>,
+    gossip_interval_ms: Option<u64>,
+    anti_entropy_interval_ms: Option<u64>,
+    hint_interval_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_value_bytes: Option<usize>,
+}
+
+/// Everything a node needs to know about itself, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub resp: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub seeds: Vec<SocketAddr>,
+    pub storage: StorageKind,
+    pub zone: String,
+    pub weight: u32,
+    pub partitions: u32,
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+    pub gossip_interval: Duration,
+    pub anti_entropy_interval: Duration,
+    pub hint_interval: Duration,
+    pub request_timeout: Duration,
+    pub max_value_bytes: usize,
+    pub limits: Limits,
+}
+
+/// Bounds that are not on the command line but are still named and explicit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest inter-node frame, in bytes.
+    pub max_frame_bytes: usize,
+    /// Requests in flight to one peer at once; more wait for a slot until their deadline.
+    pub peer_inflight_max: usize,
+    /// Requests served concurrently on one inbound inter-node connection.
+    pub inbound_inflight_max: usize,
+    /// Concurrent client HTTP requests per node.
+    pub http_concurrency_max: usize,
+    /// Timeout for establishing an inter-node connection.
+    pub connect_timeout: Duration,
+    /// Largest backoff between reconnection attempts to a peer.
+    pub reconnect_backoff_max: Duration,
+    /// Largest timeout a client may ask for with `timeout_ms`.
+    pub request_timeout_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024 * 1024,
+            peer_inflight_max: 1024,
+            inbound_inflight_max: 1024,
+            http_concurrency_max: 4096,
+            connect_timeout: Duration::from_millis(500),
+            reconnect_backoff_max: Duration::from_secs(2),
+            request_timeout_max: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("missing required setting `{0}` (flag --{1}, env RINGKV_{2}, or `{0}` in the config file)")]
+    Missing(&'static str, &'static str, &'static str),
+    #[error("invalid {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid { name, reason: reason.into() }
+}
+
+fn parse_addr(name: &'static str, text: &str) -> Result<SocketAddr, SettingsError> {
+    text.to_socket_addrs()
+        .map_err(|e| invalid(name, format!("{text:?}: {e}")))?
+        .next()
+        .ok_or_else(|| invalid(name, format!("{text:?} resolves to no address")))
+}
+
+impl Settings {
+    /// Resolves flags (and their env vars) over the config file over the defaults.
+    pub fn resolve(args: ServerArgs) -> Result<Settings, SettingsError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| SettingsError::File { path: path.clone(), reason: e.to_string() })?;
+                toml::from_str::<FileSettings>(&text)
+                    .map_err(|e| SettingsError::File { path: path.clone(), reason: e.to_string() })?
+            }
+            None => FileSettings::default(),
+        };
+        let node_id = args.node_id.or(file.node_id).ok_or(SettingsError::Missing("node_id", "node-id", "NODE_ID"))?;
+        let node_id = NodeId::new(node_id).map_err(|e| invalid("node_id", e.to_string()))?;
+        let listen = args.listen.or(file.listen).ok_or(SettingsError::Missing("listen", "listen", "LISTEN"))?;
+        let http = args.http.or(file.http).ok_or(SettingsError::Missing("http", "http", "HTTP"))?;
+        let data_dir = args.data_dir.or(file.data_dir).ok_or(SettingsError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
+        let seeds = if args.seeds.is_empty() { file.seeds } else { args.seeds };
+        let seeds = seeds
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_addr("seed", s.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = Settings {
+            node_id,
+            listen: parse_addr("listen", &listen)?,
+            http: parse_addr("http", &http)?,
+            resp: args.resp.or(file.resp).map(|r| parse_addr("resp", &r)).transpose()?,
+            data_dir,
+            seeds,
+            storage: args.storage.or(file.storage).unwrap_or(StorageKind::Fjall),
+            zone: args.zone.or(file.zone).unwrap_or_else(|| "default".into()),
+            weight: args.weight.or(file.weight).unwrap_or(1),
+            partitions: args.partitions.or(file.partitions).unwrap_or(DEFAULT_PARTITIONS),
+            n: args.n.or(file.n).unwrap_or(DEFAULT_N),
+            r: args.r.or(file.r).unwrap_or(2),
+            w: args.w.or(file.w).unwrap_or(2),
+            gossip_interval: ms(args.gossip_interval_ms.or(file.gossip_interval_ms).unwrap_or(1000)),
+            anti_entropy_interval: ms(args.anti_entropy_interval_ms.or(file.anti_entropy_interval_ms).unwrap_or(60_000)),
+            hint_interval: ms(args.hint_interval_ms.or(file.hint_interval_ms).unwrap_or(1000)),
+            request_timeout: ms(args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(2000)),
+            max_value_bytes: args.max_value_bytes.or(file.max_value_bytes).unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+            limits: Limits::default(),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !self.partitions.is_power_of_two() || self.partitions > MAX_PARTITIONS {
+            return Err(invalid("partitions", format!("must be a power of two up to {MAX_PARTITIONS}, got {}", self.partitions)));
+        }
+        if self.n == 0 || self.n > MAX_N {
+            return Err(invalid("n", format!("must be 1..={MAX_N}, got {}", self.n)));
+        }
+        for (name, q) in [("r", self.r), ("w", self.w)] {
+            if q == 0 || q > self.n {
+                return Err(invalid(name, format!("must be 1..=N ({}), got {q}", self.n)));
+            }
+        }
+        if self.weight == 0 || self.weight > 1000 {
+            return Err(invalid("weight", format!("must be 1..=1000, got {}", self.weight)));
+        }
+        if self.zone.is_empty() || self.zone.len() > 64 {
+            return Err(invalid("zone", "must be 1 to 64 characters"));
+        }
+        for (name, d) in [
+            ("gossip_interval_ms", self.gossip_interval),
+            ("hint_interval_ms", self.hint_interval),
+            ("request_timeout_ms", self.request_timeout),
+            ("anti_entropy_interval_ms", self.anti_entropy_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes >= self.limits.max_frame_bytes / 4 {
+            return Err(invalid("max_value_bytes", format!("must be 1..{}", self.limits.max_frame_bytes / 4)));
+        }
+        Ok(())
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ServerArgs {
+        ServerArgs {
+            node_id: Some("n1".into()),
+            listen: Some("127.0.0.1:7001".into()),
+            http: Some("127.0.0.1:8001".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = Settings::resolve(base()).unwrap();
+        assert_eq!((s.partitions, s.n, s.r, s.w), (1024, 3, 2, 2));
+        assert_eq!(s.storage, StorageKind::Fjall);
+        assert_eq!(s.zone, "default");
+        assert_eq!(s.request_timeout, Duration::from_millis(2000));
+        assert_eq!(s.max_value_bytes, 1_048_576);
+        assert!(s.resp.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("ringkv-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "node_id = \"from-file\"\nzone = \"z9\"\nw = 3\nseeds = [\"127.0.0.1:7002\"]\n").unwrap();
+        let mut args = base();
+        args.config = Some(path);
+        args.zone = Some("z1".into());
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.node_id.as_str(), "n1", "the flag wins");
+        assert_eq!(s.zone, "z1");
+        assert_eq!(s.w, 3, "the file fills what flags leave out");
+        assert_eq!(s.seeds, vec!["127.0.0.1:7002".parse().unwrap()]);
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let mut a = base();
+        a.w = Some(4);
+        assert!(Settings::resolve(a).unwrap_err().to_string().contains("w"));
+        let mut a = base();
+        a.partitions = Some(1000);
+        assert!(Settings::resolve(a).unwrap_err().to_string().contains("power of two"));
+        let mut a = base();
+        a.node_id = Some("bad id".into());
+        assert!(Settings::resolve(a).is_err());
+        let mut a = base();
+        a.http = None;
+        assert!(Settings::resolve(a).unwrap_err().to_string().contains("--http"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Inter-node transport: persistent TCP connections carrying length-delimited postcard
+//! frames, many requests multiplexed on one connection by request id.
+//!
+//! Bounds: one connection per peer; at most `peer_inflight_max` requests in flight to a peer
+//! (a request waits for a slot only until its deadline); at most `inbound_inflight_max`
+//! requests served at once per inbound connection; frames over `max_frame_bytes` are
+//! refused. A frame that does not decode closes that connection with a logged error; the
+//! node keeps running. Reconnection after a failure backs off exponentially, capped at
+//! `reconnect_backoff_max`, and a peer inside its backoff window fails fast.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use ringkv_core::NodeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::settings::Limits;
+use crate::wire::{Frame, PROTOCOL_VERSION, Request, Response};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(SocketAddr, String),
+    #[error("peer {0} did not answer in time")]
+    TimedOut(SocketAddr),
+    #[error("connection to {0} closed before the answer")]
+    Closed(SocketAddr),
+}
+
+/// Serves one inbound request. Implemented by the node.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, request: Request, timeout: Duration) -> futures::future::BoxFuture<'static, Response>;
+}
+
+fn codec(limits: &Limits) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(limits.max_frame_bytes).new_codec()
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    Bytes::from(postcard::to_allocvec(frame).expect("frames always serialize"))
+}
+
+/// Accepts inter-node connections until `shutdown` is cancelled.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: Limits, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, peer, handler.clone(), limits.clone(), shutdown.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "inter-node accept failed");
+                // Out of file descriptors and similar: give the system a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let (mut sink, mut stream) = Framed::new(stream, codec(&limits)).split();
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(limits.inbound_inflight_max);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = reply_rx.recv().await {
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(limits.inbound_inflight_max));
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = stream.next() => next,
+        };
+        let bytes = match next {
+            None => break,
+            Some(Err(e)) => {
+                warn!(%peer, error = %e, "inter-node connection failed; closing it");
+                break;
+            }
+            Some(Ok(bytes)) => bytes,
+        };
+        let frame = match postcard::from_bytes::<Frame>(&bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                warn!(%peer, error = %e, "undecodable inter-node frame; closing the connection");
+                break;
+            }
+        };
+        match frame {
+            Frame::Hello { protocol, node } => {
+                if protocol != PROTOCOL_VERSION {
+                    warn!(%peer, %node, protocol, "peer speaks another protocol version; closing");
+                    break;
+                }
+                debug!(%peer, %node, "peer connected");
+            }
+            Frame::Request { id, timeout_ms, body } => {
+                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                let handler = handler.clone();
+                let reply_tx = reply_tx.clone();
+                let timeout = Duration::from_millis(timeout_ms as u64);
+                tokio::spawn(async move {
+                    let body = match tokio::time::timeout(timeout, handler.handle(body, timeout)).await {
+                        Ok(body) => body,
+                        Err(_) => Response::Error("deadline passed".into()),
+                    };
+                    let _ = reply_tx.send(encode(&Frame::Response { id, body })).await;
+                    drop(permit);
+                });
+            }
+            Frame::Response { .. } => {
+                warn!(%peer, "unexpected response frame on an inbound connection; closing");
+                break;
+            }
+        }
+    }
+    drop(reply_tx);
+    let _ = writer.await;
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// One live outbound connection.
+struct Connection {
+    frames: mpsc::Sender<Bytes>,
+    pending: Pending,
+    closed: CancellationToken,
+}
+
+struct PeerState {
+    connection: Option<Arc<Connection>>,
+    failures: u32,
+    retry_after: Option<Instant>,
+}
+
+/// Outbound side: a pool with one multiplexed connection per peer address.
+pub struct Peers {
+    me: NodeId,
+    limits: Limits,
+    next_id: AtomicU64,
+    peers: Mutex<HashMap<SocketAddr, PeerState>>,
+    slots: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
+    connect_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Peers {
+    pub fn new(me: NodeId, limits: Limits) -> Peers {
+        Peers {
+            me,
+            limits,
+            next_id: AtomicU64::new(1),
+            peers: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            connect_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `request` to `addr` and waits for the answer, at most `timeout` in all.
+    pub async fn call(&self, addr: SocketAddr, request: Request, timeout: Duration) -> Result<Response, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slots = self.slots.lock().unwrap().entry(addr).or_insert_with(|| Arc::new(Semaphore::new(self.limits.peer_inflight_max))).clone();
+        let _permit = tokio::time::timeout_at(deadline, slots.acquire_owned())
+            .await
+            .map_err(|_| TransportError::TimedOut(addr))?
+            .expect("semaphore never closed");
+        let conn = tokio::time::timeout_at(deadline, self.connection(addr))
+            .await
+            .map_err(|_| TransportError::TimedOut(addr))??;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap().insert(id, tx);
+        let timeout_ms = deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis().min(u32::MAX as u128) as u32;
+        let frame = encode(&Frame::Request { id, timeout_ms, body: request });
+        let sent = tokio::time::timeout_at(deadline, conn.frames.send(frame)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            conn.pending.lock().unwrap().remove(&id);
+            return Err(TransportError::Closed(addr));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(TransportError::Closed(addr)),
+            Err(_) => {
+                conn.pending.lock().unwrap().remove(&id);
+                Err(TransportError::TimedOut(addr))
+            }
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<Arc<Connection>, TransportError> {
+        if let Some(conn) = self.live_connection(addr)? {
+            return Ok(conn);
+        }
+        // One connection attempt per peer at a time; a dead peer never delays the others.
+        let lock = self.connect_locks.lock().unwrap().entry(addr).or_default().clone();
+        let _guard = lock.lock().await;
+        if let Some(conn) = self.live_connection(addr)? {
+            return Ok(conn);
+        }
+        match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let conn = self.start_connection(stream, addr);
+                let mut peers = self.peers.lock().unwrap();
+                let state = peers.entry(addr).or_insert(PeerState { connection: None, failures: 0, retry_after: None });
+                state.connection = Some(conn.clone());
+                state.failures = 0;
+                state.retry_after = None;
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(self.note_failure(addr, e.to_string())),
+            Err(_) => Err(self.note_failure(addr, "connect timed out".into())),
+        }
+    }
+
+    /// The current connection if it is alive; an error if the peer is inside its backoff.
+    fn live_connection(&self, addr: SocketAddr) -> Result<Option<Arc<Connection>>, TransportError> {
+        let mut peers = self.peers.lock().unwrap();
+        let Some(state) = peers.get_mut(&addr) else { return Ok(None) };
+        if let Some(conn) = &state.connection {
+            if !conn.closed.is_cancelled() {
+                return Ok(Some(conn.clone()));
+            }
+            state.connection = None;
+        }
+        match state.retry_after {
+            Some(t) if Instant::now() < t => Err(TransportError::Unreachable(addr, "backing off after a failed connection".into())),
+            _ => Ok(None),
+        }
+    }
+
+    fn note_failure(&self, addr: SocketAddr, reason: String) -> TransportError {
+        let mut peers = self.peers.lock().unwrap();
+        let state = peers.entry(addr).or_insert(PeerState { connection: None, failures: 0, retry_after: None });
+        state.failures = state.failures.saturating_add(1);
+        let backoff = Duration::from_millis(50u64 << state.failures.min(10)).min(self.limits.reconnect_backoff_max);
+        state.retry_after = Some(Instant::now() + backoff);
+        TransportError::Unreachable(addr, reason)
+    }
+
+    fn start_connection(&self, stream: TcpStream, addr: SocketAddr) -> Arc<Connection> {
+        let _ = stream.set_nodelay(true);
+        let (mut sink, mut source) = Framed::new(stream, codec(&self.limits)).split();
+        let (frames, mut outgoing) = mpsc::channel::<Bytes>(self.limits.peer_inflight_max);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let closed = CancellationToken::new();
+        let conn = Arc::new(Connection { frames, pending: pending.clone(), closed: closed.clone() });
+        let hello = encode(&Frame::Hello { protocol: PROTOCOL_VERSION, node: self.me.clone() });
+        let closed_w = closed.clone();
+        tokio::spawn(async move {
+            if sink.send(hello).await.is_ok() {
+                loop {
+                    let frame = tokio::select! {
+                        _ = closed_w.cancelled() => break,
+                        frame = outgoing.recv() => frame,
+                    };
+                    let Some(frame) = frame else { break };
+                    if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            closed_w.cancel();
+        });
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    next = source.next() => next,
+                };
+                let Some(Ok(bytes)) = next else { break };
+                match postcard::from_bytes::<Frame>(&bytes) {
+                    Ok(Frame::Response { id, body }) => {
+                        if let Some(tx) = pending.lock().unwrap().remove(&id) {
+                            let _ = tx.send(body);
+                        }
+                    }
+                    _ => {
+                        warn!(%addr, "unexpected or undecodable frame from peer; closing the connection");
+                        break;
+                    }
+                }
+            }
+            closed.cancel();
+            // Dropping the senders wakes every waiter with `Closed`.
+            pending.lock().unwrap().clear();
+        });
+        conn
+    }
+}

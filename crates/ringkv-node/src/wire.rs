@@ -1,0 +1,75 @@
+//! The inter-node protocol: the only types in the node that derive serialization for the
+//! network. Frames are length-delimited (u32 big-endian length, then a postcard body) on
+//! persistent TCP connections; many requests share one connection, matched by request id.
+//!
+//! Compatibility rule: variants are only ever appended, never reordered or removed
+//! (postcard encodes an enum variant by its index). `PROTOCOL_VERSION` is exchanged in
+//! `Hello`, the first frame on every connection.
+
+use bytes::Bytes;
+use ringkv_core::ring::Ring;
+use ringkv_core::{NodeId, VersionSet, VersionVector};
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame of a connection, from the connecting side.
+    Hello { protocol: u16, node: NodeId },
+    Request { id: u64, timeout_ms: u32, body: Request },
+    Response { id: u64, body: Response },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Ping,
+    /// A replica's read: what do you hold for this key?
+    Read { key: Bytes },
+    /// A replica's write: sync these versions into what you hold (replication, read repair).
+    /// `hinted_for` names the home replica a fallback stores it for (sloppy quorum).
+    Write { key: Bytes, versions: VersionSet, hinted_for: Option<NodeId> },
+    /// A client request forwarded to a home replica, which coordinates it.
+    Coordinate(ClientOp),
+    /// The sender's current ring, by version.
+    FetchRing,
+}
+
+/// A client operation as a coordinator runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientOp {
+    Get { key: Bytes, r: u8 },
+    /// A write of `value` (`None`: delete). `context: None` means a blind overwrite of what the
+    /// coordinator holds (RESP `SET`); `Some(vv)` is the client's context (empty: concurrent).
+    Put { key: Bytes, context: Option<VersionVector>, value: Option<Bytes>, w: u8 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Versions(Option<VersionSet>),
+    Coordinated(Result<ClientReply, ClientError>),
+    Ring { version: u64, ring: Ring },
+    /// The request could not be served; the text says why.
+    Error(String),
+}
+
+/// What a coordinator answers for a client operation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ClientReply {
+    /// A read: the merged versions (None if no replica had any).
+    Read(Option<VersionSet>),
+    /// A write: the versions stored by the coordinator after the write.
+    Written(VersionSet),
+}
+
+/// Why a client operation failed, as the API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message}")]
+    Unavailable { message: String, stored_on: Option<u32> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
