@@ -48,8 +48,19 @@ fn case() -> impl Strategy<Value = Case> {
                 let home: Vec<u32> = (0..n as u32).collect();
                 let fallbacks: Vec<u32> = (0..f as u32).map(|i| FIRST_FALLBACK + i).collect();
                 let all = home.iter().chain(&fallbacks);
-                let unreachable = all.zip(&down).filter(|(_, d)| **d).map(|(x, _)| *x).collect();
-                Case { needed, home, fallbacks, unreachable, mode, script }
+                let unreachable = all
+                    .zip(&down)
+                    .filter(|(_, d)| **d)
+                    .map(|(x, _)| *x)
+                    .collect();
+                Case {
+                    needed,
+                    home,
+                    fallbacks,
+                    unreachable,
+                    mode,
+                    script,
+                }
             })
     })
 }
@@ -92,10 +103,17 @@ struct Model {
 
 impl Model {
     fn oks(&self) -> usize {
-        self.issued.iter().filter(|(_, r)| *r == Some(Reply::Ok)).count()
+        self.issued
+            .iter()
+            .filter(|(_, r)| *r == Some(Reply::Ok))
+            .count()
     }
     fn outstanding(&self) -> Vec<u32> {
-        self.issued.iter().filter(|(_, r)| r.is_none()).map(|(t, _)| t.node).collect()
+        self.issued
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(t, _)| t.node)
+            .collect()
     }
     /// The outcome the laws demand after the latest event.
     fn expected(&self) -> Outcome {
@@ -116,7 +134,11 @@ impl Model {
 }
 
 /// Checks the laws that hold in every state.
-fn check_state(case: &Case, tracker: &QuorumTracker<u32>, model: &Model) -> Result<(), TestCaseError> {
+fn check_state(
+    case: &Case,
+    tracker: &QuorumTracker<u32>,
+    model: &Model,
+) -> Result<(), TestCaseError> {
     let progress = tracker.progress();
     prop_assert_eq!(outcome(&progress), model.outcome);
     let outstanding: Vec<u32> = tracker.outstanding().map(|t| t.node).collect();
@@ -126,23 +148,38 @@ fn check_state(case: &Case, tracker: &QuorumTracker<u32>, model: &Model) -> Resu
     let expected: Vec<(Target<u32>, TargetState)> = model
         .issued
         .iter()
-        .map(|(t, r)| (t.clone(), r.map_or(TargetState::Outstanding, TargetState::Replied)))
+        .map(|(t, r)| {
+            (
+                t.clone(),
+                r.map_or(TargetState::Outstanding, TargetState::Replied),
+            )
+        })
         .collect();
     prop_assert_eq!(targets, expected);
     let oks: Vec<&Target<u32>> = tracker.ok_targets().collect();
     prop_assert_eq!(oks.len(), model.oks());
     prop_assert_eq!(tracker.stored_on(), model.oks());
     let nodes: BTreeSet<u32> = model.issued.iter().map(|(t, _)| t.node).collect();
-    prop_assert_eq!(nodes.len(), model.issued.len(), "a node was contacted twice");
+    prop_assert_eq!(
+        nodes.len(),
+        model.issued.len(),
+        "a node was contacted twice"
+    );
     for (target, _) in &model.issued {
         let is_fallback = target.node >= FIRST_FALLBACK;
         prop_assert_eq!(target.is_fallback(), is_fallback);
-        prop_assert!(!case.unreachable.contains(&target.node), "contacted an unreachable node");
+        prop_assert!(
+            !case.unreachable.contains(&target.node),
+            "contacted an unreachable node"
+        );
         if case.mode == QuorumMode::Strict {
             prop_assert!(!is_fallback, "strict mode used a fallback");
         }
         if let Some(home) = target.hinted_for {
-            prop_assert!(case.home.contains(&home), "hinted for a node that is no home replica");
+            prop_assert!(
+                case.home.contains(&home),
+                "hinted for a node that is no home replica"
+            );
         }
     }
     if let Progress::Failed(failure) = progress {
@@ -150,7 +187,10 @@ fn check_state(case: &Case, tracker: &QuorumTracker<u32>, model: &Model) -> Resu
         prop_assert_eq!(failure.oks, model.oks());
         prop_assert_eq!(failure.outstanding, model.outstanding().len());
         prop_assert!(failure.oks < failure.needed);
-        let why = failure.nodes.iter().filter(|f| f.reason != FailureReason::Unreachable);
+        let why = failure
+            .nodes
+            .iter()
+            .filter(|f| f.reason != FailureReason::Unreachable);
         prop_assert_eq!(why.count(), failure.failed + failure.timed_out);
     }
     Ok(())
@@ -158,12 +198,20 @@ fn check_state(case: &Case, tracker: &QuorumTracker<u32>, model: &Model) -> Resu
 
 fn run(case: Case) -> Result<(), TestCaseError> {
     let mut tracker = tracker(&case);
-    let reachable_fallbacks =
-        case.fallbacks.iter().filter(|f| !case.unreachable.contains(f)).copied().collect();
+    let reachable_fallbacks = case
+        .fallbacks
+        .iter()
+        .filter(|f| !case.unreachable.contains(f))
+        .copied()
+        .collect();
     let mut model = Model {
         needed: case.needed,
         issued: Vec::new(),
-        spare: if case.mode == QuorumMode::Sloppy { reachable_fallbacks } else { Vec::new() },
+        spare: if case.mode == QuorumMode::Sloppy {
+            reachable_fallbacks
+        } else {
+            Vec::new()
+        },
         outcome: Outcome::Pending,
     };
     // The initial targets: reachable home replicas, and in sloppy mode a fallback in place
@@ -171,7 +219,10 @@ fn run(case: Case) -> Result<(), TestCaseError> {
     let mut initial = Vec::new();
     for &home in &case.home {
         if !case.unreachable.contains(&home) {
-            initial.push(Target { node: home, hinted_for: None });
+            initial.push(Target {
+                node: home,
+                hinted_for: None,
+            });
         } else if let Some(fallback) = model.take_spare(home) {
             initial.push(fallback);
         }
@@ -188,7 +239,11 @@ fn run(case: Case) -> Result<(), TestCaseError> {
             break;
         }
         let node = outstanding[pick.index(outstanding.len())];
-        let slot = model.issued.iter().position(|(t, _)| t.node == node).unwrap();
+        let slot = model
+            .issued
+            .iter()
+            .position(|(t, _)| t.node == node)
+            .unwrap();
         let home = model.issued[slot].0.hinted_for.unwrap_or(node);
         // A failure while pending engages the next fallback, hinted for the same home
         // replica; a success, or any reply once decided, engages nothing.
@@ -204,11 +259,18 @@ fn run(case: Case) -> Result<(), TestCaseError> {
         let before = model.outcome;
         model.outcome = model.expected();
         prop_assert!(before == Outcome::Pending || before == model.outcome);
-        prop_assert_eq!(tracker.record(&node, reply), Err(ReplyError::AlreadyReplied));
+        prop_assert_eq!(
+            tracker.record(&node, reply),
+            Err(ReplyError::AlreadyReplied)
+        );
         check_state(&case, &tracker, &model)?;
     }
     if model.outstanding().is_empty() {
-        prop_assert_ne!(model.outcome, Outcome::Pending, "every target answered, undecided");
+        prop_assert_ne!(
+            model.outcome,
+            Outcome::Pending,
+            "every target answered, undecided"
+        );
     }
     Ok(())
 }
@@ -243,8 +305,13 @@ fn the_failure_message_says_who_answered_and_why_the_others_did_not() {
     q.record(&node("n2"), Reply::TimedOut).unwrap();
     assert_eq!(q.progress(), Progress::Pending);
     q.record(&node("n3"), Reply::Failed).unwrap();
-    let Progress::Failed(failure) = q.progress() else { panic!("{:?}", q.progress()) };
-    assert_eq!(failure.to_string(), "1 of 2 replicas needed answered ok; n2 timed out, n3 failed");
+    let Progress::Failed(failure) = q.progress() else {
+        panic!("{:?}", q.progress())
+    };
+    assert_eq!(
+        failure.to_string(),
+        "1 of 2 replicas needed answered ok; n2 timed out, n3 failed"
+    );
     assert_eq!((failure.oks, failure.failed, failure.timed_out), (1, 1, 1));
 }
 
@@ -252,14 +319,28 @@ fn the_failure_message_says_who_answered_and_why_the_others_did_not() {
 fn sloppy_fallbacks_are_hinted_for_the_replica_they_replace() {
     let mut q = QuorumTracker::new(plan(3, QuorumMode::Sloppy, &["n2"])).unwrap();
     let initial: Vec<_> = q.initial_targets().cloned().collect();
-    let standin = Target { node: node("n4"), hinted_for: Some(node("n2")) };
-    let home = |s| Target { node: node(s), hinted_for: None };
+    let standin = Target {
+        node: node("n4"),
+        hinted_for: Some(node("n2")),
+    };
+    let home = |s| Target {
+        node: node(s),
+        hinted_for: None,
+    };
     assert_eq!(initial, vec![home("n1"), standin.clone(), home("n3")]);
     // n4 fails too: n5 takes over, still for n2; then nothing is left.
     let next = q.record(&node("n4"), Reply::Failed).unwrap();
-    assert_eq!(next, Some(Target { node: node("n5"), hinted_for: Some(node("n2")) }));
+    assert_eq!(
+        next,
+        Some(Target {
+            node: node("n5"),
+            hinted_for: Some(node("n2"))
+        })
+    );
     assert_eq!(q.record(&node("n3"), Reply::TimedOut).unwrap(), None);
-    let Progress::Failed(failure) = q.progress() else { panic!("{:?}", q.progress()) };
+    let Progress::Failed(failure) = q.progress() else {
+        panic!("{:?}", q.progress())
+    };
     assert_eq!(
         failure.to_string(),
         "0 of 3 replicas needed answered ok; n2 unreachable, n4 (standing in for n2) failed, \
@@ -269,7 +350,10 @@ fn sloppy_fallbacks_are_hinted_for_the_replica_they_replace() {
     q.record(&node("n5"), Reply::Ok).unwrap();
     q.record(&node("n1"), Reply::Ok).unwrap();
     assert!(matches!(q.progress(), Progress::Failed(_)));
-    let stored: Vec<_> = q.ok_targets().map(|t| (t.node.as_str(), t.is_fallback())).collect();
+    let stored: Vec<_> = q
+        .ok_targets()
+        .map(|t| (t.node.as_str(), t.is_fallback()))
+        .collect();
     assert_eq!(stored, vec![("n1", false), ("n5", true)]);
     assert_eq!(q.stored_on(), 2);
 }
@@ -278,7 +362,9 @@ fn sloppy_fallbacks_are_hinted_for_the_replica_they_replace() {
 fn strict_mode_fails_at_once_when_too_few_home_replicas_are_reachable() {
     let q = QuorumTracker::new(plan(2, QuorumMode::Strict, &["n1", "n3"])).unwrap();
     assert_eq!(q.initial_targets().count(), 1);
-    let Progress::Failed(failure) = q.progress() else { panic!("{:?}", q.progress()) };
+    let Progress::Failed(failure) = q.progress() else {
+        panic!("{:?}", q.progress())
+    };
     assert_eq!(failure.unreachable, 2);
     assert_eq!(
         failure.to_string(),
@@ -290,19 +376,33 @@ fn strict_mode_fails_at_once_when_too_few_home_replicas_are_reachable() {
 fn bad_plans_and_stray_replies_are_rejected() {
     let mut dup = plan(2, QuorumMode::Sloppy, &[]);
     dup.fallbacks.push(node("n1"));
-    assert_eq!(QuorumTracker::new(dup).unwrap_err(), QuorumPlanError::DuplicateNode);
+    assert_eq!(
+        QuorumTracker::new(dup).unwrap_err(),
+        QuorumPlanError::DuplicateNode
+    );
     let mut short = plan(3, QuorumMode::Sloppy, &[]);
     short.home.pop();
     assert_eq!(
         QuorumTracker::new(short).unwrap_err(),
-        QuorumPlanError::QuorumExceedsReplicas { needed: 3, replicas: 2 }
+        QuorumPlanError::QuorumExceedsReplicas {
+            needed: 3,
+            replicas: 2
+        }
     );
     let mut long = plan(1, QuorumMode::Sloppy, &[]);
-    long.fallbacks = (0..=MAX_FALLBACKS_PER_REQUEST).map(|i| node(&format!("f{i}"))).collect();
-    assert!(matches!(QuorumTracker::new(long), Err(QuorumPlanError::TooManyNodes { .. })));
+    long.fallbacks = (0..=MAX_FALLBACKS_PER_REQUEST)
+        .map(|i| node(&format!("f{i}")))
+        .collect();
+    assert!(matches!(
+        QuorumTracker::new(long),
+        Err(QuorumPlanError::TooManyNodes { .. })
+    ));
 
     let mut q = QuorumTracker::new(plan(1, QuorumMode::Sloppy, &[])).unwrap();
-    assert_eq!(q.record(&node("n4"), Reply::Ok), Err(ReplyError::NotATarget));
+    assert_eq!(
+        q.record(&node("n4"), Reply::Ok),
+        Err(ReplyError::NotATarget)
+    );
     assert_eq!(q.record(&node("n1"), Reply::Ok), Ok(None));
     assert_eq!(q.progress(), Progress::Succeeded);
     // After success a failure engages no fallback.
