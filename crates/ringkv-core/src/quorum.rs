@@ -17,7 +17,8 @@
 //!   fallback at once while any is left, so an outstanding target is the only thing that can
 //!   still turn into an ok, and this count is exact, never early, never late;
 //! - once decided the outcome never changes; later replies are still recorded (read repair
-//!   wants them), but no new target is engaged;
+//!   wants them), but no new target is engaged. So a home replica that fails after a write
+//!   succeeded gets no hinted stand-in; anti-entropy restores its copy later;
 //! - no node is contacted twice, each fallback is used at most once, strict mode never uses a
 //!   fallback, and every fallback is hinted for a home replica that failed or was unreachable.
 
