@@ -1,1 +1,71 @@
-fn main() {}
+//! The `ringkv` binary: `server` runs a node, `dev` a local cluster, and `get`, `put`,
+//! `delete`, `status`, `ring` talk to any node's HTTP API. `anyhow` is used here only.
+
+mod cli;
+mod dev;
+
+use clap::{Parser, Subcommand};
+use ringkv_node::{ServerArgs, Settings};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "ringkv", version, about = "A leaderless, always-writeable key-value store on the design of Dynamo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node.
+    Server(ServerArgs),
+    /// Run a local cluster on 127.0.0.1 until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Read a key.
+    Get(cli::GetArgs),
+    /// Write a key.
+    Put(cli::PutArgs),
+    /// Delete a key.
+    Delete(cli::DeleteArgs),
+    /// Show the cluster as a node sees it.
+    Status(cli::NodeArg),
+    /// Show the partition table.
+    Ring(cli::NodeArg),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Server(args) => {
+            init_tracing();
+            let settings = Settings::resolve(args)?;
+            runtime.block_on(serve(settings))
+        }
+        Command::Dev(args) => runtime.block_on(dev::run(args)),
+        Command::Get(args) => runtime.block_on(cli::get(args)),
+        Command::Put(args) => runtime.block_on(cli::put(args)),
+        Command::Delete(args) => runtime.block_on(cli::delete(args)),
+        Command::Status(args) => runtime.block_on(cli::status(args)),
+        Command::Ring(args) => runtime.block_on(cli::ring(args)),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        trigger.cancel();
+    });
+    ringkv_node::run(settings, shutdown).await
+}
