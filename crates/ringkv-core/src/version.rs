@@ -36,7 +36,12 @@ pub struct Dot {
 
 /// A causal history: for each replica id, the number of its writes seen (a downward-closed
 /// set of dots).
+///
+/// Canonical form: no entry is zero (a zero entry means the same history as no entry, and two
+/// encodings of one history would make digests and `sync` disagree). Every constructor keeps
+/// it, and deserializing rejects a zero entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawVersionVector")]
 pub struct VersionVector {
     entries: BTreeMap<ReplicaId, u64>,
 }
@@ -60,9 +65,10 @@ impl VersionVector {
         self.entries.get(replica).copied().unwrap_or(0)
     }
 
-    /// Whether this history includes the write `dot`.
+    /// Whether this history includes the write `dot`. Counters start at 1, so a dot with
+    /// counter 0 names no write and nothing covers it.
     pub fn covers(&self, dot: &Dot) -> bool {
-        dot.counter <= self.get(&dot.replica)
+        dot.counter != 0 && dot.counter <= self.get(&dot.replica)
     }
 
     /// Whether this history includes every write of `other`.
@@ -156,14 +162,20 @@ impl VersionSet {
         replica: &ReplicaId,
     ) -> (VersionSet, Dot) {
         let counter = self.context.get(replica).max(client_context.get(replica)) + 1;
-        let dot = Dot { replica: replica.clone(), counter };
+        let dot = Dot {
+            replica: replica.clone(),
+            counter,
+        };
         let mut siblings: Vec<Sibling> = self
             .siblings
             .iter()
             .filter(|s| !client_context.covers(&s.dot))
             .cloned()
             .collect();
-        siblings.push(Sibling { dot: dot.clone(), value });
+        siblings.push(Sibling {
+            dot: dot.clone(),
+            value,
+        });
         siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
         let mut context = self.context.clone();
         context.merge(client_context);
@@ -184,7 +196,11 @@ impl VersionSet {
                 (Some(a), Some(b)) if a.dot == b.dot => {
                     // One dot names one write, so the values agree; if a bug or a corrupt
                     // peer made them differ, pick the smaller so that sync stays commutative.
-                    siblings.push(if a.value <= b.value { a.clone() } else { b.clone() });
+                    siblings.push(if a.value <= b.value {
+                        a.clone()
+                    } else {
+                        b.clone()
+                    });
                     i += 1;
                     j += 1;
                 }
@@ -245,6 +261,25 @@ impl VersionSet {
     pub fn is_well_formed(&self) -> bool {
         self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
             && self.siblings.iter().all(|s| self.context.covers(&s.dot))
+            && self.context.entries().all(|(_, c)| c != 0)
+    }
+}
+
+/// The unchecked wire shape of a `VersionVector` (same encoding).
+#[derive(Deserialize)]
+struct RawVersionVector {
+    entries: BTreeMap<ReplicaId, u64>,
+}
+
+impl TryFrom<RawVersionVector> for VersionVector {
+    type Error = VersionSetError;
+    fn try_from(raw: RawVersionVector) -> Result<VersionVector, VersionSetError> {
+        if raw.entries.values().any(|c| *c == 0) {
+            return Err(VersionSetError::ZeroCounter);
+        }
+        Ok(VersionVector {
+            entries: raw.entries,
+        })
     }
 }
 
@@ -268,6 +303,8 @@ pub enum VersionSetError {
     DuplicateDot,
     #[error("a sibling's dot is not covered by the set's context")]
     DotNotInContext,
+    #[error("a version vector carries a zero counter")]
+    ZeroCounter,
 }
 
 #[cfg(test)]
@@ -291,7 +328,10 @@ mod tests {
         let (s2, _) = s1.update(&empty, value("y"), &b);
         assert_eq!(s2.values().count(), 2, "a blind write is concurrent");
         let (s3, _) = s2.update(s2.context(), value("z"), &a);
-        assert_eq!(s3.values().cloned().collect::<Vec<_>>(), vec![Bytes::from("z")]);
+        assert_eq!(
+            s3.values().cloned().collect::<Vec<_>>(),
+            vec![Bytes::from("z")]
+        );
         assert!(s3.is_well_formed());
     }
 
@@ -319,8 +359,14 @@ mod tests {
     #[test]
     fn from_parts_rejects_broken_sets() {
         let a = replica("a");
-        let dot = Dot { replica: a.clone(), counter: 1 };
-        let sib = Sibling { dot: dot.clone(), value: None };
+        let dot = Dot {
+            replica: a.clone(),
+            counter: 1,
+        };
+        let sib = Sibling {
+            dot: dot.clone(),
+            value: None,
+        };
         assert_eq!(
             VersionSet::from_parts(VersionVector::new(), vec![sib.clone()]),
             Err(VersionSetError::DotNotInContext)
@@ -331,5 +377,29 @@ mod tests {
             Err(VersionSetError::DuplicateDot)
         );
         assert!(VersionSet::from_parts(ctx, vec![sib]).unwrap().is_deleted());
+    }
+
+    #[test]
+    fn zero_counters_are_not_canonical() {
+        let a = replica("a");
+        // A dot with counter 0 names no write: a set holding one would lose it to any blind
+        // write, so it must not be representable.
+        let zero_dot = Sibling {
+            dot: Dot {
+                replica: a.clone(),
+                counter: 0,
+            },
+            value: value("x"),
+        };
+        assert_eq!(
+            VersionSet::from_parts(VersionVector::new(), vec![zero_dot]),
+            Err(VersionSetError::DotNotInContext)
+        );
+        // {a: 0} and {} are one history; only the second is accepted from the wire.
+        let raw: BTreeMap<ReplicaId, u64> = [(a, 0)].into_iter().collect();
+        let bytes = postcard::to_allocvec(&raw).unwrap();
+        assert!(postcard::from_bytes::<VersionVector>(&bytes).is_err());
+        let set_bytes = postcard::to_allocvec(&(raw, Vec::<Sibling>::new())).unwrap();
+        assert!(postcard::from_bytes::<VersionSet>(&set_bytes).is_err());
     }
 }

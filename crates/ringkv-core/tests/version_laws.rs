@@ -1,0 +1,421 @@
+//! The laws of dotted version vector sets (`ringkv_core::version`), checked on sets built by
+//! replaying random histories: clients read from random replicas, write through random
+//! coordinators with the context they read (or none), and replicas sync with each other.
+//! Sets are never built from raw parts here, so every set is one the system can reach.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use ringkv_core::{Dot, NodeId, ReplicaId, Sibling, VersionSet, VersionVector};
+
+const REPLICAS: usize = 4;
+const CLIENTS: usize = 3;
+const MAX_OPS: usize = 40;
+
+fn replica_id(i: usize) -> ReplicaId {
+    ReplicaId::new(NodeId::new(format!("n{i}")).unwrap(), 1 + i as u32 % 2)
+}
+
+/// One step of a history.
+#[derive(Debug, Clone)]
+enum Op {
+    /// The client reads the key at a replica and keeps the context it got.
+    Read { client: usize, replica: usize },
+    /// The client writes through a coordinator, with the context of its last read or with
+    /// none (a blind write).
+    Write {
+        client: usize,
+        replica: usize,
+        blind: bool,
+    },
+    /// `to` pulls what `from` holds (read repair, anti-entropy, hinted handoff).
+    Sync { from: usize, to: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (0..CLIENTS, 0..REPLICAS).prop_map(|(client, replica)| Op::Read { client, replica }),
+        3 => (0..CLIENTS, 0..REPLICAS, prop::bool::weighted(0.25))
+            .prop_map(|(client, replica, blind)| Op::Write { client, replica, blind }),
+        2 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Op::Sync { from, to }),
+    ]
+}
+
+fn history() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 0..MAX_OPS)
+}
+
+/// An acknowledged write, as the test remembers it.
+#[derive(Debug, Clone)]
+struct Write {
+    dot: Dot,
+    value: Bytes,
+    /// The context the client sent with it.
+    context: VersionVector,
+}
+
+/// The result of replaying a history.
+#[derive(Debug, Clone)]
+struct World {
+    states: Vec<VersionSet>,
+    /// Every state any replica was in, in order (the empty state first).
+    snapshots: Vec<VersionSet>,
+    /// For each replica, its states in order.
+    per_replica: Vec<Vec<VersionSet>>,
+    /// Every context a client read or sent.
+    contexts: Vec<VersionVector>,
+    writes: Vec<Write>,
+}
+
+impl World {
+    fn replay(ops: &[Op]) -> World {
+        let mut world = World {
+            states: vec![VersionSet::new(); REPLICAS],
+            snapshots: vec![VersionSet::new()],
+            per_replica: vec![vec![VersionSet::new()]; REPLICAS],
+            contexts: vec![VersionVector::new()],
+            writes: Vec::new(),
+        };
+        let mut client_context = vec![VersionVector::new(); CLIENTS];
+        for op in ops {
+            match *op {
+                Op::Read { client, replica } => {
+                    client_context[client] = world.states[replica].context().clone();
+                    world.contexts.push(client_context[client].clone());
+                }
+                Op::Write {
+                    client,
+                    replica,
+                    blind,
+                } => {
+                    let context = if blind {
+                        VersionVector::new()
+                    } else {
+                        client_context[client].clone()
+                    };
+                    // Values are unique, so a value names its write.
+                    let value = Bytes::from(format!("w{}", world.writes.len()));
+                    let (next, dot) = world.states[replica].update(
+                        &context,
+                        Some(value.clone()),
+                        &replica_id(replica),
+                    );
+                    world.contexts.push(context.clone());
+                    world.writes.push(Write {
+                        dot,
+                        value,
+                        context,
+                    });
+                    world.set(replica, next);
+                }
+                Op::Sync { from, to } => {
+                    let next = world.states[to].sync(&world.states[from]);
+                    world.set(to, next);
+                }
+            }
+        }
+        world
+    }
+
+    fn set(&mut self, replica: usize, state: VersionSet) {
+        self.snapshots.push(state.clone());
+        self.per_replica[replica].push(state.clone());
+        self.states[replica] = state;
+    }
+
+    /// Every replica synced with every other: what the cluster converges to.
+    fn converged(&self) -> VersionSet {
+        self.states
+            .iter()
+            .fold(VersionSet::new(), |acc, s| acc.sync(s))
+    }
+
+    fn snapshot(&self, pick: prop::sample::Index) -> &VersionSet {
+        pick.get(&self.snapshots)
+    }
+
+    fn context(&self, pick: prop::sample::Index) -> &VersionVector {
+        pick.get(&self.contexts)
+    }
+
+    /// Whether some acknowledged write was sent with a context covering `dot`.
+    fn superseded(&self, dot: &Dot) -> bool {
+        self.writes.iter().any(|w| w.context.covers(dot))
+    }
+}
+
+fn value(s: &str) -> Option<Bytes> {
+    Some(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn dots(set: &VersionSet) -> BTreeSet<Dot> {
+    set.siblings().iter().map(|s| s.dot.clone()).collect()
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn sync_is_commutative(ops in history(), a: prop::sample::Index, b: prop::sample::Index) {
+        let world = World::replay(&ops);
+        let (a, b) = (world.snapshot(a), world.snapshot(b));
+        prop_assert_eq!(a.sync(b), b.sync(a));
+    }
+
+    #[test]
+    fn sync_is_associative(
+        ops in history(),
+        a: prop::sample::Index,
+        b: prop::sample::Index,
+        c: prop::sample::Index,
+    ) {
+        let world = World::replay(&ops);
+        let (a, b, c) = (world.snapshot(a), world.snapshot(b), world.snapshot(c));
+        prop_assert_eq!(a.sync(b).sync(c), a.sync(&b.sync(c)));
+    }
+
+    #[test]
+    fn sync_is_idempotent(ops in history(), a: prop::sample::Index, b: prop::sample::Index) {
+        let world = World::replay(&ops);
+        let (a, b) = (world.snapshot(a), world.snapshot(b));
+        prop_assert_eq!(&a.sync(a), a);
+        let ab = a.sync(b);
+        prop_assert_eq!(&ab.sync(b), &ab);
+        prop_assert!(ab.includes(a) && ab.includes(b));
+    }
+
+    #[test]
+    fn a_write_covering_every_sibling_replaces_them_all(
+        ops in history(),
+        s: prop::sample::Index,
+        extra: prop::sample::Index,
+        coordinator in 0..REPLICAS,
+    ) {
+        let world = World::replay(&ops);
+        let s = world.snapshot(s);
+        // The set's own context, possibly joined with more history the client saw elsewhere.
+        let mut context = s.context().clone();
+        context.merge(world.context(extra));
+        let (next, dot) = s.update(&context, value("new"), &replica_id(coordinator));
+        prop_assert_eq!(next.siblings(), &[Sibling { dot, value: value("new") }][..]);
+        prop_assert!(next.context().descends(&context));
+    }
+
+    #[test]
+    fn two_writes_with_one_context_both_survive(
+        ops in history(),
+        s: prop::sample::Index,
+        context: prop::sample::Index,
+        coordinator in 0..REPLICAS,
+        other in 0..REPLICAS,
+    ) {
+        let world = World::replay(&ops);
+        let s = world.snapshot(s);
+        let context = world.context(context);
+        // Through the same coordinator, one after the other.
+        let (s1, d1) = s.update(context, value("one"), &replica_id(coordinator));
+        let (s2, d2) = s1.update(context, value("two"), &replica_id(coordinator));
+        prop_assert!(d1 != d2);
+        let kept = dots(&s2);
+        prop_assert!(kept.contains(&d1) && kept.contains(&d2));
+        prop_assert!(s2.values().any(|v| v == "one") && s2.values().any(|v| v == "two"));
+        // Through two coordinators at once, then synced.
+        if other != coordinator {
+            let (t1, d1) = s.update(context, value("one"), &replica_id(coordinator));
+            let (t2, d2) = s.update(context, value("two"), &replica_id(other));
+            let merged = dots(&t1.sync(&t2));
+            prop_assert!(merged.contains(&d1) && merged.contains(&d2));
+        }
+    }
+
+    #[test]
+    fn a_blind_write_removes_nothing(
+        ops in history(),
+        s: prop::sample::Index,
+        coordinator in 0..REPLICAS,
+    ) {
+        let world = World::replay(&ops);
+        let s = world.snapshot(s);
+        let (next, dot) = s.update(&VersionVector::new(), None, &replica_id(coordinator));
+        let mut expected: Vec<Sibling> = s.siblings().to_vec();
+        expected.push(Sibling { dot, value: None });
+        expected.sort_by(|a, b| a.dot.cmp(&b.dot));
+        prop_assert_eq!(next.siblings(), &expected[..]);
+    }
+
+    #[test]
+    fn contexts_and_siblings_stay_bounded(ops in history()) {
+        let world = World::replay(&ops);
+        let writers: BTreeSet<ReplicaId> =
+            world.writes.iter().map(|w| w.dot.replica.clone()).collect();
+        for s in &world.snapshots {
+            // One entry per replica id that ever coordinated a write, nothing more.
+            prop_assert!(s.context().entries().all(|(r, _)| writers.contains(r)));
+            prop_assert!(s.context().len() <= writers.len());
+            // A sibling is never a write this set knows was superseded: siblings are bounded
+            // by real concurrency, not by how often stale contexts were reused.
+            for sibling in s.siblings() {
+                for w in &world.writes {
+                    prop_assert!(
+                        !(w.context.covers(&sibling.dot) && s.context().covers(&w.dot)),
+                        "{:?} survives in a set that saw {:?}, which superseded it",
+                        sibling.dot,
+                        w.dot
+                    );
+                }
+            }
+            // So the siblings are at most the writes this set saw and did not see superseded.
+            let seen = |w: &&Write| s.context().covers(&w.dot);
+            let live = world
+                .writes
+                .iter()
+                .filter(seen)
+                .filter(|w| !world.writes.iter().filter(seen).any(|l| l.context.covers(&w.dot)))
+                .count();
+            prop_assert!(s.siblings().len() <= live);
+        }
+        // Nothing is ever pruned: a replica's context only grows.
+        for states in &world.per_replica {
+            for pair in states.windows(2) {
+                prop_assert!(pair[1].context().descends(pair[0].context()));
+            }
+        }
+    }
+
+    /// The model test: after everything is synced, the siblings are exactly the acknowledged
+    /// writes that no later write superseded (whose context covered their dot), each with
+    /// the value it was written with. No acknowledged write is lost; nothing superseded
+    /// comes back.
+    #[test]
+    fn no_acknowledged_write_is_lost(ops in history(), order in Just(()).prop_perturb(|_, mut rng| {
+        let mut order: Vec<usize> = (0..REPLICAS).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        order
+    })) {
+        let world = World::replay(&ops);
+        let converged = order
+            .iter()
+            .fold(VersionSet::new(), |acc, &i| acc.sync(&world.states[i]));
+        prop_assert_eq!(&converged, &world.converged());
+        let expected: BTreeMap<Dot, Bytes> = world
+            .writes
+            .iter()
+            .filter(|w| !world.superseded(&w.dot))
+            .map(|w| (w.dot.clone(), w.value.clone()))
+            .collect();
+        let got: BTreeMap<Dot, Bytes> = converged
+            .siblings()
+            .iter()
+            .map(|s| (s.dot.clone(), s.value.clone().expect("the test writes no tombstone")))
+            .collect();
+        prop_assert_eq!(got, expected);
+        prop_assert!(converged.is_well_formed());
+    }
+
+    #[test]
+    fn every_operation_keeps_sets_well_formed(
+        ops in history(),
+        a: prop::sample::Index,
+        b: prop::sample::Index,
+        context: prop::sample::Index,
+        coordinator in 0..REPLICAS,
+    ) {
+        let world = World::replay(&ops);
+        prop_assert!(world.snapshots.iter().all(VersionSet::is_well_formed));
+        let (a, b) = (world.snapshot(a), world.snapshot(b));
+        prop_assert!(a.sync(b).is_well_formed());
+        let (next, _) = a.update(world.context(context), None, &replica_id(coordinator));
+        prop_assert!(next.is_well_formed());
+    }
+
+    #[test]
+    fn postcard_round_trip_is_identity(ops in history(), s: prop::sample::Index) {
+        let world = World::replay(&ops);
+        let s = world.snapshot(s);
+        let bytes = postcard::to_allocvec(s).unwrap();
+        let back: VersionSet = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(&back, s);
+        prop_assert_eq!(back.digest(), s.digest());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_decode_to_a_broken_set(
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        check_decoded(&bytes)?;
+    }
+
+    #[test]
+    fn corrupted_encodings_never_decode_to_a_broken_set(
+        ops in history(),
+        s: prop::sample::Index,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let world = World::replay(&ops);
+        let mut bytes = postcard::to_allocvec(world.snapshot(s)).unwrap();
+        for (at, byte) in flips {
+            if !bytes.is_empty() {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+        }
+        check_decoded(&bytes)?;
+    }
+}
+
+/// Decoding must not panic, and what decodes must keep the invariants and the sync laws.
+fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let Ok(set) = postcard::from_bytes::<VersionSet>(bytes) {
+        prop_assert!(set.is_well_formed());
+        prop_assert_eq!(set.sync(&set), set.clone());
+        prop_assert_eq!(set.sync(&VersionSet::new()), VersionSet::new().sync(&set));
+    }
+    let _ = postcard::from_bytes::<VersionVector>(bytes);
+    Ok(())
+}
+
+#[test]
+fn replay_is_deterministic() {
+    // There is no clock and no randomness inside the core: one history, one outcome.
+    let ops = vec![
+        Op::Write {
+            client: 0,
+            replica: 0,
+            blind: true,
+        },
+        Op::Write {
+            client: 1,
+            replica: 1,
+            blind: true,
+        },
+        Op::Sync { from: 1, to: 0 },
+        Op::Read {
+            client: 2,
+            replica: 0,
+        },
+        Op::Write {
+            client: 2,
+            replica: 2,
+            blind: false,
+        },
+        Op::Sync { from: 2, to: 0 },
+    ];
+    let (w1, w2) = (World::replay(&ops), World::replay(&ops));
+    assert_eq!(w1.states, w2.states);
+    let converged = w1.converged();
+    assert_eq!(
+        converged.values().collect::<Vec<_>>(),
+        vec![&Bytes::from("w2")]
+    );
+}
