@@ -1,1 +1,154 @@
-//! Storage engines. (being implemented)
+//! Storage for ringkv: the `StorageEngine` trait a node stores its replicas through, the
+//! in-memory engine (the reference model), the durable fjall engine, and the hint store.
+//!
+//! # Laws
+//!
+//! - **Only this crate names a concrete engine.** The node holds a `dyn StorageEngine` and a
+//!   `dyn HintStore`; `fjall` appears nowhere else.
+//! - **A write returns only after it is durable.** `update`, `remove`, `drop_partition`,
+//!   `put_meta` and every hint store write fsync the journal before they return. Concurrent
+//!   writers share fsyncs (group commit, see `group_commit`): a writer waits until a sync
+//!   that *started after its write reached the journal* has completed, so no write is
+//!   acknowledged before the sync covering it. A read may see a write that is not yet
+//!   acknowledged (it is in the journal, waiting for its sync); if the process dies before
+//!   that sync, the write may be lost, but it was never acknowledged.
+//! - **Every stored value carries a checksum.** Values are framed as
+//!   `[format version u8][xxh3-64 of payload][payload]`; the checksum is computed before the
+//!   write and verified on every read. A mismatch is `StorageError::Corrupt { what, detail }`
+//!   naming the record, never data.
+//! - **A key's record and its partition's Merkle leaf change in one atomic batch**, so the
+//!   stored Merkle leaves always match the stored records, after a crash too. The in-memory
+//!   tree of a partition is loaded lazily from the stored leaves and updated in O(depth)
+//!   under the partition's lock, in the same order the batches reach the journal.
+//!
+//! # On-disk layout (fjall)
+//!
+//! One fjall database per node, with four keyspaces:
+//!
+//! | keyspace        | key                                        | value                          |
+//! |-----------------|--------------------------------------------|--------------------------------|
+//! | `records`       | `[partition u32 BE][leaf u16 BE][key]`     | frame(postcard(`VersionSet`))  |
+//! | `merkle_leaves` | `[partition u32 BE][leaf u16 BE]`          | frame(leaf hash u64 BE)        |
+//! | `meta`          | name (UTF-8)                               | frame(blob)                    |
+//! | `hints`         | `[len u8][target][partition u32 BE][key]`  | frame(postcard(`VersionSet`))  |
+//!
+//! `leaf` is `LeafIndex::of_key(key)`, so a partition scan and a Merkle-leaf scan are range
+//! scans, and "storage order" within a partition is (leaf, key bytes). A leaf whose hash is 0
+//! (an empty leaf) is not stored. `frame(p)` is `[1u8][xxh3_64(p) BE][p]` (`layout`).
+//!
+//! # Limits
+//!
+//! Keys are at most `ringkv_core::constants::MAX_KEY_BYTES`; `scan` returns at most `limit`
+//! keys; `drop_partition` deletes in batches of `DROP_BATCH_KEYS`; the hint store holds at
+//! most `max_hints` distinct (target, partition, key) hints.
+
+pub mod error;
+pub mod fjall_engine;
+pub mod group_commit;
+pub mod layout;
+pub mod memory;
+
+use bytes::Bytes;
+use ringkv_core::merkle::{LeafIndex, MerkleTree};
+use ringkv_core::{NodeId, PartitionId, VersionSet};
+
+pub use error::StorageError;
+pub use fjall_engine::{FjallEngine, FjallHintStore, FjallOptions};
+pub use memory::{MemoryEngine, MemoryHintStore};
+
+/// A user key.
+pub type Key = Bytes;
+
+/// Most keys `drop_partition` deletes in one batch.
+pub const DROP_BATCH_KEYS: usize = 1024;
+
+/// Default bound of the hint store: distinct (target, partition, key) hints held.
+pub const DEFAULT_MAX_HINTS: usize = 100_000;
+
+/// A node's replica store. Every method is safe to call from many threads.
+pub trait StorageEngine: Send + Sync + 'static {
+    /// The versions stored for `key`, or `None` if the key is absent.
+    fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError>;
+
+    /// Atomic read-modify-write of one key under a per-key lock: `f` sees the current set and
+    /// returns the new set to store, or `None` to leave it unchanged. `f` may be called more
+    /// than once (if the partition is dropped concurrently), so it should be a function of
+    /// its argument. Durable before it returns; the partition's Merkle leaf changes in the
+    /// same batch. Returns what is stored afterwards.
+    fn update(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
+    ) -> Result<Option<VersionSet>, StorageError>;
+
+    /// Removes a key (tombstone purge, or data this node no longer replicates), updating the
+    /// Merkle leaf in the same batch. Removing an absent key is not an error.
+    fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;
+
+    /// Up to `limit` keys of `partition` in storage order (leaf, then key bytes), starting
+    /// strictly after the key `after`. Feed the last key returned back as `after` to resume.
+    fn scan(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError>;
+
+    /// Every key of one Merkle leaf of `partition` (anti-entropy after a diff), in key order.
+    fn scan_leaf(
+        &self,
+        partition: PartitionId,
+        leaf: LeafIndex,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError>;
+
+    /// A copy of the partition's Merkle tree (the empty tree for an empty partition).
+    fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError>;
+
+    /// The partitions holding at least one key, ascending.
+    fn partitions(&self) -> Result<Vec<PartitionId>, StorageError>;
+
+    /// Deletes every key of `partition` (in batches of `DROP_BATCH_KEYS`) and its Merkle
+    /// state. Durable before it returns.
+    fn drop_partition(&self, partition: PartitionId) -> Result<(), StorageError>;
+
+    /// A small metadata blob (node identity, ring state, handoff progress).
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Stores a metadata blob durably, replacing any previous value.
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
+}
+
+/// A write destined for `target` that another node accepted on its behalf (hinted handoff).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    pub target: NodeId,
+    pub partition: PartitionId,
+    pub key: Key,
+    pub versions: VersionSet,
+}
+
+/// Durable, bounded store of hints. Hints are identified by (target, partition, key).
+pub trait HintStore: Send + Sync + 'static {
+    /// Stores a hint durably. A hint for a (target, partition, key) already held is merged
+    /// into it (`VersionSet::sync`), so the backlog is bounded by keys, not by writes. A new
+    /// hint when `max_hints` are held is refused with `StorageError::HintBacklogFull`.
+    fn push(&self, hint: Hint) -> Result<(), StorageError>;
+
+    /// Up to `limit` hints for `target`, in (partition, key) order.
+    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError>;
+
+    /// Deletes a delivered hint, but only if the stored hint is still the one delivered
+    /// (same version digest): a hint merged after delivery started is kept. Durable.
+    fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError>;
+
+    /// The targets with at least one pending hint, sorted.
+    fn targets(&self) -> Result<Vec<NodeId>, StorageError>;
+
+    /// The number of hints held.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
