@@ -198,8 +198,9 @@ impl HintStore for MemoryHintStore {
         check_key(&hint.key)?;
         let mut hints = self.lock();
         let held: usize = hints.values().map(BTreeMap::len).sum();
-        let per_target = hints.entry(hint.target).or_default();
-        match per_target.get_mut(&(hint.partition, hint.key.clone())) {
+        let id = (hint.partition, hint.key);
+        let existing = hints.get_mut(&hint.target).and_then(|m| m.get_mut(&id));
+        match existing {
             Some(existing) => *existing = existing.sync(&hint.versions),
             None if held >= self.max_hints => {
                 return Err(StorageError::HintBacklogFull {
@@ -207,10 +208,12 @@ impl HintStore for MemoryHintStore {
                 });
             }
             None => {
-                per_target.insert((hint.partition, hint.key), hint.versions);
+                hints
+                    .entry(hint.target)
+                    .or_default()
+                    .insert(id, hint.versions);
             }
         }
-        hints.retain(|_, m| !m.is_empty());
         Ok(())
     }
 
