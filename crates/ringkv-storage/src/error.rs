@@ -35,6 +35,8 @@ impl From<fjall::Error> for StorageError {
     fn from(e: fjall::Error) -> StorageError {
         match e {
             fjall::Error::Io(io) => StorageError::Io(io),
+            // fjall refuses writes after a failed journal write or fsync.
+            fjall::Error::Poisoned => StorageError::Closed,
             other => StorageError::Engine(other.to_string()),
         }
     }

@@ -10,14 +10,17 @@ use common::*;
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use ringkv_core::merkle::LeafIndex;
 use ringkv_storage::layout::{
-    FRAME_HEADER_BYTES, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE, record_key,
+    FRAME_HEADER_BYTES, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE,
+    record_key,
 };
 use ringkv_storage::{FjallEngine, FjallOptions, Hint, HintStore, StorageEngine, StorageError};
 
 /// Flips one bit at `offset` of every value in `keyspace`.
 fn flip_values(dir: &Path, keyspace: &str, offset: usize) {
     let db = Database::builder(dir).open().unwrap();
-    let ks = db.keyspace(keyspace, KeyspaceCreateOptions::default).unwrap();
+    let ks = db
+        .keyspace(keyspace, KeyspaceCreateOptions::default)
+        .unwrap();
     let entries: Vec<_> = ks.iter().map(|g| g.into_inner().unwrap()).collect();
     assert!(!entries.is_empty(), "nothing stored in {keyspace}");
     for (k, v) in entries {
@@ -32,7 +35,10 @@ fn flip_values(dir: &Path, keyspace: &str, offset: usize) {
 fn is_corrupt<T: std::fmt::Debug>(r: Result<T, StorageError>, naming: &str) -> bool {
     match r {
         Err(StorageError::Corrupt { what, detail }) => {
-            assert!(what.contains(naming), "{what:?} should name {naming:?} ({detail})");
+            assert!(
+                what.contains(naming),
+                "{what:?} should name {naming:?} ({detail})"
+            );
             true
         }
         other => panic!("expected Corrupt naming {naming:?}, got {other:?}"),
@@ -53,8 +59,14 @@ fn a_flipped_record_byte_is_corrupt_on_every_read_path() {
         let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
         assert!(is_corrupt(engine.get(p, b"victim"), "victim"));
         assert!(is_corrupt(engine.scan(p, None, 10), "victim"));
-        assert!(is_corrupt(engine.scan_leaf(p, LeafIndex::of_key(b"victim")), "victim"));
-        assert!(is_corrupt(engine.update(p, b"victim", &mut |_| None), "victim"));
+        assert!(is_corrupt(
+            engine.scan_leaf(p, LeafIndex::of_key(b"victim")),
+            "victim"
+        ));
+        assert!(is_corrupt(
+            engine.update(p, b"victim", &mut |_| None),
+            "victim"
+        ));
     }
 }
 
@@ -80,7 +92,10 @@ fn a_corrupt_merkle_leaf_meta_or_hint_is_corrupt() {
     let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
     assert!(is_corrupt(engine.merkle(p), "Merkle leaf"));
     assert!(is_corrupt(engine.get_meta("ring"), "ring"));
-    assert!(is_corrupt(engine.hint_store().unwrap().pending(&node(1), 10), "hinted"));
+    assert!(is_corrupt(
+        engine.hint_store().unwrap().pending(&node(1), 10),
+        "hinted"
+    ));
     // The record itself is intact.
     assert_eq!(values(&engine.get(p, b"k").unwrap().unwrap()), ["v"]);
 }
@@ -93,8 +108,14 @@ fn a_record_that_decodes_to_a_broken_version_set_is_corrupt() {
     drop(FjallEngine::open(dir.path(), FjallOptions::default()).unwrap());
     {
         let db = Database::builder(dir.path()).open().unwrap();
-        let ks = db.keyspace(RECORDS_KEYSPACE, KeyspaceCreateOptions::default).unwrap();
-        ks.insert(record_key(p, b"garbage"), ringkv_storage::layout::frame(&[0xff; 7])).unwrap();
+        let ks = db
+            .keyspace(RECORDS_KEYSPACE, KeyspaceCreateOptions::default)
+            .unwrap();
+        ks.insert(
+            record_key(p, b"garbage"),
+            ringkv_storage::layout::frame(&[0xff; 7]),
+        )
+        .unwrap();
         db.persist(PersistMode::SyncAll).unwrap();
     }
     let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
