@@ -36,6 +36,21 @@
 //! scans, and "storage order" within a partition is (leaf, key bytes). A leaf whose hash is 0
 //! (an empty leaf) is not stored. `frame(p)` is `[1u8][xxh3_64(p) BE][p]` (`layout`).
 //!
+//! # Hint store
+//!
+//! Hints live in the `hints` keyspace of the same database (`FjallEngine::hint_store`) and
+//! share its group commit. A hint is identified by (target, partition, key); pushing a hint
+//! already held merges the two version sets with `VersionSet::sync`, so the backlog grows
+//! with distinct keys, not with writes, and a new hint beyond `max_hints` is refused with
+//! `StorageError::HintBacklogFull`. `acknowledge` deletes a hint only if its digest is still
+//! the one delivered, so a write merged in during delivery is kept for the next round.
+//!
+//! # Group commit and its one cost
+//!
+//! See `group_commit`. fjall's `Database::persist` holds the journal lock while it fsyncs, so
+//! appends wait during an fsync and the next leader syncs whatever queued meanwhile; batching
+//! comes from that queue.
+//!
 //! # Limits
 //!
 //! Keys are at most `ringkv_core::constants::MAX_KEY_BYTES`; `scan` returns at most `limit`
