@@ -1,38 +1,141 @@
-//! Storage engines. TEMPORARY stand-in matching the agreed trait, replaced by the real crate.
+//! Storage for ringkv: the `StorageEngine` trait a node stores its replicas through, the
+//! in-memory engine (the reference model), the durable fjall engine, and the hint store.
+//!
+//! # Laws
+//!
+//! - **Only this crate names a concrete engine.** The node holds a `dyn StorageEngine` and a
+//!   `dyn HintStore`; `fjall` appears nowhere else.
+//! - **A write returns only after it is durable.** `update`, `remove`, `drop_partition`,
+//!   `put_meta` and every hint store write fsync the journal before they return. Concurrent
+//!   writers share fsyncs (group commit, see `group_commit`): a writer waits until a sync
+//!   that *started after its write reached the journal* has completed, so no write is
+//!   acknowledged before the sync covering it. A read may see a write that is not yet
+//!   acknowledged (it is in the journal, waiting for its sync); if the process dies before
+//!   that sync, the write may be lost, but it was never acknowledged.
+//! - **Every stored value carries a checksum.** Values are framed as
+//!   `[format version u8][xxh3-64 of payload][payload]`; the checksum is computed before the
+//!   write and verified on every read. A mismatch is `StorageError::Corrupt { what, detail }`
+//!   naming the record, never data.
+//! - **A key's record and its partition's Merkle leaf change in one atomic batch**, so the
+//!   stored Merkle leaves always match the stored records, after a crash too. The in-memory
+//!   tree of a partition is loaded lazily from the stored leaves and updated in O(depth)
+//!   under the partition's lock, in the same order the batches reach the journal.
+//!
+//! # On-disk layout (fjall)
+//!
+//! One fjall database per node, with four keyspaces:
+//!
+//! | keyspace        | key                                        | value                          |
+//! |-----------------|--------------------------------------------|--------------------------------|
+//! | `records`       | `[partition u32 BE][leaf u16 BE][key]`     | frame(postcard(`VersionSet`))  |
+//! | `merkle_leaves` | `[partition u32 BE][leaf u16 BE]`          | frame(leaf hash u64 BE)        |
+//! | `meta`          | name (UTF-8)                               | frame(blob)                    |
+//! | `hints`         | `[len u8][target][partition u32 BE][key]`  | frame(postcard(`VersionSet`))  |
+//!
+//! `leaf` is `LeafIndex::of_key(key)`, so a partition scan and a Merkle-leaf scan are range
+//! scans, and "storage order" within a partition is (leaf, key bytes). A leaf whose hash is 0
+//! (an empty leaf) is not stored. `frame(p)` is `[1u8][xxh3_64(p) BE][p]` (`layout`).
+//!
+//! # Hint store
+//!
+//! Hints live in the `hints` keyspace of the same database (`FjallEngine::hint_store`) and
+//! share its group commit. A hint is identified by (target, partition, key); pushing a hint
+//! already held merges the two version sets with `VersionSet::sync`, so the backlog grows
+//! with distinct keys, not with writes, and a new hint beyond `max_hints` is refused with
+//! `StorageError::HintBacklogFull`. `acknowledge` deletes a hint only if its digest is still
+//! the one delivered, so a write merged in during delivery is kept for the next round.
+//!
+//! # Group commit and its one cost
+//!
+//! See `group_commit`. fjall's `Database::persist` holds the journal lock while it fsyncs, so
+//! appends wait during an fsync and the next leader syncs whatever queued meanwhile; batching
+//! comes from that queue.
+//!
+//! # Limits
+//!
+//! Keys are at most `ringkv_core::constants::MAX_KEY_BYTES`; `scan` returns at most `limit`
+//! keys; `drop_partition` deletes in batches of `DROP_BATCH_KEYS`; the hint store holds at
+//! most `max_hints` distinct (target, partition, key) hints.
+
+pub mod error;
+pub mod fjall_engine;
+pub mod group_commit;
+pub mod layout;
+pub mod memory;
+
 use bytes::Bytes;
 use ringkv_core::merkle::{LeafIndex, MerkleTree};
 use ringkv_core::{NodeId, PartitionId, VersionSet};
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 
+pub use error::StorageError;
+pub use fjall_engine::{FjallEngine, FjallHintStore, FjallOptions};
+pub use memory::{MemoryEngine, MemoryHintStore};
+
+/// A user key.
 pub type Key = Bytes;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("storage engine error: {0}")]
-    Engine(String),
-    #[error("hint backlog is full ({max} hints)")]
-    HintBacklogFull { max: usize },
-}
+/// Most keys `drop_partition` deletes in one batch.
+pub const DROP_BATCH_KEYS: usize = 1024;
 
+/// Default bound of the hint store: distinct (target, partition, key) hints held.
+pub const DEFAULT_MAX_HINTS: usize = 100_000;
+
+/// A node's replica store. Every method is safe to call from many threads.
 pub trait StorageEngine: Send + Sync + 'static {
+    /// The versions stored for `key`, or `None` if the key is absent.
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError>;
+
+    /// Atomic read-modify-write of one key under a per-key lock: `f` sees the current set and
+    /// returns the new set to store, or `None` to leave it unchanged. `f` may be called more
+    /// than once (if the partition is dropped concurrently), so it should be a function of
+    /// its argument. Durable before it returns; the partition's Merkle leaf changes in the
+    /// same batch. Returns what is stored afterwards.
     fn update(
         &self,
         partition: PartitionId,
         key: &[u8],
         f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
     ) -> Result<Option<VersionSet>, StorageError>;
+
+    /// Removes a key (tombstone purge, or data this node no longer replicates), updating the
+    /// Merkle leaf in the same batch. Removing an absent key is not an error.
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;
-    fn scan(&self, partition: PartitionId, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Key, VersionSet)>, StorageError>;
-    fn scan_leaf(&self, partition: PartitionId, leaf: LeafIndex) -> Result<Vec<(Key, VersionSet)>, StorageError>;
+
+    /// Up to `limit` keys of `partition` in storage order (leaf, then key bytes), starting
+    /// strictly after the key `after`. Feed the last key returned back as `after` to resume.
+    fn scan(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError>;
+
+    /// Every key of one Merkle leaf of `partition` (anti-entropy after a diff), in key order.
+    fn scan_leaf(
+        &self,
+        partition: PartitionId,
+        leaf: LeafIndex,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError>;
+
+    /// A copy of the partition's Merkle tree (the empty tree for an empty partition).
     fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError>;
+
+    /// The partitions holding at least one key, ascending.
     fn partitions(&self) -> Result<Vec<PartitionId>, StorageError>;
+
+    /// Deletes every key of `partition` (in batches of `DROP_BATCH_KEYS`) and its Merkle
+    /// state. Durable before it returns.
     fn drop_partition(&self, partition: PartitionId) -> Result<(), StorageError>;
+
+    /// A small metadata blob (node identity, ring state, handoff progress).
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Stores a metadata blob durably, replacing any previous value.
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
 }
 
+/// A write destined for `target` that another node accepted on its behalf (hinted handoff).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hint {
     pub target: NodeId,
     pub partition: PartitionId,
@@ -40,62 +143,27 @@ pub struct Hint {
     pub versions: VersionSet,
 }
 
-#[derive(Default)]
-pub struct MemoryEngine {
-    data: Mutex<BTreeMap<(PartitionId, Vec<u8>), VersionSet>>,
-    meta: Mutex<BTreeMap<String, Vec<u8>>>,
-}
+/// Durable, bounded store of hints. Hints are identified by (target, partition, key).
+pub trait HintStore: Send + Sync + 'static {
+    /// Stores a hint durably. A hint for a (target, partition, key) already held is merged
+    /// into it (`VersionSet::sync`), so the backlog is bounded by keys, not by writes. A new
+    /// hint when `max_hints` are held is refused with `StorageError::HintBacklogFull`.
+    fn push(&self, hint: Hint) -> Result<(), StorageError>;
 
-impl MemoryEngine {
-    pub fn new() -> MemoryEngine {
-        MemoryEngine::default()
-    }
-}
+    /// Up to `limit` hints for `target`, in (partition, key) order.
+    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError>;
 
-impl StorageEngine for MemoryEngine {
-    fn get(&self, p: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
-        Ok(self.data.lock().unwrap().get(&(p, key.to_vec())).cloned())
-    }
-    fn update(&self, p: PartitionId, key: &[u8], f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>) -> Result<Option<VersionSet>, StorageError> {
-        let mut d = self.data.lock().unwrap();
-        let k = (p, key.to_vec());
-        if let Some(n) = f(d.get(&k)) {
-            d.insert(k.clone(), n);
-        }
-        Ok(d.get(&k).cloned())
-    }
-    fn remove(&self, p: PartitionId, key: &[u8]) -> Result<(), StorageError> {
-        self.data.lock().unwrap().remove(&(p, key.to_vec()));
-        Ok(())
-    }
-    fn scan(&self, _: PartitionId, _: Option<&[u8]>, _: usize) -> Result<Vec<(Key, VersionSet)>, StorageError> {
-        Ok(vec![])
-    }
-    fn scan_leaf(&self, _: PartitionId, _: LeafIndex) -> Result<Vec<(Key, VersionSet)>, StorageError> {
-        Ok(vec![])
-    }
-    fn merkle(&self, _: PartitionId) -> Result<MerkleTree, StorageError> {
-        Ok(MerkleTree::new())
-    }
-    fn partitions(&self) -> Result<Vec<PartitionId>, StorageError> {
-        Ok(vec![])
-    }
-    fn drop_partition(&self, _: PartitionId) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.meta.lock().unwrap().get(name).cloned())
-    }
-    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.meta.lock().unwrap().insert(name.into(), value.to_vec());
-        Ok(())
-    }
-}
+    /// Deletes a delivered hint, but only if the stored hint is still the one delivered
+    /// (same version digest): a hint merged after delivery started is kept. Durable.
+    fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError>;
 
-/// TEMPORARY: stands in until the durable engine lands.
-pub type FjallEngine = MemoryEngine;
-impl MemoryEngine {
-    pub fn open(_dir: &std::path::Path, _o: ()) -> Result<MemoryEngine, StorageError> {
-        Ok(MemoryEngine::new())
+    /// The targets with at least one pending hint, sorted.
+    fn targets(&self) -> Result<Vec<NodeId>, StorageError>;
+
+    /// The number of hints held.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -1,0 +1,621 @@
+//! The durable engine: one fjall database (an LSM tree with a write-ahead journal) per node.
+//!
+//! Layout and framing are in `layout`; the laws are in the crate documentation. How this
+//! file keeps them:
+//!
+//! - `update` and `remove` hold the key's stripe lock (`KEY_LOCK_STRIPES`) for the whole
+//!   read-modify-write, then the partition's lock only for the Merkle update and the batch
+//!   append, so the in-memory tree changes in the same order the batches reach the journal
+//!   and every stored leaf is the XOR of the records stored beside it. The fsync wait
+//!   (`GroupCommit`) happens after both locks are released, so writers of the same partition
+//!   share fsyncs.
+//! - `drop_partition` runs under the partition's lock and bumps the partition's generation;
+//!   an `update` that read its key before the drop notices the new generation and reads again.
+//! - The Merkle tree of a partition is loaded from its stored leaves on first use; a failed
+//!   batch append undoes its change to the in-memory tree.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use ringkv_core::merkle::{LeafIndex, MERKLE_LEAVES, MerkleTree};
+use ringkv_core::{NodeId, PartitionId, VersionSet};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::group_commit::GroupCommit;
+use crate::layout::{
+    self, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE, check_key,
+    decode_hint_key, decode_leaf, decode_versions, encode_leaf, encode_versions, hint_key,
+    hint_target_prefix, leaf_prefix, next_partition_start, partition_of, partition_prefix,
+    prefix_successor, record_key, unframe, user_key,
+};
+use crate::{
+    DEFAULT_MAX_HINTS, DROP_BATCH_KEYS, Hint, HintStore, Key, StorageEngine, StorageError,
+};
+
+/// Number of key locks; two keys share a lock when their hashes collide modulo this.
+pub const KEY_LOCK_STRIPES: usize = 1024;
+
+/// Settings of a `FjallEngine`.
+#[derive(Debug, Clone)]
+pub struct FjallOptions {
+    /// Size of fjall's block cache, in bytes.
+    pub cache_size_bytes: u64,
+    /// Bound of the hint store (distinct hints held).
+    pub max_hints: usize,
+}
+
+impl Default for FjallOptions {
+    fn default() -> FjallOptions {
+        FjallOptions {
+            cache_size_bytes: 64 * 1024 * 1024,
+            max_hints: DEFAULT_MAX_HINTS,
+        }
+    }
+}
+
+type SyncFn = Box<dyn Fn() -> Result<(), StorageError> + Send + Sync>;
+
+/// What the engine and its hint store share: the database, its keyspaces, the group commit.
+struct Shared {
+    db: Database,
+    records: Keyspace,
+    leaves: Keyspace,
+    meta: Keyspace,
+    hints: Keyspace,
+    commit: GroupCommit<SyncFn>,
+}
+
+impl Shared {
+    /// Appends `batch` to the journal and returns the ticket to wait for.
+    fn append(&self, batch: fjall::OwnedWriteBatch) -> Result<u64, StorageError> {
+        batch.commit()?;
+        Ok(self.commit.appended())
+    }
+}
+
+#[derive(Default)]
+struct PartitionState {
+    /// `None` until first used, then loaded from the stored leaves.
+    tree: Option<MerkleTree>,
+    /// Bumped by `drop_partition`, so that a read-modify-write that read before the drop
+    /// knows its read is stale.
+    generation: u64,
+}
+
+/// What a read-modify-write decided.
+enum Change {
+    Keep,
+    Put(VersionSet),
+    Delete,
+}
+
+/// The durable `StorageEngine`.
+pub struct FjallEngine {
+    shared: Arc<Shared>,
+    options: FjallOptions,
+    key_locks: Vec<Mutex<()>>,
+    partitions: Mutex<HashMap<PartitionId, Arc<Mutex<PartitionState>>>>,
+    hint_store: OnceLock<Arc<FjallHintStore>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section below leaves its state consistent before anything can panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn describe_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(&key[..key.len().min(64)]).into_owned()
+}
+
+impl FjallEngine {
+    /// Opens (or creates) the database in `dir`. An existing directory is resumed: records,
+    /// Merkle leaves, metadata and hints are all there, as of the last acknowledged write.
+    pub fn open(dir: impl AsRef<Path>, options: FjallOptions) -> Result<FjallEngine, StorageError> {
+        let db = Database::builder(dir.as_ref())
+            .cache_size(options.cache_size_bytes)
+            .open()?;
+        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let (records, leaves) = (keyspace(RECORDS_KEYSPACE)?, keyspace(LEAVES_KEYSPACE)?);
+        let (meta, hints) = (keyspace(META_KEYSPACE)?, keyspace(HINTS_KEYSPACE)?);
+        let sync_db = db.clone();
+        let sync: SyncFn = Box::new(move || {
+            sync_db
+                .persist(PersistMode::SyncAll)
+                .map_err(StorageError::from)
+        });
+        let shared = Arc::new(Shared {
+            db,
+            records,
+            leaves,
+            meta,
+            hints,
+            commit: GroupCommit::new(sync),
+        });
+        Ok(FjallEngine {
+            shared,
+            options,
+            key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            partitions: Mutex::new(HashMap::new()),
+            hint_store: OnceLock::new(),
+        })
+    }
+
+    /// The hint store kept in the same database (created on first call, then shared; its
+    /// bound is `FjallOptions::max_hints`).
+    pub fn hint_store(&self) -> Result<Arc<FjallHintStore>, StorageError> {
+        if let Some(store) = self.hint_store.get() {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(FjallHintStore::new(
+            self.shared.clone(),
+            self.options.max_hints,
+        )?);
+        Ok(self.hint_store.get_or_init(|| store).clone())
+    }
+
+    /// How many journal fsyncs ran since opening (to observe group commit).
+    pub fn fsync_count(&self) -> u64 {
+        self.shared.commit.fsync_count()
+    }
+
+    fn key_lock(&self, encoded: &[u8]) -> MutexGuard<'_, ()> {
+        lock(&self.key_locks[(xxh3_64(encoded) % KEY_LOCK_STRIPES as u64) as usize])
+    }
+
+    fn partition_state(&self, partition: PartitionId) -> Arc<Mutex<PartitionState>> {
+        lock(&self.partitions).entry(partition).or_default().clone()
+    }
+
+    fn read_record(
+        &self,
+        partition: PartitionId,
+        encoded: &[u8],
+    ) -> Result<Option<VersionSet>, StorageError> {
+        let Some(framed) = self.shared.records.get(encoded)? else {
+            return Ok(None);
+        };
+        let what = || {
+            format!(
+                "record of key {:?} in partition {}",
+                describe_key(&encoded[6..]),
+                partition.index()
+            )
+        };
+        decode_versions(&what, &framed).map(Some)
+    }
+
+    fn load_tree(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
+        let mut leaves = vec![0u64; MERKLE_LEAVES];
+        for guard in self.shared.leaves.prefix(partition_prefix(partition)) {
+            let (k, v) = guard.into_inner()?;
+            let leaf = layout::leaf_of(&k)?;
+            let what = || {
+                format!(
+                    "Merkle leaf {} of partition {}",
+                    leaf.get(),
+                    partition.index()
+                )
+            };
+            leaves[leaf.get()] = decode_leaf(&what, &v)?;
+        }
+        Ok(MerkleTree::from_leaves(leaves).expect("MERKLE_LEAVES leaves"))
+    }
+
+    fn tree<'a>(
+        &self,
+        state: &'a mut PartitionState,
+        partition: PartitionId,
+    ) -> Result<&'a mut MerkleTree, StorageError> {
+        if state.tree.is_none() {
+            state.tree = Some(self.load_tree(partition)?);
+        }
+        Ok(state.tree.as_mut().expect("just loaded"))
+    }
+
+    /// Puts the record change and the leaf it changes in one batch and appends it. Must be
+    /// called under the partition's lock. Returns the group-commit ticket.
+    fn append_change(
+        &self,
+        state: &mut PartitionState,
+        partition: PartitionId,
+        key: &[u8],
+        old: Option<&VersionSet>,
+        new: Option<&VersionSet>,
+    ) -> Result<u64, StorageError> {
+        let (old_digest, new_digest) = (old.map(VersionSet::digest), new.map(VersionSet::digest));
+        let tree = self.tree(state, partition)?;
+        let leaf = tree.update(key, old_digest, new_digest);
+        let mut batch = self.shared.db.batch();
+        let encoded = record_key(partition, key);
+        match new {
+            Some(versions) => {
+                batch.insert(&self.shared.records, encoded, encode_versions(versions))
+            }
+            None => batch.remove(&self.shared.records, encoded),
+        }
+        put_leaf(
+            &mut batch,
+            &self.shared.leaves,
+            partition,
+            leaf,
+            tree.leaf(leaf),
+        );
+        self.shared.append(batch).inspect_err(|_| {
+            tree.update(key, new_digest, old_digest);
+        })
+    }
+
+    /// The read-modify-write behind `update` and `remove`.
+    fn modify(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        decide: &mut dyn FnMut(Option<&VersionSet>) -> Change,
+    ) -> Result<Option<VersionSet>, StorageError> {
+        check_key(key)?;
+        let encoded = record_key(partition, key);
+        let key_guard = self.key_lock(&encoded);
+        let part = self.partition_state(partition);
+        // Optimistic: read without the partition lock, then check no drop happened since.
+        let generation = lock(&part).generation;
+        let mut current = self.read_record(partition, &encoded)?;
+        let mut change = decide(current.as_ref());
+        let mut state = lock(&part);
+        if state.generation != generation {
+            current = self.read_record(partition, &encoded)?;
+            change = decide(current.as_ref());
+        }
+        let (ticket, stored) = match change {
+            Change::Keep => return Ok(current),
+            Change::Put(new) => (
+                self.append_change(&mut state, partition, key, current.as_ref(), Some(&new))?,
+                Some(new),
+            ),
+            Change::Delete if current.is_none() => return Ok(None),
+            Change::Delete => (
+                self.append_change(&mut state, partition, key, current.as_ref(), None)?,
+                None,
+            ),
+        };
+        drop(state);
+        drop(key_guard);
+        self.shared.commit.wait_durable(ticket)?;
+        Ok(stored)
+    }
+
+    /// Deletes up to `DROP_BATCH_KEYS` records of the partition with their leaf changes.
+    /// Returns the ticket of the batch, or `None` when the partition had no record left.
+    fn drop_some(
+        &self,
+        state: &mut PartitionState,
+        partition: PartitionId,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut batch = self.shared.db.batch();
+        let tree = self.tree(state, partition)?;
+        let mut touched = Vec::new();
+        for guard in self
+            .shared
+            .records
+            .prefix(partition_prefix(partition))
+            .take(DROP_BATCH_KEYS)
+        {
+            let (k, v) = guard.into_inner()?;
+            let key = user_key(&k)?;
+            let what = || {
+                format!(
+                    "record of key {:?} in partition {}",
+                    describe_key(&key),
+                    partition.index()
+                )
+            };
+            match decode_versions(&what, &v) {
+                Ok(versions) => touched.push(tree.update(&key, Some(versions.digest()), None)),
+                // Its digest is unknown, so its leaf cannot be corrected now; the leaves of
+                // the partition are all deleted at the end of the drop.
+                Err(e) => tracing::warn!(error = %e, "dropping a corrupt record"),
+            }
+            batch.remove(&self.shared.records, k);
+        }
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        touched.sort();
+        touched.dedup();
+        for leaf in touched {
+            put_leaf(
+                &mut batch,
+                &self.shared.leaves,
+                partition,
+                leaf,
+                tree.leaf(leaf),
+            );
+        }
+        self.shared.append(batch).map(Some)
+    }
+}
+
+fn put_leaf(
+    batch: &mut fjall::OwnedWriteBatch,
+    leaves: &Keyspace,
+    partition: PartitionId,
+    leaf: LeafIndex,
+    hash: u64,
+) {
+    let key = leaf_prefix(partition, leaf);
+    if hash == 0 {
+        batch.remove(leaves, key)
+    } else {
+        batch.insert(leaves, key, encode_leaf(hash))
+    }
+}
+
+/// `(start, end)` bounds of the records of `partition`, starting at `start`.
+fn partition_range(
+    partition: PartitionId,
+    start: Bound<Vec<u8>>,
+) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let end = match next_partition_start(partition) {
+        Some(next) => Bound::Excluded(next.to_vec()),
+        None => Bound::Unbounded,
+    };
+    (start, end)
+}
+
+fn decode_entries(
+    partition: PartitionId,
+    iter: impl Iterator<Item = fjall::Guard>,
+) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+    iter.map(|guard| {
+        let (k, v) = guard.into_inner()?;
+        let key = user_key(&k)?;
+        let what = || {
+            format!(
+                "record of key {:?} in partition {}",
+                describe_key(&key),
+                partition.index()
+            )
+        };
+        Ok((key.clone(), decode_versions(&what, &v)?))
+    })
+    .collect()
+}
+
+impl StorageEngine for FjallEngine {
+    fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
+        check_key(key)?;
+        self.read_record(partition, &record_key(partition, key))
+    }
+
+    fn update(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
+    ) -> Result<Option<VersionSet>, StorageError> {
+        self.modify(partition, key, &mut |current| match f(current) {
+            Some(new) => Change::Put(new),
+            None => Change::Keep,
+        })
+    }
+
+    fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
+        self.modify(partition, key, &mut |_| Change::Delete)
+            .map(|_| ())
+    }
+
+    fn scan(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+        let start = match after {
+            Some(after) => Bound::Excluded(record_key(partition, after)),
+            None => Bound::Included(partition_prefix(partition).to_vec()),
+        };
+        let iter = self
+            .shared
+            .records
+            .range(partition_range(partition, start))
+            .take(limit);
+        decode_entries(partition, iter)
+    }
+
+    fn scan_leaf(
+        &self,
+        partition: PartitionId,
+        leaf: LeafIndex,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+        decode_entries(
+            partition,
+            self.shared.records.prefix(leaf_prefix(partition, leaf)),
+        )
+    }
+
+    fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
+        let part = self.partition_state(partition);
+        let mut state = lock(&part);
+        Ok(self.tree(&mut state, partition)?.clone())
+    }
+
+    fn partitions(&self) -> Result<Vec<PartitionId>, StorageError> {
+        // One seek per partition: find the first key at or after `cursor`, then jump past
+        // its partition.
+        let mut out = Vec::new();
+        let mut cursor = Vec::new();
+        while let Some(guard) = self.shared.records.range(cursor.clone()..).next() {
+            let partition = partition_of(&guard.key()?)?;
+            out.push(partition);
+            match next_partition_start(partition) {
+                Some(next) => cursor = next.to_vec(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn drop_partition(&self, partition: PartitionId) -> Result<(), StorageError> {
+        let part = self.partition_state(partition);
+        let mut state = lock(&part);
+        let mut last_ticket = None;
+        // Each round deletes DROP_BATCH_KEYS records; the loop ends when none is left.
+        while let Some(ticket) = self.drop_some(&mut state, partition)? {
+            last_ticket = Some(ticket);
+        }
+        // Leaves left over (only if a corrupt record's digest could not be subtracted).
+        let mut batch = self.shared.db.batch();
+        for guard in self.shared.leaves.prefix(partition_prefix(partition)) {
+            batch.remove(&self.shared.leaves, guard.key()?);
+        }
+        if !batch.is_empty() {
+            last_ticket = Some(self.shared.append(batch)?);
+        }
+        state.tree = Some(MerkleTree::new());
+        state.generation += 1;
+        drop(state);
+        match last_ticket {
+            Some(ticket) => self.shared.commit.wait_durable(ticket),
+            None => Ok(()),
+        }
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(framed) = self.shared.meta.get(name)? else {
+            return Ok(None);
+        };
+        let what = || format!("metadata {name:?}");
+        unframe(&what, &framed).map(|payload| Some(payload.to_vec()))
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = self.shared.db.batch();
+        batch.insert(&self.shared.meta, name, layout::frame(value));
+        let ticket = self.shared.append(batch)?;
+        self.shared.commit.wait_durable(ticket)
+    }
+}
+
+/// The durable `HintStore`, in the `hints` keyspace of a `FjallEngine`'s database (get it
+/// with `FjallEngine::hint_store`). Writes share the engine's group commit.
+pub struct FjallHintStore {
+    shared: Arc<Shared>,
+    max_hints: usize,
+    /// The number of hints held; the lock also serializes push and acknowledge, which are
+    /// read-modify-writes.
+    held: Mutex<usize>,
+}
+
+impl FjallHintStore {
+    fn new(shared: Arc<Shared>, max_hints: usize) -> Result<FjallHintStore, StorageError> {
+        let held = shared.hints.len()?;
+        Ok(FjallHintStore {
+            shared,
+            max_hints,
+            held: Mutex::new(held),
+        })
+    }
+
+    fn read(&self, encoded: &[u8]) -> Result<Option<VersionSet>, StorageError> {
+        let Some(framed) = self.shared.hints.get(encoded)? else {
+            return Ok(None);
+        };
+        decode_versions(&|| describe_hint(encoded), &framed).map(Some)
+    }
+}
+
+fn describe_hint(encoded: &[u8]) -> String {
+    match decode_hint_key(encoded) {
+        Ok((target, partition, key)) => {
+            format!(
+                "hint for {target} of key {:?} in partition {}",
+                describe_key(&key),
+                partition.index()
+            )
+        }
+        Err(_) => "hint".to_string(),
+    }
+}
+
+impl HintStore for FjallHintStore {
+    fn push(&self, hint: Hint) -> Result<(), StorageError> {
+        check_key(&hint.key)?;
+        let encoded = hint_key(&hint.target, hint.partition, &hint.key);
+        let mut held = lock(&self.held);
+        let (merged, is_new) = match self.read(&encoded)? {
+            Some(existing) => (existing.sync(&hint.versions), false),
+            None if *held >= self.max_hints => {
+                return Err(StorageError::HintBacklogFull {
+                    max: self.max_hints,
+                });
+            }
+            None => (hint.versions, true),
+        };
+        let mut batch = self.shared.db.batch();
+        batch.insert(&self.shared.hints, encoded, encode_versions(&merged));
+        let ticket = self.shared.append(batch)?;
+        *held += usize::from(is_new);
+        drop(held);
+        self.shared.commit.wait_durable(ticket)
+    }
+
+    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        self.shared
+            .hints
+            .prefix(hint_target_prefix(target))
+            .take(limit)
+            .map(|guard| {
+                let (k, v) = guard.into_inner()?;
+                let (target, partition, key) = decode_hint_key(&k)?;
+                let versions = decode_versions(&|| describe_hint(&k), &v)?;
+                Ok(Hint {
+                    target,
+                    partition,
+                    key,
+                    versions,
+                })
+            })
+            .collect()
+    }
+
+    fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError> {
+        let encoded = hint_key(&hint.target, hint.partition, &hint.key);
+        let mut held = lock(&self.held);
+        let unchanged = self
+            .read(&encoded)?
+            .is_some_and(|stored| stored.digest() == hint.versions.digest());
+        if !unchanged {
+            return Ok(());
+        }
+        let mut batch = self.shared.db.batch();
+        batch.remove(&self.shared.hints, encoded);
+        let ticket = self.shared.append(batch)?;
+        *held -= 1;
+        drop(held);
+        self.shared.commit.wait_durable(ticket)
+    }
+
+    fn targets(&self) -> Result<Vec<NodeId>, StorageError> {
+        // One seek per target: read the first hint at or after `cursor`, then jump past
+        // every hint of its target.
+        let mut out = Vec::new();
+        let mut cursor = Vec::new();
+        while let Some(guard) = self.shared.hints.range(cursor.clone()..).next() {
+            let (target, _, _) = decode_hint_key(&guard.key()?)?;
+            let next = prefix_successor(&hint_target_prefix(&target));
+            out.push(target);
+            match next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn len(&self) -> usize {
+        *lock(&self.held)
+    }
+}

@@ -1,0 +1,260 @@
+//! The in-memory engine and hint store: the reference model every durable engine is tested
+//! against. Nothing here survives the process; everything else (ordering, Merkle trees,
+//! hint merging and bounds) behaves exactly as the durable engine must.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ringkv_core::merkle::{LeafIndex, MerkleTree};
+use ringkv_core::{NodeId, PartitionId, VersionSet};
+
+use crate::layout::{check_key, leaf_prefix, partition_of, partition_prefix, record_key, user_key};
+use crate::{Hint, HintStore, Key, StorageEngine, StorageError};
+
+#[derive(Default)]
+struct MemoryState {
+    /// Encoded record key (`layout::record_key`) to versions, so that the order is the
+    /// durable engine's order.
+    records: BTreeMap<Vec<u8>, VersionSet>,
+    trees: HashMap<PartitionId, MerkleTree>,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+/// A `StorageEngine` in a `BTreeMap` behind one lock.
+#[derive(Default)]
+pub struct MemoryEngine {
+    state: RwLock<MemoryState>,
+}
+
+impl MemoryEngine {
+    pub fn new() -> MemoryEngine {
+        MemoryEngine::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, MemoryState> {
+        // A panic in a caller's closure happens before any change, so the state is intact.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, MemoryState> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn collect_range(
+    records: &BTreeMap<Vec<u8>, VersionSet>,
+    start: Bound<Vec<u8>>,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+    records
+        .range((start, Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+        .map(|(k, v)| Ok((user_key(k)?, v.clone())))
+        .collect()
+}
+
+impl StorageEngine for MemoryEngine {
+    fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
+        check_key(key)?;
+        Ok(self
+            .read()
+            .records
+            .get(&record_key(partition, key))
+            .cloned())
+    }
+
+    fn update(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
+    ) -> Result<Option<VersionSet>, StorageError> {
+        check_key(key)?;
+        let encoded = record_key(partition, key);
+        let mut guard = self.write();
+        let state = &mut *guard;
+        let current = state.records.get(&encoded);
+        let Some(new) = f(current) else {
+            return Ok(current.cloned());
+        };
+        let old_digest = current.map(VersionSet::digest);
+        state
+            .trees
+            .entry(partition)
+            .or_default()
+            .update(key, old_digest, Some(new.digest()));
+        state.records.insert(encoded, new.clone());
+        Ok(Some(new))
+    }
+
+    fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
+        check_key(key)?;
+        let mut guard = self.write();
+        let state = &mut *guard;
+        if let Some(old) = state.records.remove(&record_key(partition, key)) {
+            state
+                .trees
+                .entry(partition)
+                .or_default()
+                .update(key, Some(old.digest()), None);
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+        let prefix = partition_prefix(partition);
+        let start = match after {
+            Some(after) => Bound::Excluded(record_key(partition, after)),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        collect_range(&self.read().records, start, &prefix, limit)
+    }
+
+    fn scan_leaf(
+        &self,
+        partition: PartitionId,
+        leaf: LeafIndex,
+    ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+        let prefix = leaf_prefix(partition, leaf);
+        collect_range(
+            &self.read().records,
+            Bound::Included(prefix.to_vec()),
+            &prefix,
+            usize::MAX,
+        )
+    }
+
+    fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
+        Ok(self
+            .read()
+            .trees
+            .get(&partition)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn partitions(&self) -> Result<Vec<PartitionId>, StorageError> {
+        let state = self.read();
+        let mut out: Vec<PartitionId> = Vec::new();
+        for k in state.records.keys() {
+            let p = partition_of(k)?;
+            if out.last() != Some(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn drop_partition(&self, partition: PartitionId) -> Result<(), StorageError> {
+        let mut state = self.write();
+        let prefix = partition_prefix(partition);
+        state.records.retain(|k, _| !k.starts_with(&prefix));
+        state.trees.remove(&partition);
+        Ok(())
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.read().meta.get(name).cloned())
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.write().meta.insert(name.to_string(), value.to_vec());
+        Ok(())
+    }
+}
+
+type HintMap = BTreeMap<NodeId, BTreeMap<(PartitionId, Key), VersionSet>>;
+
+/// A `HintStore` in a `BTreeMap`, bounded like the durable one.
+pub struct MemoryHintStore {
+    max_hints: usize,
+    hints: Mutex<HintMap>,
+}
+
+impl MemoryHintStore {
+    /// A store holding at most `max_hints` distinct hints.
+    pub fn new(max_hints: usize) -> MemoryHintStore {
+        MemoryHintStore {
+            max_hints,
+            hints: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HintMap> {
+        self.hints.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl HintStore for MemoryHintStore {
+    fn push(&self, hint: Hint) -> Result<(), StorageError> {
+        check_key(&hint.key)?;
+        let mut hints = self.lock();
+        let held: usize = hints.values().map(BTreeMap::len).sum();
+        let id = (hint.partition, hint.key);
+        let existing = hints.get_mut(&hint.target).and_then(|m| m.get_mut(&id));
+        match existing {
+            Some(existing) => *existing = existing.sync(&hint.versions),
+            None if held >= self.max_hints => {
+                return Err(StorageError::HintBacklogFull {
+                    max: self.max_hints,
+                });
+            }
+            None => {
+                hints
+                    .entry(hint.target)
+                    .or_default()
+                    .insert(id, hint.versions);
+            }
+        }
+        Ok(())
+    }
+
+    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        let hints = self.lock();
+        let Some(per_target) = hints.get(target) else {
+            return Ok(Vec::new());
+        };
+        Ok(per_target
+            .iter()
+            .take(limit)
+            .map(|((partition, key), versions)| Hint {
+                target: target.clone(),
+                partition: *partition,
+                key: key.clone(),
+                versions: versions.clone(),
+            })
+            .collect())
+    }
+
+    fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError> {
+        let mut hints = self.lock();
+        let Some(per_target) = hints.get_mut(&hint.target) else {
+            return Ok(());
+        };
+        let id = (hint.partition, hint.key.clone());
+        if per_target
+            .get(&id)
+            .is_some_and(|held| held.digest() == hint.versions.digest())
+        {
+            per_target.remove(&id);
+        }
+        hints.retain(|_, m| !m.is_empty());
+        Ok(())
+    }
+
+    fn targets(&self) -> Result<Vec<NodeId>, StorageError> {
+        Ok(self.lock().keys().cloned().collect())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().values().map(BTreeMap::len).sum()
+    }
+}

@@ -1,0 +1,123 @@
+//! A stored value whose bytes changed is reported as `StorageError::Corrupt`, never returned
+//! as data. The bytes are changed through fjall directly, behind the engine's back.
+
+mod common;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use common::*;
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use ringkv_core::merkle::LeafIndex;
+use ringkv_storage::layout::{
+    FRAME_HEADER_BYTES, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE,
+    record_key,
+};
+use ringkv_storage::{FjallEngine, FjallOptions, Hint, HintStore, StorageEngine, StorageError};
+
+/// Flips one bit at `offset` of every value in `keyspace`.
+fn flip_values(dir: &Path, keyspace: &str, offset: usize) {
+    let db = Database::builder(dir).open().unwrap();
+    let ks = db
+        .keyspace(keyspace, KeyspaceCreateOptions::default)
+        .unwrap();
+    let entries: Vec<_> = ks.iter().map(|g| g.into_inner().unwrap()).collect();
+    assert!(!entries.is_empty(), "nothing stored in {keyspace}");
+    for (k, v) in entries {
+        let mut v = v.to_vec();
+        let at = offset.min(v.len() - 1);
+        v[at] ^= 0x04;
+        ks.insert(k, v).unwrap();
+    }
+    db.persist(PersistMode::SyncAll).unwrap();
+}
+
+fn is_corrupt<T: std::fmt::Debug>(r: Result<T, StorageError>, naming: &str) -> bool {
+    match r {
+        Err(StorageError::Corrupt { what, detail }) => {
+            assert!(
+                what.contains(naming),
+                "{what:?} should name {naming:?} ({detail})"
+            );
+            true
+        }
+        other => panic!("expected Corrupt naming {naming:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_flipped_record_byte_is_corrupt_on_every_read_path() {
+    // Payload, checksum and version byte: each flip is caught.
+    for offset in [FRAME_HEADER_BYTES + 3, 4, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(2);
+        {
+            let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+            put(&engine, p, b"victim", "precious");
+        }
+        flip_values(dir.path(), RECORDS_KEYSPACE, offset);
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        assert!(is_corrupt(engine.get(p, b"victim"), "victim"));
+        assert!(is_corrupt(engine.scan(p, None, 10), "victim"));
+        assert!(is_corrupt(
+            engine.scan_leaf(p, LeafIndex::of_key(b"victim")),
+            "victim"
+        ));
+        assert!(is_corrupt(
+            engine.update(p, b"victim", &mut |_| None),
+            "victim"
+        ));
+    }
+}
+
+#[test]
+fn a_corrupt_merkle_leaf_meta_or_hint_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(3);
+    {
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        put(&engine, p, b"k", "v");
+        engine.put_meta("ring", b"state").unwrap();
+        let hint = Hint {
+            target: node(1),
+            partition: p,
+            key: Bytes::from_static(b"hinted"),
+            versions: write(None, "v", &replica(0), false),
+        };
+        engine.hint_store().unwrap().push(hint).unwrap();
+    }
+    for ks in [LEAVES_KEYSPACE, META_KEYSPACE, HINTS_KEYSPACE] {
+        flip_values(dir.path(), ks, FRAME_HEADER_BYTES);
+    }
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    assert!(is_corrupt(engine.merkle(p), "Merkle leaf"));
+    assert!(is_corrupt(engine.get_meta("ring"), "ring"));
+    assert!(is_corrupt(
+        engine.hint_store().unwrap().pending(&node(1), 10),
+        "hinted"
+    ));
+    // The record itself is intact.
+    assert_eq!(values(&engine.get(p, b"k").unwrap().unwrap()), ["v"]);
+}
+
+#[test]
+fn a_record_that_decodes_to_a_broken_version_set_is_corrupt() {
+    // A valid checksum over a payload that is not a well-formed VersionSet.
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(4);
+    drop(FjallEngine::open(dir.path(), FjallOptions::default()).unwrap());
+    {
+        let db = Database::builder(dir.path()).open().unwrap();
+        let ks = db
+            .keyspace(RECORDS_KEYSPACE, KeyspaceCreateOptions::default)
+            .unwrap();
+        ks.insert(
+            record_key(p, b"garbage"),
+            ringkv_storage::layout::frame(&[0xff; 7]),
+        )
+        .unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    assert!(is_corrupt(engine.get(p, b"garbage"), "garbage"));
+}

@@ -1,0 +1,304 @@
+//! One test suite, run against every engine: what the in-memory model does, the durable
+//! engine must do too.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use ringkv_core::merkle::{LeafIndex, MERKLE_LEAVES, MerkleTree};
+use ringkv_storage::{
+    DROP_BATCH_KEYS, FjallEngine, FjallOptions, MemoryEngine, StorageEngine, StorageError,
+};
+
+fn get_update_remove(engine: &dyn StorageEngine) {
+    let p = partition(3);
+    assert_eq!(engine.get(p, b"k").unwrap(), None);
+    let stored = put(engine, p, b"k", "v1");
+    assert_eq!(values(&stored), ["v1"]);
+    assert_eq!(engine.get(p, b"k").unwrap(), Some(stored.clone()));
+    assert_eq!(
+        engine.get(partition(4), b"k").unwrap(),
+        None,
+        "keys are per partition"
+    );
+
+    // `f` sees the current set; returning None leaves it and returns it.
+    let mut seen = None;
+    let after = engine
+        .update(p, b"k", &mut |cur| {
+            seen = cur.cloned();
+            None
+        })
+        .unwrap();
+    assert_eq!(seen.as_ref(), Some(&stored));
+    assert_eq!(after, Some(stored.clone()));
+    assert_eq!(engine.update(p, b"absent", &mut |_| None).unwrap(), None);
+    assert_eq!(engine.get(p, b"absent").unwrap(), None);
+
+    let two = put(engine, p, b"k", "v2");
+    assert_eq!(values(&two), ["v1", "v2"], "a blind write is a sibling");
+    assert_ne!(engine.merkle(p).unwrap(), MerkleTree::new());
+    engine.remove(p, b"k").unwrap();
+    assert_eq!(engine.get(p, b"k").unwrap(), None);
+    assert_eq!(
+        engine.merkle(p).unwrap(),
+        MerkleTree::new(),
+        "an emptied partition has the empty tree"
+    );
+    engine.remove(p, b"k").unwrap();
+
+    let long = vec![b'x'; ringkv_core::constants::MAX_KEY_BYTES + 1];
+    assert!(matches!(
+        engine.get(p, &long),
+        Err(StorageError::KeyTooLong { .. })
+    ));
+    assert!(matches!(
+        engine.update(p, &long, &mut |_| None),
+        Err(StorageError::KeyTooLong { .. })
+    ));
+}
+
+fn scan_paginates(engine: &dyn StorageEngine) {
+    let p = partition(1);
+    let keys: BTreeSet<Bytes> = (0..100).map(|i| Bytes::from(format!("key-{i}"))).collect();
+    for k in &keys {
+        put(engine, p, k, "v");
+    }
+    put(engine, partition(0), b"other-before", "v");
+    put(engine, partition(2), b"other-after", "v");
+    for page in [1, 7, 100, 1000] {
+        let all = scan_all(engine, p, page);
+        let got: Vec<Bytes> = all.iter().map(|(k, _)| k.clone()).collect();
+        let order: Vec<(LeafIndex, Bytes)> = got
+            .iter()
+            .map(|k| (LeafIndex::of_key(k), k.clone()))
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "storage order is (leaf, key), no duplicates"
+        );
+        assert_eq!(
+            got.into_iter().collect::<BTreeSet<_>>(),
+            keys,
+            "page size {page}"
+        );
+    }
+    assert!(engine.scan(p, None, 0).unwrap().is_empty());
+    assert!(engine.scan(partition(9), None, 10).unwrap().is_empty());
+    // Resuming after a key that is not stored works too.
+    let first = engine.scan(p, None, 1).unwrap();
+    engine.remove(p, &first[0].0).unwrap();
+    let resumed = engine.scan(p, Some(&first[0].0), 1000).unwrap();
+    assert_eq!(resumed.len(), 99);
+}
+
+fn scan_leaf_finds_exactly_a_leafs_keys(engine: &dyn StorageEngine) {
+    let p = partition(5);
+    let keys: Vec<Bytes> = (0..300)
+        .map(|i| Bytes::from(format!("leafy-{i}")))
+        .collect();
+    for k in &keys {
+        put(engine, p, k, "v");
+    }
+    put(engine, partition(6), b"leafy-0", "v");
+    let tree = engine.merkle(p).unwrap();
+    let mut seen = BTreeSet::new();
+    for i in 0..MERKLE_LEAVES {
+        let leaf = LeafIndex::new(i).unwrap();
+        let in_leaf = engine.scan_leaf(p, leaf).unwrap();
+        assert!(in_leaf.iter().all(|(k, _)| LeafIndex::of_key(k) == leaf));
+        assert_eq!(in_leaf.is_empty(), tree.leaf(leaf) == 0, "leaf {i}");
+        seen.extend(in_leaf.into_iter().map(|(k, _)| k));
+    }
+    assert_eq!(seen, keys.into_iter().collect());
+}
+
+fn merkle_matches_the_records(engine: &dyn StorageEngine) {
+    let p = partition(7);
+    for i in 0..50 {
+        put(
+            engine,
+            p,
+            format!("m{}", i % 20).as_bytes(),
+            &format!("v{i}"),
+        );
+    }
+    for i in 0..5 {
+        engine.remove(p, format!("m{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+    assert_eq!(engine.merkle(partition(8)).unwrap(), MerkleTree::new());
+}
+
+fn partitions_lists_nonempty_ones(engine: &dyn StorageEngine) {
+    assert!(engine.partitions().unwrap().is_empty());
+    for i in [9, 2, 15, 0] {
+        put(engine, partition(i), b"k", "v");
+    }
+    put(engine, partition(2), b"k2", "v");
+    let expect: Vec<_> = [0, 2, 9, 15].into_iter().map(partition).collect();
+    assert_eq!(engine.partitions().unwrap(), expect);
+    engine.remove(partition(9), b"k").unwrap();
+    let expect: Vec<_> = [0, 2, 15].into_iter().map(partition).collect();
+    assert_eq!(engine.partitions().unwrap(), expect);
+}
+
+fn drop_partition_drops_only_it(engine: &dyn StorageEngine) {
+    let (doomed, kept) = (partition(4), partition(5));
+    // More than one drop batch, written from a few threads to share fsyncs.
+    let keys = DROP_BATCH_KEYS + 100;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                for i in (t..keys).step_by(4) {
+                    put(engine, doomed, format!("d{i}").as_bytes(), "v");
+                }
+            });
+        }
+    });
+    put(engine, kept, b"d1", "v");
+    let kept_tree = engine.merkle(kept).unwrap();
+    engine.drop_partition(doomed).unwrap();
+    assert!(engine.scan(doomed, None, 10).unwrap().is_empty());
+    assert_eq!(engine.get(doomed, b"d1").unwrap(), None);
+    assert_eq!(engine.merkle(doomed).unwrap(), MerkleTree::new());
+    assert_eq!(engine.partitions().unwrap(), vec![kept]);
+    assert_eq!(engine.merkle(kept).unwrap(), kept_tree);
+    // The partition can be written again, with a consistent tree.
+    put(engine, doomed, b"again", "v");
+    assert_eq!(engine.merkle(doomed).unwrap(), rebuilt_tree(engine, doomed));
+    engine.drop_partition(partition(12)).unwrap();
+}
+
+fn meta_round_trips(engine: &dyn StorageEngine) {
+    assert_eq!(engine.get_meta("ring").unwrap(), None);
+    engine.put_meta("ring", b"state-1").unwrap();
+    engine.put_meta("node", b"").unwrap();
+    assert_eq!(
+        engine.get_meta("ring").unwrap().as_deref(),
+        Some(&b"state-1"[..])
+    );
+    assert_eq!(engine.get_meta("node").unwrap().as_deref(), Some(&b""[..]));
+    engine.put_meta("ring", b"state-2").unwrap();
+    assert_eq!(
+        engine.get_meta("ring").unwrap().as_deref(),
+        Some(&b"state-2"[..])
+    );
+}
+
+fn concurrent_updates_are_atomic(engine: &dyn StorageEngine) {
+    // Each update replaces the counter with counter + 1: a lost update shows as a low total.
+    let p = partition(10);
+    let (threads, per_thread) = (8, 40);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let r = replica(t);
+                for i in 0..per_thread {
+                    let key = format!("counter-{}", i % 3);
+                    engine
+                        .update(p, key.as_bytes(), &mut |cur| {
+                            let n: u64 = cur.map_or(0, |c| values(c)[0].parse().unwrap());
+                            Some(write(cur, &(n + 1).to_string(), &r, true))
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let total: u64 = (0..3)
+        .map(|i| {
+            let set = engine
+                .get(p, format!("counter-{i}").as_bytes())
+                .unwrap()
+                .unwrap();
+            assert_eq!(set.siblings().len(), 1);
+            values(&set)[0].parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(total, threads as u64 * per_thread as u64);
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+}
+
+fn writes_racing_drops_keep_the_tree_consistent(engine: &dyn StorageEngine) {
+    // Writers keep writing to a partition that is dropped under them; whatever survives, the
+    // stored tree must equal the tree of the stored records.
+    let p = partition(11);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                for i in 0..60 {
+                    put(engine, p, format!("race-{}", (t + i) % 10).as_bytes(), "v");
+                }
+            });
+        }
+        s.spawn(move || {
+            for _ in 0..10 {
+                engine.drop_partition(p).unwrap();
+            }
+        });
+    });
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+    put(engine, p, b"race-after", "v");
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+}
+
+macro_rules! engine_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            fn run(test: fn(&dyn StorageEngine)) {
+                let (engine, _dir): (Arc<dyn StorageEngine>, Option<tempfile::TempDir>) = $make;
+                test(&*engine);
+            }
+
+            #[test]
+            fn get_update_remove() {
+                run(super::get_update_remove)
+            }
+            #[test]
+            fn scan_paginates() {
+                run(super::scan_paginates)
+            }
+            #[test]
+            fn scan_leaf_finds_exactly_a_leafs_keys() {
+                run(super::scan_leaf_finds_exactly_a_leafs_keys)
+            }
+            #[test]
+            fn merkle_matches_the_records() {
+                run(super::merkle_matches_the_records)
+            }
+            #[test]
+            fn partitions_lists_nonempty_ones() {
+                run(super::partitions_lists_nonempty_ones)
+            }
+            #[test]
+            fn drop_partition_drops_only_it() {
+                run(super::drop_partition_drops_only_it)
+            }
+            #[test]
+            fn meta_round_trips() {
+                run(super::meta_round_trips)
+            }
+            #[test]
+            fn concurrent_updates_are_atomic() {
+                run(super::concurrent_updates_are_atomic)
+            }
+            #[test]
+            fn writes_racing_drops_keep_the_tree_consistent() {
+                run(super::writes_racing_drops_keep_the_tree_consistent)
+            }
+        }
+    };
+}
+
+engine_suite!(memory, (Arc::new(MemoryEngine::new()), None));
+engine_suite!(fjall, {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    (Arc::new(engine), Some(dir))
+});
