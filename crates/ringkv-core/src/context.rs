@@ -1,6 +1,14 @@
-//! The client context token: a causal context (a `VersionVector`) as an opaque, printable,
-//! header-safe string. Clients get it in `X-Context` and hand it back unchanged on their
-//! next write of the key (API.md §2).
+//! The client context token: a causal context as an opaque, printable, header-safe string.
+//! Clients get it in `X-Context` and hand it back unchanged on their next write of the key
+//! (API.md §2).
+//!
+//! A context is a version vector plus a short list of *exact dots*. A read answers the merged
+//! set's vector, which covers every sibling returned. A write answers the client's own context
+//! plus the dot of the write it just made. That dot must not be folded into the vector when the
+//! writes before it are unknown to the client: two writes through one coordinator with the same
+//! context get dots (r,5) and (r,6), and a context `{r:6}` handed to the second writer would let
+//! its next write silently supersede the first writer's value, which it never saw. So the dot
+//! stays exact unless it directly follows the vector's entry for its replica.
 //!
 //! # Format (version 1)
 //!
@@ -15,11 +23,14 @@
 //!                 varint(len) + node id bytes ([A-Za-z0-9_.-]{1,64})
 //!                 varint(epoch: u32)
 //!                 varint(counter: u64, >= 1)
+//!               then varint(dot count), then per exact dot in strictly ascending
+//!               (replica, counter) order: node id, epoch, counter as above; a dot is
+//!               never covered by the vector nor directly after its vector entry
 //! 1+n     4     checksum: low 32 bits of xxh3_64(bytes 0..1+n), little endian
 //! ```
 //!
 //! Varints are postcard's (LEB128), so the payload is exactly `postcard` of the entry list.
-//! The empty vector is legal and encodes to 6 bytes, the token `AQDAdnLO`: a client that read
+//! The empty context is legal and encodes to 7 bytes, the token `AQAABA6BFQ`: a client that read
 //! a key nobody wrote may pass it back. Real contexts hold one entry per coordinator of the
 //! key, about 10 to 20 bytes each, so a 3-replica context is about 60 characters.
 //!
@@ -38,7 +49,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
 use crate::ids::{IdError, NodeId, ReplicaId};
-use crate::version::VersionVector;
+use crate::version::{Dot, VersionVector};
 
 /// The format version written by `encode`. Bump it (and keep decoding the old one for a
 /// while) whenever the byte layout changes.
@@ -79,19 +90,57 @@ pub enum ContextError {
 
 /// The causal context a client reads and passes back, as an opaque printable token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Context(VersionVector);
+pub struct Context {
+    vector: VersionVector,
+    /// Exact dots beyond the vector, sorted, none covered by or directly after the vector.
+    dots: Vec<Dot>,
+}
 
 impl Context {
     pub fn new(vector: VersionVector) -> Context {
-        Context(vector)
+        Context { vector, dots: Vec::new() }
+    }
+
+    /// A context of a vector and exact dots, in canonical form: dots the vector covers are
+    /// dropped and dots that directly follow the vector's entry are folded into it.
+    pub fn with_dots(mut vector: VersionVector, mut dots: Vec<Dot>) -> Context {
+        dots.sort();
+        dots.dedup();
+        let mut kept = Vec::with_capacity(dots.len());
+        for dot in dots {
+            let seen = vector.get(&dot.replica);
+            if dot.counter == 0 || dot.counter <= seen {
+                continue;
+            }
+            if dot.counter == seen + 1 {
+                vector.raise(&dot.replica, dot.counter);
+            } else {
+                kept.push(dot);
+            }
+        }
+        // Folding may have raised an entry past dots kept earlier for the same replica.
+        kept.retain(|d| !vector.covers(d));
+        Context { vector, dots: kept }
+    }
+
+    /// This context plus one more write the client knows of (its own).
+    pub fn with_dot(&self, dot: Dot) -> Context {
+        let mut dots = self.dots.clone();
+        dots.push(dot);
+        Context::with_dots(self.vector.clone(), dots)
     }
 
     pub fn vector(&self) -> &VersionVector {
-        &self.0
+        &self.vector
     }
 
-    pub fn into_vector(self) -> VersionVector {
-        self.0
+    pub fn dots(&self) -> &[Dot] {
+        &self.dots
+    }
+
+    /// Whether the client that holds this context has seen the write `dot`.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.vector.covers(dot) || self.dots.binary_search(dot).is_ok()
     }
 
     /// The token for this context (format in the module docs). A vector beyond the limits
@@ -99,12 +148,19 @@ impl Context {
     /// still encodes, but `decode` will refuse it; `try_encode` checks first.
     pub fn encode(&self) -> String {
         let entries: Vec<(&str, u32, u64)> = self
-            .0
+            .vector
             .entries()
             .map(|(replica, counter)| (replica.node().as_str(), replica.epoch(), counter))
             .collect();
-        let mut bytes = postcard::to_extend(&entries, vec![CONTEXT_FORMAT_VERSION])
+        let dots: Vec<(&str, u32, u64)> = self
+            .dots
+            .iter()
+            .map(|d| (d.replica.node().as_str(), d.replica.epoch(), d.counter))
+            .collect();
+        let bytes = postcard::to_extend(&entries, vec![CONTEXT_FORMAT_VERSION])
             .expect("serializing into a Vec cannot fail");
+        let mut bytes =
+            postcard::to_extend(&dots, bytes).expect("serializing into a Vec cannot fail");
         let checksum = checksum(&bytes);
         bytes.extend_from_slice(&checksum);
         URL_SAFE_NO_PAD.encode(&bytes)
@@ -112,9 +168,10 @@ impl Context {
 
     /// Like `encode`, but refuses a context that `decode` would reject for its size.
     pub fn try_encode(&self) -> Result<String, ContextError> {
-        if self.0.len() > MAX_CONTEXT_ENTRIES {
+        let count = self.vector.len().max(self.dots.len());
+        if count > MAX_CONTEXT_ENTRIES {
             return Err(ContextError::TooManyEntries {
-                count: self.0.len() as u64,
+                count: count as u64,
             });
         }
         let token = self.encode();
@@ -146,7 +203,7 @@ impl Context {
         if checksum(body) != sum {
             return Err(ContextError::BadChecksum);
         }
-        decode_payload(&body[1..]).map(Context)
+        decode_payload(&body[1..])
     }
 }
 
@@ -156,8 +213,29 @@ fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_BYTES] {
     [full[0], full[1], full[2], full[3]]
 }
 
-/// Decodes the entry list of a version 1 token, enforcing the canonical form.
-fn decode_payload(payload: &[u8]) -> Result<VersionVector, ContextError> {
+/// Decodes the entry list and exact dots of a version 1 token, enforcing the canonical form.
+fn decode_payload(payload: &[u8]) -> Result<Context, ContextError> {
+    let (entries, rest) = decode_entries(payload)?;
+    let (dots, rest) = decode_entries(rest)?;
+    if !rest.is_empty() {
+        return Err(ContextError::TrailingBytes { count: rest.len() });
+    }
+    let vector = VersionVector::from_entries(entries);
+    let dots: Vec<Dot> = dots
+        .into_iter()
+        .map(|(replica, counter)| Dot { replica, counter })
+        .collect();
+    let context = Context::with_dots(vector.clone(), dots.clone());
+    if context.vector != vector || context.dots != dots {
+        return Err(ContextError::Malformed(
+            "exact dots are covered by or directly follow the vector",
+        ));
+    }
+    Ok(context)
+}
+
+/// Decodes one canonical list of (replica, counter) pairs, returning what follows it.
+fn decode_entries(payload: &[u8]) -> Result<(Vec<(ReplicaId, u64)>, &[u8]), ContextError> {
     let (count, mut rest) = postcard::take_from_bytes::<u64>(payload)
         .map_err(|_| ContextError::Malformed("entry count is not a varint"))?;
     if count > MAX_CONTEXT_ENTRIES as u64 {
@@ -184,10 +262,7 @@ fn decode_payload(payload: &[u8]) -> Result<VersionVector, ContextError> {
         }
         entries.push((replica, counter));
     }
-    if !rest.is_empty() {
-        return Err(ContextError::TrailingBytes { count: rest.len() });
-    }
-    Ok(VersionVector::from_entries(entries))
+    Ok((entries, rest))
 }
 
 #[cfg(test)]
@@ -220,7 +295,7 @@ mod tests {
     fn the_empty_vector_encodes() {
         let token = Context::default().encode();
         // Pinned: a change here is a change of format, which needs a new version byte.
-        assert_eq!(token, "AQDAdnLO");
+        assert_eq!(token, "AQAABA6BFQ");
         assert_eq!(Context::decode(&token), Ok(Context::default()));
     }
 
@@ -255,7 +330,11 @@ mod tests {
 
     #[test]
     fn rejects_non_canonical_payloads() {
-        let enc = |entries: &[(&str, u32, u64)]| postcard::to_allocvec(&entries).unwrap();
+        let enc = |entries: &[(&str, u32, u64)]| {
+            let mut p = postcard::to_allocvec(&entries).unwrap();
+            p.push(0);
+            p
+        };
         let dup = enc(&[("a", 1, 1), ("a", 1, 2)]);
         assert_eq!(
             Context::decode(&token_with_payload(&dup)),
@@ -294,5 +373,47 @@ mod tests {
             Context::decode(&token_with_payload(&short)),
             Err(ContextError::Malformed(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod exact_dot_tests {
+    use super::*;
+    use crate::version::VersionSet;
+    use bytes::Bytes;
+
+    fn replica(name: &str) -> ReplicaId {
+        ReplicaId::new(NodeId::new(name).unwrap(), 1)
+    }
+
+    /// Two writers share one read context through one coordinator. The second writer's
+    /// answered context must not let its next write supersede the first writer's value.
+    #[test]
+    fn a_put_context_never_covers_a_concurrent_write() {
+        let r = replica("r");
+        let (base, _) = VersionSet::new().update(&VersionVector::new(), Some(Bytes::from("x")), &r);
+        let read = Context::new(base.context().clone());
+        let (s1, dot1) = base.update_exact(read.vector(), read.dots(), Some(Bytes::from("a")), &r);
+        let (s2, dot2) = s1.update_exact(read.vector(), read.dots(), Some(Bytes::from("b")), &r);
+        let answered_to_b = read.with_dot(dot2.clone());
+        assert!(answered_to_b.covers(&dot2));
+        assert!(!answered_to_b.covers(&dot1), "writer b never saw writer a's value");
+        let token = answered_to_b.encode();
+        let decoded = Context::decode(&token).unwrap();
+        assert_eq!(decoded, answered_to_b);
+        let (s3, _) = s2.update_exact(decoded.vector(), decoded.dots(), Some(Bytes::from("b2")), &r);
+        let values: Vec<_> = s3.values().cloned().collect();
+        assert_eq!(values, vec![Bytes::from("a"), Bytes::from("b2")]);
+    }
+
+    #[test]
+    fn contiguous_dots_fold_into_the_vector() {
+        let r = replica("r");
+        let vv = VersionVector::from_entries([(r.clone(), 4)]);
+        let d = |c| Dot { replica: r.clone(), counter: c };
+        let ctx = Context::with_dots(vv, vec![d(6), d(5), d(3), d(8)]);
+        assert_eq!(ctx.vector().get(&r), 6);
+        assert_eq!(ctx.dots(), &[d(8)]);
+        assert_eq!(Context::decode(&ctx.encode()), Ok(ctx));
     }
 }

@@ -83,7 +83,7 @@ impl VersionVector {
         }
     }
 
-    fn raise(&mut self, replica: &ReplicaId, counter: u64) {
+    pub(crate) fn raise(&mut self, replica: &ReplicaId, counter: u64) {
         if counter == 0 {
             return;
         }
@@ -161,15 +161,36 @@ impl VersionSet {
         value: Option<Bytes>,
         replica: &ReplicaId,
     ) -> (VersionSet, Dot) {
-        let counter = self.context.get(replica).max(client_context.get(replica)) + 1;
+        self.update_exact(client_context, &[], value, replica)
+    }
+
+    /// `update` with a client context that also names exact dots beyond its vector: the
+    /// writes a client made itself and was told about (the context a PUT answers). A sibling
+    /// is superseded if the vector covers its dot or its dot is one of `client_dots`. Only
+    /// the vector joins the set's context: an exact dot does not imply the writes before it,
+    /// so folding it into the vector would claim writes this client never saw.
+    pub fn update_exact(
+        &self,
+        client_context: &VersionVector,
+        client_dots: &[Dot],
+        value: Option<Bytes>,
+        replica: &ReplicaId,
+    ) -> (VersionSet, Dot) {
+        let own_dots = client_dots.iter().filter(|d| d.replica == *replica).map(|d| d.counter);
+        let counter = own_dots
+            .chain([self.context.get(replica), client_context.get(replica)])
+            .max()
+            .unwrap_or(0)
+            + 1;
         let dot = Dot {
             replica: replica.clone(),
             counter,
         };
+        let superseded = |d: &Dot| client_context.covers(d) || client_dots.contains(d);
         let mut siblings: Vec<Sibling> = self
             .siblings
             .iter()
-            .filter(|s| !client_context.covers(&s.dot))
+            .filter(|s| !superseded(&s.dot))
             .cloned()
             .collect();
         siblings.push(Sibling {

@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::quorum::Quorum;
-use ringkv_core::{NodeId, VersionSet, VersionVector};
+use ringkv_core::{Dot, NodeId, VersionSet};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::node::Node;
 use crate::transport::TransportError;
-use crate::wire::{ClientError, ClientOp, ClientReply, Request, Response};
+use crate::wire::{ClientContext, ClientError, ClientOp, ClientReply, Request, Response};
 
 /// One replica's answer to a read.
 type ReadReply = (NodeId, Result<Option<VersionSet>, String>);
@@ -71,7 +71,7 @@ impl Node {
             }
             ClientOp::Put { key, context, value, w } => {
                 let w = Quorum::new(w as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()))?;
-                self.coordinate_put(key, context, value, w, timeout).await.map(ClientReply::Written)
+                self.coordinate_put(key, context, value, w, timeout).await.map(|(stored, dot)| ClientReply::Written { stored, dot })
             }
         }
     }
@@ -88,28 +88,33 @@ impl Node {
     async fn coordinate_put(
         self: &Arc<Self>,
         key: Bytes,
-        context: Option<VersionVector>,
+        context: Option<ClientContext>,
         value: Option<Bytes>,
         w: Quorum,
         timeout: Duration,
-    ) -> Result<VersionSet, ClientError> {
+    ) -> Result<(VersionSet, Dot), ClientError> {
         let deadline = Instant::now() + timeout;
         let home = self.home_replicas(&key)?;
         let partition = self.partition_of(&key);
         let replica = self.replica.clone();
         let k = key.clone();
-        let stored = self
+        let (stored, dot) = self
             .store(move |s| {
-                s.update(partition, &k, &mut |current| {
+                let mut dot = None;
+                let stored = s.update(partition, &k, &mut |current| {
                     let current = current.cloned().unwrap_or_default();
-                    // No context: a blind overwrite of what this coordinator holds (RESP SET).
-                    let ctx = context.clone().unwrap_or_else(|| current.context().clone());
-                    Some(current.update(&ctx, value.clone(), &replica).0)
-                })
+                    let (next, d) = match &context {
+                        Some(ctx) => current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica),
+                        // No context: a blind overwrite of what this coordinator holds (RESP SET).
+                        None => current.update(&current.context().clone(), value.clone(), &replica),
+                    };
+                    dot = Some(d);
+                    Some(next)
+                });
+                stored.map(|s| (s.expect("an update always stores a set"), dot.expect("the update ran")))
             })
             .await?
-            .map_err(|e| ClientError::Unavailable { message: format!("local write failed: {e}"), stored_on: Some(0) })?
-            .expect("an update always stores a set");
+            .map_err(|e| ClientError::Unavailable { message: format!("local write failed: {e}"), stored_on: Some(0) })?;
         let (tx, mut rx) = mpsc::channel::<(NodeId, Result<(), String>)>(home.len().max(1));
         for node in home.iter().filter(|n| *n != self.membership.me()) {
             self.spawn_replica_write(node.clone(), key.clone(), stored.clone(), deadline, tx.clone());
@@ -129,7 +134,7 @@ impl Node {
             }
         }
         if acks >= w.get() {
-            return Ok(stored);
+            return Ok((stored, dot));
         }
         Err(ClientError::Unavailable {
             message: format!("write reached {acks} of the {} replicas needed (W={}); {}", w.get(), w.get(), failures.join("; ")),

@@ -20,6 +20,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ringkv_core::constants::MAX_KEY_BYTES;
 use ringkv_core::{Context, VersionSet, VersionVector};
+
+use crate::wire::ClientContext;
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -132,13 +134,13 @@ fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
     Ok(params)
 }
 
-fn context_from(headers: &HeaderMap) -> Result<Option<VersionVector>, ApiError> {
+fn context_from(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
     let Some(value) = headers.get(CONTEXT_HEADER) else { return Ok(None) };
     let text = value.to_str().map_err(|_| ApiError::bad_request("X-Context is not printable ASCII"))?;
     if text.is_empty() {
         return Ok(None);
     }
-    Context::decode(text).map(|c| Some(c.into_vector())).map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
+    Context::decode(text).map(Some).map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
 }
 
 fn context_header(vector: &VersionVector) -> HeaderValue {
@@ -235,12 +237,15 @@ async fn write(state: &HttpState, uri: &Uri, headers: &HeaderMap, value: Option<
     let key = key_from_uri(uri, "/kv/")?;
     let params = data_params(uri, &state.node)?;
     // No context header: the write is concurrent with whatever is stored.
-    let context = Some(context_from(headers)?.unwrap_or_default());
+    let client_context = context_from(headers)?.unwrap_or_default();
+    let context = Some(ClientContext::from(&client_context));
     let w = params.w.unwrap_or(state.node.settings().w);
     let reply = state.node.client_op(ClientOp::Put { key, context, value, w }, params.timeout).await?;
-    let ClientReply::Written(stored) = reply else { return Err(ApiError::internal("unexpected reply to a write")) };
+    let ClientReply::Written { dot, .. } = reply else { return Err(ApiError::internal("unexpected reply to a write")) };
+    // What this client has now seen: what it read, plus its own write (and nothing else).
+    let answered = client_context.with_dot(dot);
     let mut headers = HeaderMap::new();
-    headers.insert(CONTEXT_HEADER, context_header(stored.context()));
+    headers.insert(CONTEXT_HEADER, HeaderValue::from_str(&answered.encode()).expect("contexts are header-safe"));
     Ok((StatusCode::NO_CONTENT, headers).into_response())
 }
 

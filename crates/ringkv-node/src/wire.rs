@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use ringkv_core::ring::Ring;
-use ringkv_core::{NodeId, VersionSet, VersionVector};
+use ringkv_core::{Context, Dot, NodeId, VersionSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -41,7 +41,26 @@ pub enum ClientOp {
     Get { key: Bytes, r: u8 },
     /// A write of `value` (`None`: delete). `context: None` means a blind overwrite of what the
     /// coordinator holds (RESP `SET`); `Some(vv)` is the client's context (empty: concurrent).
-    Put { key: Bytes, context: Option<VersionVector>, value: Option<Bytes>, w: u8 },
+    Put { key: Bytes, context: Option<ClientContext>, value: Option<Bytes>, w: u8 },
+}
+
+/// A client's causal context on the wire: the parts of `ringkv_core::Context`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClientContext {
+    pub vector: VersionVector,
+    pub dots: Vec<Dot>,
+}
+
+impl From<&Context> for ClientContext {
+    fn from(c: &Context) -> ClientContext {
+        ClientContext { vector: c.vector().clone(), dots: c.dots().to_vec() }
+    }
+}
+
+impl From<ClientContext> for Context {
+    fn from(c: ClientContext) -> Context {
+        Context::with_dots(c.vector, c.dots)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,8 +78,8 @@ pub enum Response {
 pub enum ClientReply {
     /// A read: the merged versions (None if no replica had any).
     Read(Option<VersionSet>),
-    /// A write: the versions stored by the coordinator after the write.
-    Written(VersionSet),
+    /// A write: the versions stored by the coordinator after the write, and the new write's dot.
+    Written { stored: VersionSet, dot: Dot },
 }
 
 /// Why a client operation failed, as the API reports it.
