@@ -136,8 +136,11 @@ impl Node {
         if acks >= w.get() {
             return Ok((stored, dot));
         }
+        if home.len() < w.get() {
+            failures.push(format!("the key has only {} home replicas", home.len()));
+        }
         Err(ClientError::Unavailable {
-            message: format!("write reached {acks} of the {} replicas needed (W={}); {}", w.get(), w.get(), failures.join("; ")),
+            message: format!("write acknowledged by {acks} of the {} replicas needed (W={}): {}", w.get(), w.get(), failures.join("; ")),
             stored_on: Some(acks as u32),
         })
     }
@@ -199,8 +202,11 @@ impl Node {
             }
         }
         if replies.len() < r.get() {
+            if home.len() < r.get() {
+                failures.push(format!("the key has only {} home replicas", home.len()));
+            }
             return Err(ClientError::Unavailable {
-                message: format!("{} of the {} replicas needed answered (R={}); {}", replies.len(), r.get(), r.get(), failures.join("; ")),
+                message: format!("{} of the {} replicas needed answered (R={}): {}", replies.len(), r.get(), r.get(), failures.join("; ")),
                 stored_on: None,
             });
         }

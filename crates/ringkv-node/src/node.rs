@@ -140,7 +140,13 @@ impl Node {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => self.membership_round().await,
+                _ = tick.tick() => {}
+            }
+            // Each round runs as its own task so that a bug in one round is logged and the
+            // loop goes on, instead of silently stopping membership for good.
+            let me = self.clone();
+            if let Err(e) = tokio::spawn(async move { me.membership_round().await }).await {
+                tracing::error!(error = %e, "membership round failed");
             }
         }
     }
