@@ -27,10 +27,10 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion, spawn_chitchat};
 use ringkv_core::ring::{Member, Ring, RingParams};
 use ringkv_core::NodeId;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::settings::Settings;
+pub use crate::wire::RingState;
 
 /// Phi above which chitchat considers a peer dead: about this many silent gossip intervals.
 pub const PHI_THRESHOLD: f64 = 5.0;
@@ -50,8 +50,7 @@ mod keys {
 }
 
 /// A member's lifecycle status, as it publishes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Joining,
     Up,
@@ -89,22 +88,6 @@ pub struct PeerInfo {
     pub live: bool,
     pub ring_version: u64,
     pub ring_digest: u64,
-}
-
-/// A ring and its version. Version 0 never exists: a node without a ring has `None`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RingState {
-    pub version: u64,
-    pub ring: Ring,
-}
-
-impl RingState {
-    pub fn digest(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&self.ring).expect("rings serialize"))
-    }
-    fn rank(&self) -> (u64, u64) {
-        (self.version, self.digest())
-    }
 }
 
 /// The node's view of the cluster, swapped as a whole on every refresh.

@@ -14,29 +14,23 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, key_hash};
-use ringkv_storage::StorageEngine;
-use serde::{Deserialize, Serialize};
+use ringkv_storage::{EngineKind, HintStore, StorageEngine};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::membership::{Membership, RING_META_KEY, RingState};
+use crate::membership::{Membership, RING_META_KEY};
 use crate::settings::{Settings, StorageKind};
 use crate::transport::{Handler, Peers};
-use crate::wire::{ClientError, Request, Response};
+use crate::wire::{ClientError, Identity, Request, Response, RingState};
 
 /// Storage meta key holding this node's identity.
 const IDENTITY_META_KEY: &str = "identity";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Identity {
-    node_id: NodeId,
-    epoch: u32,
-}
 
 pub struct Node {
     pub(crate) settings: Settings,
     pub(crate) replica: ReplicaId,
     pub(crate) storage: Arc<dyn StorageEngine>,
+    pub(crate) hints: Arc<dyn HintStore>,
     pub(crate) membership: Membership,
     pub(crate) peers: Peers,
     pub(crate) shutdown: CancellationToken,
@@ -44,7 +38,12 @@ pub struct Node {
 
 impl Node {
     pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Arc<Node>> {
-        let storage = open_storage(&settings)?;
+        let kind = match settings.storage {
+            StorageKind::Fjall => EngineKind::Fjall,
+            StorageKind::Memory => EngineKind::Memory,
+        };
+        let opened = ringkv_storage::open(kind, &settings.data_dir.join("fjall"), settings.hint_backlog_max)?;
+        let (storage, hints) = (opened.engine, opened.hints);
         let replica = load_identity(&settings, storage.as_ref())?;
         let ring = match storage.get_meta(RING_META_KEY)? {
             Some(bytes) => Some(postcard::from_bytes::<RingState>(&bytes).map_err(|e| anyhow::anyhow!("stored ring is unreadable: {e}"))?),
@@ -52,7 +51,7 @@ impl Node {
         };
         let membership = Membership::start(&settings, ring).await?;
         let peers = Peers::new(settings.node_id.clone(), settings.limits.clone());
-        let node = Arc::new(Node { settings, replica, storage, membership, peers, shutdown });
+        let node = Arc::new(Node { settings, replica, storage, hints, membership, peers, shutdown });
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
         Ok(node)
@@ -95,6 +94,23 @@ impl Node {
         .await?
         .map(|stored| stored.unwrap_or_default())
         .map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
+    /// Keeps `versions` for `target`, a home replica that could not take them, until it can.
+    pub(crate) async fn store_hint(&self, target: NodeId, key: Bytes, versions: VersionSet) -> Result<(), ClientError> {
+        let partition = self.partition_of(&key);
+        let hints = self.hints.clone();
+        let hint = ringkv_storage::Hint { target, partition, key, versions };
+        let result = tokio::task::spawn_blocking(move || hints.push(hint))
+            .await
+            .map_err(|e| ClientError::Internal(format!("hint task failed: {e}")))?;
+        result.map_err(|e| {
+            metrics::counter!("ringkv_hints_refused_total").increment(1);
+            tracing::warn!(error = %e, "hint refused");
+            ClientError::Unavailable { message: e.to_string(), stored_on: None }
+        })?;
+        metrics::gauge!("ringkv_hints_pending").set(self.hints.len() as f64);
+        Ok(())
     }
 
     pub(crate) async fn read_local(&self, key: Bytes) -> Result<Option<VersionSet>, ClientError> {
@@ -158,8 +174,12 @@ impl Node {
                 Ok(v) => Response::Versions(v),
                 Err(e) => Response::Error(e.to_string()),
             },
-            Request::Write { key, versions, hinted_for: _ } => match self.merge_local(key, versions).await {
+            Request::Write { key, versions, hinted_for: None } => match self.merge_local(key, versions).await {
                 Ok(_) => Response::Ok,
+                Err(e) => Response::Error(e.to_string()),
+            },
+            Request::Write { key, versions, hinted_for: Some(target) } => match self.store_hint(target, key, versions).await {
+                Ok(()) => Response::Ok,
                 Err(e) => Response::Error(e.to_string()),
             },
             Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
@@ -175,16 +195,6 @@ impl Handler for Node {
     fn handle(self: Arc<Self>, request: Request, timeout: Duration) -> BoxFuture<'static, Response> {
         self.serve_request(request, timeout).boxed()
     }
-}
-
-fn open_storage(settings: &Settings) -> anyhow::Result<Arc<dyn StorageEngine>> {
-    Ok(match settings.storage {
-        StorageKind::Memory => Arc::new(ringkv_storage::MemoryEngine::new()),
-        StorageKind::Fjall => {
-            std::fs::create_dir_all(&settings.data_dir)?;
-            Arc::new(ringkv_storage::FjallEngine::open(&settings.data_dir.join("fjall"), Default::default())?)
-        }
-    })
 }
 
 fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Result<ReplicaId> {

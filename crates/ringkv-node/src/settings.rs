@@ -76,6 +76,9 @@ pub struct ServerArgs {
     pub request_timeout_ms: Option<u64>,
     #[arg(long, env = "RINGKV_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Most hints kept for unreachable replicas (an addition to API.md §1).
+    #[arg(long, env = "RINGKV_HINT_BACKLOG_MAX")]
+    pub hint_backlog_max: Option<usize>,
 }
 
 /// The same settings as read from `--config FILE`.
@@ -101,6 +104,7 @@ struct FileSettings {
     hint_interval_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_value_bytes: Option<usize>,
+    hint_backlog_max: Option<usize>,
 }
 
 /// Everything a node needs to know about itself, validated.
@@ -124,6 +128,8 @@ pub struct Settings {
     pub hint_interval: Duration,
     pub request_timeout: Duration,
     pub max_value_bytes: usize,
+    /// Most hints held for unreachable replicas; past it new hints are refused and counted.
+    pub hint_backlog_max: usize,
     pub limits: Limits,
 }
 
@@ -223,6 +229,7 @@ impl Settings {
             hint_interval: ms(args.hint_interval_ms.or(file.hint_interval_ms).unwrap_or(1000)),
             request_timeout: ms(args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(2000)),
             max_value_bytes: args.max_value_bytes.or(file.max_value_bytes).unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+            hint_backlog_max: args.hint_backlog_max.or(file.hint_backlog_max).unwrap_or(100_000),
             limits: Limits::default(),
         };
         settings.validate()?;

@@ -2,6 +2,9 @@
 //! network. Frames are length-delimited (u32 big-endian length, then a postcard body) on
 //! persistent TCP connections; many requests share one connection, matched by request id.
 //!
+//! The node's small on-disk records (`Identity`, `RingState`) live here too: they are formats
+//! as much as the frames are, and this is the one module of the node that derives serde.
+//!
 //! Compatibility rule: variants are only ever appended, never reordered or removed
 //! (postcard encodes an enum variant by its index). `PROTOCOL_VERSION` is exchanged in
 //! `Hello`, the first frame on every connection.
@@ -91,4 +94,29 @@ pub enum ClientError {
     BadRequest(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// A ring and its version. Version 0 never exists: a node without a ring has none.
+/// Stored in the node's meta store and sent in answer to `FetchRing`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RingState {
+    pub version: u64,
+    pub ring: Ring,
+}
+
+impl RingState {
+    pub fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&self.ring).expect("rings serialize"))
+    }
+    pub(crate) fn rank(&self) -> (u64, u64) {
+        (self.version, self.digest())
+    }
+}
+
+/// Who this data directory belongs to: the node id, and the epoch drawn when the directory
+/// was first used (part of the node's replica id).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub epoch: u32,
 }

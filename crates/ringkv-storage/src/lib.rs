@@ -167,3 +167,35 @@ pub trait HintStore: Send + Sync + 'static {
         self.len() == 0
     }
 }
+
+/// Which engine a node runs on; the node names engines only through this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// fjall: durable, embedded; the default.
+    Fjall,
+    /// In memory: for tests; everything is lost when the process ends.
+    Memory,
+}
+
+/// A node's storage: the engine and its hint store.
+pub struct OpenedStorage {
+    pub engine: std::sync::Arc<dyn StorageEngine>,
+    pub hints: std::sync::Arc<dyn HintStore>,
+}
+
+/// Opens the engine of `kind` in `dir` (created if absent) with a hint store bounded by
+/// `max_hints`.
+pub fn open(kind: EngineKind, dir: &std::path::Path, max_hints: usize) -> Result<OpenedStorage, StorageError> {
+    match kind {
+        EngineKind::Memory => Ok(OpenedStorage {
+            engine: std::sync::Arc::new(MemoryEngine::new()),
+            hints: std::sync::Arc::new(MemoryHintStore::new(max_hints)),
+        }),
+        EngineKind::Fjall => {
+            std::fs::create_dir_all(dir)?;
+            let engine = FjallEngine::open(dir, FjallOptions { max_hints, ..FjallOptions::default() })?;
+            let hints = engine.hint_store()?;
+            Ok(OpenedStorage { engine: std::sync::Arc::new(engine), hints })
+        }
+    }
+}
