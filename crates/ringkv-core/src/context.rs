@@ -98,7 +98,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(vector: VersionVector) -> Context {
-        Context { vector, dots: Vec::new() }
+        Context {
+            vector,
+            dots: Vec::new(),
+        }
     }
 
     /// A context of a vector and exact dots, in canonical form: dots the vector covers are
@@ -234,8 +237,11 @@ fn decode_payload(payload: &[u8]) -> Result<Context, ContextError> {
     Ok(context)
 }
 
+/// (replica, counter) pairs, as a token lists them.
+type Entries = Vec<(ReplicaId, u64)>;
+
 /// Decodes one canonical list of (replica, counter) pairs, returning what follows it.
-fn decode_entries(payload: &[u8]) -> Result<(Vec<(ReplicaId, u64)>, &[u8]), ContextError> {
+fn decode_entries(payload: &[u8]) -> Result<(Entries, &[u8]), ContextError> {
     let (count, mut rest) = postcard::take_from_bytes::<u64>(payload)
         .map_err(|_| ContextError::Malformed("entry count is not a varint"))?;
     if count > MAX_CONTEXT_ENTRIES as u64 {
@@ -397,11 +403,19 @@ mod exact_dot_tests {
         let (s2, dot2) = s1.update_exact(read.vector(), read.dots(), Some(Bytes::from("b")), &r);
         let answered_to_b = read.with_dot(dot2.clone());
         assert!(answered_to_b.covers(&dot2));
-        assert!(!answered_to_b.covers(&dot1), "writer b never saw writer a's value");
+        assert!(
+            !answered_to_b.covers(&dot1),
+            "writer b never saw writer a's value"
+        );
         let token = answered_to_b.encode();
         let decoded = Context::decode(&token).unwrap();
         assert_eq!(decoded, answered_to_b);
-        let (s3, _) = s2.update_exact(decoded.vector(), decoded.dots(), Some(Bytes::from("b2")), &r);
+        let (s3, _) = s2.update_exact(
+            decoded.vector(),
+            decoded.dots(),
+            Some(Bytes::from("b2")),
+            &r,
+        );
         let values: Vec<_> = s3.values().cloned().collect();
         assert_eq!(values, vec![Bytes::from("a"), Bytes::from("b2")]);
     }
@@ -410,7 +424,10 @@ mod exact_dot_tests {
     fn contiguous_dots_fold_into_the_vector() {
         let r = replica("r");
         let vv = VersionVector::from_entries([(r.clone(), 4)]);
-        let d = |c| Dot { replica: r.clone(), counter: c };
+        let d = |c| Dot {
+            replica: r.clone(),
+            counter: c,
+        };
         let ctx = Context::with_dots(vv, vec![d(6), d(5), d(3), d(8)]);
         assert_eq!(ctx.vector().get(&r), 6);
         assert_eq!(ctx.dots(), &[d(8)]);

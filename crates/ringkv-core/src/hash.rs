@@ -42,7 +42,11 @@ impl PartitionId {
     /// The first hash of this partition in a ring of `partitions` partitions.
     pub fn first_hash(self, partitions: u32) -> KeyHash {
         let bits = partitions.trailing_zeros();
-        if bits == 0 { KeyHash(0) } else { KeyHash((self.0 as u128) << (128 - bits)) }
+        if bits == 0 {
+            KeyHash(0)
+        } else {
+            KeyHash((self.0 as u128) << (128 - bits))
+        }
     }
 
     pub fn index(self) -> u32 {
@@ -70,7 +74,10 @@ mod tests {
         let q = 1024;
         let h = KeyHash(0xd41d8cd98f00b204e9800998ecf8427e);
         let p = PartitionId::of(h, q);
-        assert_eq!(p.index(), 0xd41d8cd98f00b204e9800998ecf8427e_u128.wrapping_shr(118) as u32);
+        assert_eq!(
+            p.index(),
+            0xd41d8cd98f00b204e9800998ecf8427e_u128.wrapping_shr(118) as u32
+        );
         assert!(p.first_hash(q) <= h);
         assert!(h < PartitionId(p.index() + 1).first_hash(q));
         assert_eq!(PartitionId::of(KeyHash(u128::MAX), q).index(), q - 1);

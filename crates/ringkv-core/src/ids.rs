@@ -30,7 +30,11 @@ impl NodeId {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if valid { Ok(NodeId(id)) } else { Err(IdError::InvalidNodeId(id)) }
+        if valid {
+            Ok(NodeId(id))
+        } else {
+            Err(IdError::InvalidNodeId(id))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -110,6 +114,9 @@ mod tests {
         let bad = postcard::to_allocvec(&"bad id").unwrap();
         assert!(postcard::from_bytes::<NodeId>(&bad).is_err());
         let good = postcard::to_allocvec(&"good").unwrap();
-        assert_eq!(postcard::from_bytes::<NodeId>(&good).unwrap().as_str(), "good");
+        assert_eq!(
+            postcard::from_bytes::<NodeId>(&good).unwrap().as_str(),
+            "good"
+        );
     }
 }

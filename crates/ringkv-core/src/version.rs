@@ -176,7 +176,10 @@ impl VersionSet {
         value: Option<Bytes>,
         replica: &ReplicaId,
     ) -> (VersionSet, Dot) {
-        let own_dots = client_dots.iter().filter(|d| d.replica == *replica).map(|d| d.counter);
+        let own_dots = client_dots
+            .iter()
+            .filter(|d| d.replica == *replica)
+            .map(|d| d.counter);
         let counter = own_dots
             .chain([self.context.get(replica), client_context.get(replica)])
             .max()

@@ -16,26 +16,53 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), stored_on: None }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+            stored_on: None,
+        }
     }
     pub fn too_large(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "too_large", message: message.into(), stored_on: None }
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: message.into(),
+            stored_on: None,
+        }
     }
     pub fn unavailable(message: impl Into<String>, stored_on: Option<u32>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into(), stored_on }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: message.into(),
+            stored_on,
+        }
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: message.into(), stored_on: None }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: message.into(),
+            stored_on: None,
+        }
     }
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into(), stored_on: None }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+            stored_on: None,
+        }
     }
 }
 
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> ApiError {
         match e {
-            ClientError::Unavailable { message, stored_on } => ApiError::unavailable(message, stored_on),
+            ClientError::Unavailable { message, stored_on } => {
+                ApiError::unavailable(message, stored_on)
+            }
             ClientError::BadRequest(m) => ApiError::bad_request(m),
             ClientError::Internal(m) => ApiError::internal(m),
         }

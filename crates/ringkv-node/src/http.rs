@@ -70,13 +70,20 @@ impl IntoResponse for ApiError {
 
 /// Decodes the raw key segment that follows `prefix` in the request path.
 fn key_from_uri(uri: &Uri, prefix: &str) -> Result<Bytes, ApiError> {
-    let raw = uri.path().strip_prefix(prefix).ok_or_else(|| ApiError::bad_request("missing key"))?;
+    let raw = uri
+        .path()
+        .strip_prefix(prefix)
+        .ok_or_else(|| ApiError::bad_request("missing key"))?;
     if raw.is_empty() {
         return Err(ApiError::bad_request("the key must not be empty"));
     }
-    let key = percent_decode(raw).ok_or_else(|| ApiError::bad_request("the key is not valid percent-encoding"))?;
+    let key = percent_decode(raw)
+        .ok_or_else(|| ApiError::bad_request("the key is not valid percent-encoding"))?;
     if key.len() > MAX_KEY_BYTES {
-        return Err(ApiError::too_large(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
+        return Err(ApiError::too_large(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     Ok(Bytes::from(key))
 }
@@ -108,14 +115,29 @@ struct DataParams {
 
 fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
     let settings = node.settings();
-    let n = node.membership().ring().map(|r| r.ring.params().n).unwrap_or(settings.n);
-    let mut params = DataParams { r: None, w: None, timeout: settings.request_timeout };
-    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    let n = node
+        .membership()
+        .ring()
+        .map(|r| r.ring.params().n)
+        .unwrap_or(settings.n);
+    let mut params = DataParams {
+        r: None,
+        w: None,
+        timeout: settings.request_timeout,
+    };
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let quorum = |what: &str| -> Result<u8, ApiError> {
             match value.parse::<u32>() {
                 Ok(q) if q >= 1 && q <= n as u32 => Ok(q as u8),
-                _ => Err(ApiError::bad_request(format!("{what} must be an integer in 1..={n}, got {value:?}"))),
+                _ => Err(ApiError::bad_request(format!(
+                    "{what} must be an integer in 1..={n}, got {value:?}"
+                ))),
             }
         };
         match name {
@@ -125,7 +147,11 @@ fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
                 let max = settings.limits.request_timeout_max.as_millis() as u64;
                 match value.parse::<u64>() {
                     Ok(ms) if ms >= 1 && ms <= max => params.timeout = Duration::from_millis(ms),
-                    _ => return Err(ApiError::bad_request(format!("timeout_ms must be an integer in 1..={max}, got {value:?}"))),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "timeout_ms must be an integer in 1..={max}, got {value:?}"
+                        )));
+                    }
                 }
             }
             _ => {}
@@ -135,12 +161,18 @@ fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
 }
 
 fn context_from(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
-    let Some(value) = headers.get(CONTEXT_HEADER) else { return Ok(None) };
-    let text = value.to_str().map_err(|_| ApiError::bad_request("X-Context is not printable ASCII"))?;
+    let Some(value) = headers.get(CONTEXT_HEADER) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("X-Context is not printable ASCII"))?;
     if text.is_empty() {
         return Ok(None);
     }
-    Context::decode(text).map(Some).map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
+    Context::decode(text)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
 }
 
 fn context_header(vector: &VersionVector) -> HeaderValue {
@@ -148,7 +180,10 @@ fn context_header(vector: &VersionVector) -> HeaderValue {
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
-    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"))
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
 }
 
 fn record(op: &'static str, started: Instant, result: &Result<Response, ApiError>) {
@@ -159,28 +194,48 @@ fn record(op: &'static str, started: Instant, result: &Result<Response, ApiError
         Err(_) => "error",
     };
     metrics::counter!("ringkv_requests_total", "op" => op, "outcome" => outcome).increment(1);
-    metrics::histogram!("ringkv_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("ringkv_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
 }
 
-async fn get_key(State(state): State<HttpState>, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_key(
+    State(state): State<HttpState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = get_key_inner(&state, &uri, &headers).await;
     record("get", started, &result);
     result
 }
 
-async fn get_key_inner(state: &HttpState, uri: &Uri, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn get_key_inner(
+    state: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let key = key_from_uri(uri, "/kv/")?;
     let params = data_params(uri, &state.node)?;
     let r = params.r.unwrap_or(state.node.settings().r);
-    let reply = state.node.client_op(ClientOp::Get { key, r }, params.timeout).await?;
-    let ClientReply::Read(versions) = reply else { return Err(ApiError::internal("unexpected reply to a read")) };
+    let reply = state
+        .node
+        .client_op(ClientOp::Get { key, r }, params.timeout)
+        .await?;
+    let ClientReply::Read(versions) = reply else {
+        return Err(ApiError::internal("unexpected reply to a read"));
+    };
     Ok(read_response(versions, wants_json(headers)))
 }
 
 fn read_response(versions: Option<VersionSet>, json: bool) -> Response {
-    let values: Vec<Bytes> = versions.as_ref().map(|v| v.values().cloned().collect()).unwrap_or_default();
-    let context = versions.as_ref().filter(|v| !v.context().is_empty()).map(|v| v.context().clone());
+    let values: Vec<Bytes> = versions
+        .as_ref()
+        .map(|v| v.values().cloned().collect())
+        .unwrap_or_default();
+    let context = versions
+        .as_ref()
+        .filter(|v| !v.context().is_empty())
+        .map(|v| v.context().clone());
     let mut headers = HeaderMap::new();
     if let Some(ctx) = &context {
         headers.insert(CONTEXT_HEADER, context_header(ctx));
@@ -188,16 +243,43 @@ fn read_response(versions: Option<VersionSet>, json: bool) -> Response {
     let ctx_text = context.as_ref().map(|c| Context::new(c.clone()).encode());
     let encoded: Vec<String> = values.iter().map(|v| BASE64.encode(v)).collect();
     if json {
-        let status = if values.is_empty() { StatusCode::NOT_FOUND } else { StatusCode::OK };
-        return (status, headers, Json(json!({"context": ctx_text, "values": encoded}))).into_response();
+        let status = if values.is_empty() {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        return (
+            status,
+            headers,
+            Json(json!({"context": ctx_text, "values": encoded})),
+        )
+            .into_response();
     }
     match values.len() {
-        0 => (StatusCode::NOT_FOUND, headers, Json(json!({"error": {"code": "not_found", "message": "no value for this key"}}))).into_response(),
+        0 => (
+            StatusCode::NOT_FOUND,
+            headers,
+            Json(json!({"error": {"code": "not_found", "message": "no value for this key"}})),
+        )
+            .into_response(),
         1 => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            (StatusCode::OK, headers, values.into_iter().next().expect("one value")).into_response()
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            (
+                StatusCode::OK,
+                headers,
+                values.into_iter().next().expect("one value"),
+            )
+                .into_response()
         }
-        _ => (StatusCode::MULTIPLE_CHOICES, headers, Json(json!({"context": ctx_text, "siblings": encoded}))).into_response(),
+        _ => (
+            StatusCode::MULTIPLE_CHOICES,
+            headers,
+            Json(json!({"context": ctx_text, "siblings": encoded})),
+        )
+            .into_response(),
     }
 }
 
@@ -211,13 +293,19 @@ async fn put_key(
     let result = async {
         let body = body.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(format!("value is over the limit of {} bytes", state.node.settings().max_value_bytes))
+                ApiError::too_large(format!(
+                    "value is over the limit of {} bytes",
+                    state.node.settings().max_value_bytes
+                ))
             } else {
                 ApiError::bad_request(format!("could not read the body: {e}"))
             }
         })?;
         if body.len() > state.node.settings().max_value_bytes {
-            return Err(ApiError::too_large(format!("value is over the limit of {} bytes", state.node.settings().max_value_bytes)));
+            return Err(ApiError::too_large(format!(
+                "value is over the limit of {} bytes",
+                state.node.settings().max_value_bytes
+            )));
         }
         write(&state, &uri, &headers, Some(body)).await
     }
@@ -226,26 +314,51 @@ async fn put_key(
     result
 }
 
-async fn delete_key(State(state): State<HttpState>, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn delete_key(
+    State(state): State<HttpState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = write(&state, &uri, &headers, None).await;
     record("delete", started, &result);
     result
 }
 
-async fn write(state: &HttpState, uri: &Uri, headers: &HeaderMap, value: Option<Bytes>) -> Result<Response, ApiError> {
+async fn write(
+    state: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    value: Option<Bytes>,
+) -> Result<Response, ApiError> {
     let key = key_from_uri(uri, "/kv/")?;
     let params = data_params(uri, &state.node)?;
     // No context header: the write is concurrent with whatever is stored.
     let client_context = context_from(headers)?.unwrap_or_default();
     let context = Some(ClientContext::from(&client_context));
     let w = params.w.unwrap_or(state.node.settings().w);
-    let reply = state.node.client_op(ClientOp::Put { key, context, value, w }, params.timeout).await?;
-    let ClientReply::Written { dot, .. } = reply else { return Err(ApiError::internal("unexpected reply to a write")) };
+    let reply = state
+        .node
+        .client_op(
+            ClientOp::Put {
+                key,
+                context,
+                value,
+                w,
+            },
+            params.timeout,
+        )
+        .await?;
+    let ClientReply::Written { dot, .. } = reply else {
+        return Err(ApiError::internal("unexpected reply to a write"));
+    };
     // What this client has now seen: what it read, plus its own write (and nothing else).
     let answered = client_context.with_dot(dot);
     let mut headers = HeaderMap::new();
-    headers.insert(CONTEXT_HEADER, HeaderValue::from_str(&answered.encode()).expect("contexts are header-safe"));
+    headers.insert(
+        CONTEXT_HEADER,
+        HeaderValue::from_str(&answered.encode()).expect("contexts are header-safe"),
+    );
     Ok((StatusCode::NO_CONTENT, headers).into_response())
 }
 
@@ -263,7 +376,10 @@ pub fn status_json(node: &Node) -> serde_json::Value {
     let view = membership.view();
     let ring = membership.ring();
     let mut members = Vec::new();
-    let ring_members: Vec<_> = ring.as_ref().map(|r| r.ring.members().to_vec()).unwrap_or_default();
+    let ring_members: Vec<_> = ring
+        .as_ref()
+        .map(|r| r.ring.members().to_vec())
+        .unwrap_or_default();
     let mut ids: Vec<_> = ring_members.iter().map(|m| m.id.clone()).collect();
     for p in view.peers.values() {
         if !ids.contains(&p.id) {
@@ -288,11 +404,26 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         };
         let settings = node.settings();
         let (listen, http, zone) = match (me, peer) {
-            (true, _) => (settings.listen.to_string(), settings.http.to_string(), settings.zone.clone()),
+            (true, _) => (
+                settings.listen.to_string(),
+                settings.http.to_string(),
+                settings.zone.clone(),
+            ),
             (false, Some(p)) => (p.listen.to_string(), p.http.to_string(), p.zone.clone()),
-            (false, None) => (String::new(), String::new(), ring_members.iter().find(|m| m.id == id).map(|m| m.zone.clone()).unwrap_or_default()),
+            (false, None) => (
+                String::new(),
+                String::new(),
+                ring_members
+                    .iter()
+                    .find(|m| m.id == id)
+                    .map(|m| m.zone.clone())
+                    .unwrap_or_default(),
+            ),
         };
-        let owned = ring.as_ref().map(|r| r.ring.partitions_owned(&id)).unwrap_or(0);
+        let owned = ring
+            .as_ref()
+            .map(|r| r.ring.partitions_owned(&id))
+            .unwrap_or(0);
         members.push(json!({"node_id": id, "listen": listen, "http": http, "zone": zone, "status": status, "partitions_owned": owned}));
     }
     let (n, partitions, version) = match &ring {
@@ -306,7 +437,11 @@ pub fn status_json(node: &Node) -> serde_json::Value {
 }
 
 async fn ring(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let ring = state.node.membership().ring().ok_or_else(|| ApiError::unavailable("this node has not joined a cluster yet", None))?;
+    let ring = state
+        .node
+        .membership()
+        .ring()
+        .ok_or_else(|| ApiError::unavailable("this node has not joined a cluster yet", None))?;
     let params = ring.ring.params();
     let view = state.node.membership().view();
     let partitions: Vec<_> = (0..params.partitions)
@@ -322,26 +457,51 @@ async fn ring(State(state): State<HttpState>) -> Result<Json<serde_json::Value>,
         .iter()
         .map(|m| {
             let peer = view.peers.get(&m.id);
-            let http = if m.id == *state.node.membership().me() { Some(state.node.settings().http.to_string()) } else { peer.map(|p| p.http.to_string()) };
+            let http = if m.id == *state.node.membership().me() {
+                Some(state.node.settings().http.to_string())
+            } else {
+                peer.map(|p| p.http.to_string())
+            };
             json!({"node_id": m.id, "zone": m.zone, "weight": m.weight, "http": http})
         })
         .collect();
-    Ok(Json(json!({"version": ring.version, "n": params.n, "partitions": params.partitions, "members": members, "table": partitions})))
+    Ok(Json(
+        json!({"version": ring.version, "n": params.n, "partitions": params.partitions, "members": members, "table": partitions}),
+    ))
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
-async fn admin_local(State(state): State<HttpState>, uri: Uri) -> Result<Json<serde_json::Value>, ApiError> {
+async fn admin_local(
+    State(state): State<HttpState>,
+    uri: Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_from_uri(&uri, "/admin/local/")?;
     let held = state.node.read_local(key).await.map_err(ApiError::from)?;
-    let Some(held) = held else { return Err(ApiError::not_found("this node holds nothing for the key")) };
-    let versions: Vec<_> = held.siblings().iter().map(|s| json!({"value": s.value.as_ref().map(|v| BASE64.encode(v))})).collect();
+    let Some(held) = held else {
+        return Err(ApiError::not_found("this node holds nothing for the key"));
+    };
+    let versions: Vec<_> = held
+        .siblings()
+        .iter()
+        .map(|s| json!({"value": s.value.as_ref().map(|v| BASE64.encode(v))}))
+        .collect();
     let context = Context::new(held.context().clone()).encode();
-    Ok(Json(json!({"versions": versions, "context": context, "hinted_for": Vec::<String>::new()})))
+    Ok(Json(
+        json!({"versions": versions, "context": context, "hinted_for": Vec::<String>::new()}),
+    ))
 }
 
 async fn admin_leave() -> ApiError {
-    ApiError { status: StatusCode::NOT_IMPLEMENTED, code: "not_implemented", message: "leave with data handoff is not implemented yet".into(), stored_on: None }
+    ApiError {
+        status: StatusCode::NOT_IMPLEMENTED,
+        code: "not_implemented",
+        message: "leave with data handoff is not implemented yet".into(),
+        stored_on: None,
+    }
 }

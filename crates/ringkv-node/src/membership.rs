@@ -24,9 +24,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chitchat::transport::UdpTransport;
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion, spawn_chitchat};
-use ringkv_core::ring::{Member, Ring, RingParams};
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
+    spawn_chitchat,
+};
 use ringkv_core::NodeId;
+use ringkv_core::ring::{Member, Ring, RingParams};
 use tracing::{info, warn};
 
 use crate::settings::Settings;
@@ -116,8 +119,15 @@ impl Membership {
     /// Starts gossip. `ring` is the ring this node persisted before, if any.
     pub async fn start(settings: &Settings, ring: Option<RingState>) -> anyhow::Result<Membership> {
         let me = settings.node_id.clone();
-        let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-        let seeds: Vec<String> = settings.seeds.iter().filter(|s| **s != settings.listen).map(|s| s.to_string()).collect();
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        let seeds: Vec<String> = settings
+            .seeds
+            .iter()
+            .filter(|s| **s != settings.listen)
+            .map(|s| s.to_string())
+            .collect();
         let ring = match ring {
             Some(ring) => Some(ring),
             None if seeds.is_empty() => Some(Self::founding_ring(settings)?),
@@ -169,10 +179,21 @@ impl Membership {
     }
 
     fn founding_ring(settings: &Settings) -> anyhow::Result<RingState> {
-        let me = Member { id: settings.node_id.clone(), weight: settings.weight, zone: settings.zone.clone() };
-        let params = RingParams { partitions: settings.partitions, n: settings.n };
+        let me = Member {
+            id: settings.node_id.clone(),
+            weight: settings.weight,
+            zone: settings.zone.clone(),
+        };
+        let params = RingParams {
+            partitions: settings.partitions,
+            n: settings.n,
+        };
         let ring = Ring::claim(None, &[me], params)?;
-        info!(partitions = params.partitions, n = params.n, "founding a new cluster");
+        info!(
+            partitions = params.partitions,
+            n = params.n,
+            "founding a new cluster"
+        );
         Ok(RingState { version: 1, ring })
     }
 
@@ -208,7 +229,11 @@ impl Membership {
             if ring.as_ref().is_some_and(|cur| cur.rank() >= state.rank()) {
                 return false;
             }
-            info!(version = state.version, members = state.ring.members().len(), "adopting ring");
+            info!(
+                version = state.version,
+                members = state.ring.members().len(),
+                "adopting ring"
+            );
             *ring = Some(Arc::new(state));
         }
         self.publish_status().await;
@@ -221,7 +246,9 @@ impl Membership {
             Some(r) if r.ring.members().iter().any(|m| m.id == self.me) => Status::Up,
             _ => Status::Joining,
         };
-        let ring_key = ring.map(|r| format!("{}:{:016x}", r.version, r.digest())).unwrap_or_default();
+        let ring_key = ring
+            .map(|r| format!("{}:{:016x}", r.version, r.digest()))
+            .unwrap_or_default();
         self.chitchat
             .with_chitchat(|c| {
                 let state = c.self_node_state();
@@ -240,7 +267,9 @@ impl Membership {
                 let mut newest: BTreeMap<String, PeerInfo> = BTreeMap::new();
                 let mut generation: HashMap<String, u64> = HashMap::new();
                 for (id, state) in c.node_states() {
-                    let Some(info) = peer_info(id, state, live.contains(id)) else { continue };
+                    let Some(info) = peer_info(id, state, live.contains(id)) else {
+                        continue;
+                    };
                     let g = generation.entry(id.node_id.to_string()).or_insert(0);
                     if id.generation_id >= *g {
                         *g = id.generation_id;
@@ -250,7 +279,9 @@ impl Membership {
                 newest
             })
             .await;
-        let view = ClusterView { peers: peers.into_values().map(|p| (p.id.clone(), p)).collect() };
+        let view = ClusterView {
+            peers: peers.into_values().map(|p| (p.id.clone(), p)).collect(),
+        };
         {
             let mut known = self.known.write().unwrap();
             for p in view.peers.values() {
@@ -276,15 +307,25 @@ impl Membership {
         let current = self.ring()?;
         let view = self.view();
         let members = current.ring.members();
-        let claimant = members.iter().map(|m| &m.id).filter(|id| self.is_live(id)).min()?;
+        let claimant = members
+            .iter()
+            .map(|m| &m.id)
+            .filter(|id| self.is_live(id))
+            .min()?;
         if *claimant != self.me {
             return None;
         }
         let joiners: Vec<Member> = view
             .peers
             .values()
-            .filter(|p| p.live && p.status == Status::Joining && !members.iter().any(|m| m.id == p.id))
-            .map(|p| Member { id: p.id.clone(), weight: p.weight, zone: p.zone.clone() })
+            .filter(|p| {
+                p.live && p.status == Status::Joining && !members.iter().any(|m| m.id == p.id)
+            })
+            .map(|p| Member {
+                id: p.id.clone(),
+                weight: p.weight,
+                zone: p.zone.clone(),
+            })
             .collect();
         if joiners.is_empty() {
             return None;
@@ -292,7 +333,10 @@ impl Membership {
         let mut next_members = members.to_vec();
         next_members.extend(joiners);
         match Ring::claim(Some(&current.ring), &next_members, current.ring.params()) {
-            Ok(ring) => Some(RingState { version: current.version + 1, ring }),
+            Ok(ring) => Some(RingState {
+                version: current.version + 1,
+                ring,
+            }),
             Err(e) => {
                 warn!(error = %e, "claim failed; the joining nodes stay out of the ring");
                 None
@@ -319,8 +363,14 @@ fn peer_info(id: &ChitchatId, state: &NodeState, live: bool) -> Option<PeerInfo>
         http: addr(keys::HTTP)?,
         resp: addr(keys::RESP),
         zone: state.get(keys::ZONE).unwrap_or("default").to_string(),
-        weight: state.get(keys::WEIGHT).and_then(|w| w.parse().ok()).unwrap_or(1),
-        status: state.get(keys::STATUS).and_then(Status::parse).unwrap_or(Status::Joining),
+        weight: state
+            .get(keys::WEIGHT)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(1),
+        status: state
+            .get(keys::STATUS)
+            .and_then(Status::parse)
+            .unwrap_or(Status::Joining),
         live,
         ring_version,
         ring_digest,

@@ -37,21 +37,39 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Arc<Node>> {
+    pub async fn start(
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Node>> {
         let kind = match settings.storage {
             StorageKind::Fjall => EngineKind::Fjall,
             StorageKind::Memory => EngineKind::Memory,
         };
-        let opened = ringkv_storage::open(kind, &settings.data_dir.join("fjall"), settings.hint_backlog_max)?;
+        let opened = ringkv_storage::open(
+            kind,
+            &settings.data_dir.join("fjall"),
+            settings.hint_backlog_max,
+        )?;
         let (storage, hints) = (opened.engine, opened.hints);
         let replica = load_identity(&settings, storage.as_ref())?;
         let ring = match storage.get_meta(RING_META_KEY)? {
-            Some(bytes) => Some(postcard::from_bytes::<RingState>(&bytes).map_err(|e| anyhow::anyhow!("stored ring is unreadable: {e}"))?),
+            Some(bytes) => Some(
+                postcard::from_bytes::<RingState>(&bytes)
+                    .map_err(|e| anyhow::anyhow!("stored ring is unreadable: {e}"))?,
+            ),
             None => None,
         };
         let membership = Membership::start(&settings, ring).await?;
         let peers = Peers::new(settings.node_id.clone(), settings.limits.clone());
-        let node = Arc::new(Node { settings, replica, storage, hints, membership, peers, shutdown });
+        let node = Arc::new(Node {
+            settings,
+            replica,
+            storage,
+            hints,
+            membership,
+            peers,
+            shutdown,
+        });
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
         Ok(node)
@@ -77,12 +95,20 @@ impl Node {
     }
 
     pub(crate) fn partition_of(&self, key: &[u8]) -> PartitionId {
-        let q = self.membership.ring().map(|r| r.ring.params().partitions).unwrap_or(self.settings.partitions);
+        let q = self
+            .membership
+            .ring()
+            .map(|r| r.ring.params().partitions)
+            .unwrap_or(self.settings.partitions);
         PartitionId::of(key_hash(key), q)
     }
 
     /// Syncs `versions` into what this node holds for `key`.
-    pub(crate) async fn merge_local(&self, key: Bytes, versions: VersionSet) -> Result<VersionSet, ClientError> {
+    pub(crate) async fn merge_local(
+        &self,
+        key: Bytes,
+        versions: VersionSet,
+    ) -> Result<VersionSet, ClientError> {
         let partition = self.partition_of(&key);
         self.store(move |s| {
             s.update(partition, &key, &mut |current| match current {
@@ -97,17 +123,30 @@ impl Node {
     }
 
     /// Keeps `versions` for `target`, a home replica that could not take them, until it can.
-    pub(crate) async fn store_hint(&self, target: NodeId, key: Bytes, versions: VersionSet) -> Result<(), ClientError> {
+    pub(crate) async fn store_hint(
+        &self,
+        target: NodeId,
+        key: Bytes,
+        versions: VersionSet,
+    ) -> Result<(), ClientError> {
         let partition = self.partition_of(&key);
         let hints = self.hints.clone();
-        let hint = ringkv_storage::Hint { target, partition, key, versions };
+        let hint = ringkv_storage::Hint {
+            target,
+            partition,
+            key,
+            versions,
+        };
         let result = tokio::task::spawn_blocking(move || hints.push(hint))
             .await
             .map_err(|e| ClientError::Internal(format!("hint task failed: {e}")))?;
         result.map_err(|e| {
             metrics::counter!("ringkv_hints_refused_total").increment(1);
             tracing::warn!(error = %e, "hint refused");
-            ClientError::Unavailable { message: e.to_string(), stored_on: None }
+            ClientError::Unavailable {
+                message: e.to_string(),
+                stored_on: None,
+            }
         })?;
         metrics::gauge!("ringkv_hints_pending").set(self.hints.len() as f64);
         Ok(())
@@ -115,14 +154,22 @@ impl Node {
 
     pub(crate) async fn read_local(&self, key: Bytes) -> Result<Option<VersionSet>, ClientError> {
         let partition = self.partition_of(&key);
-        self.store(move |s| s.get(partition, &key)).await?.map_err(|e| ClientError::Internal(e.to_string()))
+        self.store(move |s| s.get(partition, &key))
+            .await?
+            .map_err(|e| ClientError::Internal(e.to_string()))
     }
 
     /// Stores the current ring so a restart resumes with it.
     pub(crate) async fn persist_ring(&self) {
-        let Some(ring) = self.membership.ring() else { return };
+        let Some(ring) = self.membership.ring() else {
+            return;
+        };
         let bytes = postcard::to_allocvec(ring.as_ref()).expect("rings serialize");
-        if let Err(e) = self.store(move |s| s.put_meta(RING_META_KEY, &bytes)).await.map(|r| r.map_err(|e| e.to_string())) {
+        if let Err(e) = self
+            .store(move |s| s.put_meta(RING_META_KEY, &bytes))
+            .await
+            .map(|r| r.map_err(|e| e.to_string()))
+        {
             warn!(error = ?e, "could not persist the ring");
         }
     }
@@ -131,7 +178,11 @@ impl Node {
     pub(crate) async fn membership_round(&self) {
         self.membership.refresh().await;
         if let Some((holder, addr, version)) = self.membership.better_ring_holder() {
-            match self.peers.call(addr, Request::FetchRing, self.settings.request_timeout).await {
+            match self
+                .peers
+                .call(addr, Request::FetchRing, self.settings.request_timeout)
+                .await
+            {
                 Ok(Response::Ring { version: v, ring }) if v >= version => {
                     if self.membership.adopt(RingState { version: v, ring }).await {
                         self.persist_ring().await;
@@ -141,12 +192,22 @@ impl Node {
             }
         }
         if let Some(next) = self.membership.next_ring_as_claimant() {
-            info!(version = next.version, "claimant: publishing a ring with the joining nodes");
+            info!(
+                version = next.version,
+                "claimant: publishing a ring with the joining nodes"
+            );
             if self.membership.adopt(next).await {
                 self.persist_ring().await;
             }
         }
-        metrics::gauge!("ringkv_peers_up").set(self.membership.view().peers.values().filter(|p| p.live).count() as f64);
+        metrics::gauge!("ringkv_peers_up").set(
+            self.membership
+                .view()
+                .peers
+                .values()
+                .filter(|p| p.live)
+                .count() as f64,
+        );
     }
 
     /// Background loops; returns when shutdown is requested.
@@ -174,17 +235,28 @@ impl Node {
                 Ok(v) => Response::Versions(v),
                 Err(e) => Response::Error(e.to_string()),
             },
-            Request::Write { key, versions, hinted_for: None } => match self.merge_local(key, versions).await {
+            Request::Write {
+                key,
+                versions,
+                hinted_for: None,
+            } => match self.merge_local(key, versions).await {
                 Ok(_) => Response::Ok,
                 Err(e) => Response::Error(e.to_string()),
             },
-            Request::Write { key, versions, hinted_for: Some(target) } => match self.store_hint(target, key, versions).await {
+            Request::Write {
+                key,
+                versions,
+                hinted_for: Some(target),
+            } => match self.store_hint(target, key, versions).await {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error(e.to_string()),
             },
             Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
             Request::FetchRing => match self.membership.ring() {
-                Some(r) => Response::Ring { version: r.version, ring: r.ring.clone() },
+                Some(r) => Response::Ring {
+                    version: r.version,
+                    ring: r.ring.clone(),
+                },
                 None => Response::Error("this node has no ring yet".into()),
             },
         }
@@ -192,14 +264,19 @@ impl Node {
 }
 
 impl Handler for Node {
-    fn handle(self: Arc<Self>, request: Request, timeout: Duration) -> BoxFuture<'static, Response> {
+    fn handle(
+        self: Arc<Self>,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Response> {
         self.serve_request(request, timeout).boxed()
     }
 }
 
 fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Result<ReplicaId> {
     if let Some(bytes) = storage.get_meta(IDENTITY_META_KEY)? {
-        let identity: Identity = postcard::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("stored identity is unreadable: {e}"))?;
+        let identity: Identity = postcard::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("stored identity is unreadable: {e}"))?;
         anyhow::ensure!(
             identity.node_id == settings.node_id,
             "data directory belongs to node {}, not {}",
@@ -209,7 +286,10 @@ fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Re
         return Ok(ReplicaId::new(identity.node_id, identity.epoch));
     }
     let epoch = rand::random::<u32>().max(1);
-    let identity = Identity { node_id: settings.node_id.clone(), epoch };
+    let identity = Identity {
+        node_id: settings.node_id.clone(),
+        epoch,
+    };
     storage.put_meta(IDENTITY_META_KEY, &postcard::to_allocvec(&identity)?)?;
     Ok(ReplicaId::new(identity.node_id, epoch))
 }

@@ -17,7 +17,10 @@ use crate::node::Node;
 use crate::settings::Settings;
 
 /// Latency buckets in seconds, from 100 µs to 10 s.
-const LATENCY_BUCKETS_SECONDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 const SIBLING_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 100.0];
 
 /// The process-wide metrics recorder (one node per process).
@@ -28,7 +31,10 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), LATENCY_BUCKETS_SECONDS)?
-        .set_buckets_for_metric(Matcher::Full("ringkv_read_siblings".into()), SIBLING_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("ringkv_read_siblings".into()),
+            SIBLING_BUCKETS,
+        )?
         .install_recorder()?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
@@ -36,23 +42,38 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 /// Runs a node until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = metrics_handle()?;
-    let listener = TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", settings.listen))?;
-    let http_listener = TcpListener::bind(settings.http).await.map_err(|e| anyhow::anyhow!("cannot bind --http {}: {e}", settings.http))?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", settings.listen))?;
+    let http_listener = TcpListener::bind(settings.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind --http {}: {e}", settings.http))?;
     let limits = settings.limits.clone();
     let node = Node::start(settings, shutdown.child_token()).await?;
 
-    let transport = tokio::spawn(crate::transport::serve(listener, node.clone(), limits, node.shutdown.clone()));
+    let transport = tokio::spawn(crate::transport::serve(
+        listener,
+        node.clone(),
+        limits,
+        node.shutdown.clone(),
+    ));
     let background = tokio::spawn(node.clone().run_background());
-    let app = router(HttpState { node: node.clone(), metrics });
+    let app = router(HttpState {
+        node: node.clone(),
+        metrics,
+    });
     info!(http = %node.settings().http, listen = %node.settings().listen, "serving");
     let http_shutdown = shutdown.clone();
-    axum::serve(http_listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await?;
+    axum::serve(http_listener, app)
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await?;
 
     info!("shutting down");
     node.shutdown.cancel();
     let _ = transport.await;
     let _ = background.await;
-    let node = Arc::try_unwrap(node).map_err(|_| anyhow::anyhow!("node still referenced at shutdown"));
+    let node =
+        Arc::try_unwrap(node).map_err(|_| anyhow::anyhow!("node still referenced at shutdown"));
     if let Ok(node) = node {
         node.membership.shutdown().await;
     }

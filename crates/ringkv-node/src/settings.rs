@@ -9,8 +9,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringkv_core::constants::{DEFAULT_MAX_VALUE_BYTES, DEFAULT_N, DEFAULT_PARTITIONS, MAX_N, MAX_PARTITIONS};
 use ringkv_core::NodeId;
+use ringkv_core::constants::{
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_N, DEFAULT_PARTITIONS, MAX_N, MAX_PARTITIONS,
+};
 use serde::Deserialize;
 
 /// Which storage engine keeps the node's data.
@@ -168,7 +170,9 @@ impl Default for Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("missing required setting `{0}` (flag --{1}, env RINGKV_{2}, or `{0}` in the config file)")]
+    #[error(
+        "missing required setting `{0}` (flag --{1}, env RINGKV_{2}, or `{0}` in the config file)"
+    )]
     Missing(&'static str, &'static str, &'static str),
     #[error("invalid {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
@@ -177,7 +181,10 @@ pub enum SettingsError {
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid { name, reason: reason.into() }
+    SettingsError::Invalid {
+        name,
+        reason: reason.into(),
+    }
 }
 
 fn parse_addr(name: &'static str, text: &str) -> Result<SocketAddr, SettingsError> {
@@ -192,19 +199,39 @@ impl Settings {
     pub fn resolve(args: ServerArgs) -> Result<Settings, SettingsError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| SettingsError::File { path: path.clone(), reason: e.to_string() })?;
-                toml::from_str::<FileSettings>(&text)
-                    .map_err(|e| SettingsError::File { path: path.clone(), reason: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str::<FileSettings>(&text).map_err(|e| SettingsError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
             }
             None => FileSettings::default(),
         };
-        let node_id = args.node_id.or(file.node_id).ok_or(SettingsError::Missing("node_id", "node-id", "NODE_ID"))?;
+        let node_id = args
+            .node_id
+            .or(file.node_id)
+            .ok_or(SettingsError::Missing("node_id", "node-id", "NODE_ID"))?;
         let node_id = NodeId::new(node_id).map_err(|e| invalid("node_id", e.to_string()))?;
-        let listen = args.listen.or(file.listen).ok_or(SettingsError::Missing("listen", "listen", "LISTEN"))?;
-        let http = args.http.or(file.http).ok_or(SettingsError::Missing("http", "http", "HTTP"))?;
-        let data_dir = args.data_dir.or(file.data_dir).ok_or(SettingsError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
-        let seeds = if args.seeds.is_empty() { file.seeds } else { args.seeds };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .ok_or(SettingsError::Missing("listen", "listen", "LISTEN"))?;
+        let http = args
+            .http
+            .or(file.http)
+            .ok_or(SettingsError::Missing("http", "http", "HTTP"))?;
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or(SettingsError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
+        let seeds = if args.seeds.is_empty() {
+            file.seeds
+        } else {
+            args.seeds
+        };
         let seeds = seeds
             .iter()
             .filter(|s| !s.trim().is_empty())
@@ -214,22 +241,47 @@ impl Settings {
             node_id,
             listen: parse_addr("listen", &listen)?,
             http: parse_addr("http", &http)?,
-            resp: args.resp.or(file.resp).map(|r| parse_addr("resp", &r)).transpose()?,
+            resp: args
+                .resp
+                .or(file.resp)
+                .map(|r| parse_addr("resp", &r))
+                .transpose()?,
             data_dir,
             seeds,
             storage: args.storage.or(file.storage).unwrap_or(StorageKind::Fjall),
             zone: args.zone.or(file.zone).unwrap_or_else(|| "default".into()),
             weight: args.weight.or(file.weight).unwrap_or(1),
-            partitions: args.partitions.or(file.partitions).unwrap_or(DEFAULT_PARTITIONS),
+            partitions: args
+                .partitions
+                .or(file.partitions)
+                .unwrap_or(DEFAULT_PARTITIONS),
             n: args.n.or(file.n).unwrap_or(DEFAULT_N),
             r: args.r.or(file.r).unwrap_or(2),
             w: args.w.or(file.w).unwrap_or(2),
-            gossip_interval: ms(args.gossip_interval_ms.or(file.gossip_interval_ms).unwrap_or(1000)),
-            anti_entropy_interval: ms(args.anti_entropy_interval_ms.or(file.anti_entropy_interval_ms).unwrap_or(60_000)),
-            hint_interval: ms(args.hint_interval_ms.or(file.hint_interval_ms).unwrap_or(1000)),
-            request_timeout: ms(args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(2000)),
-            max_value_bytes: args.max_value_bytes.or(file.max_value_bytes).unwrap_or(DEFAULT_MAX_VALUE_BYTES),
-            hint_backlog_max: args.hint_backlog_max.or(file.hint_backlog_max).unwrap_or(100_000),
+            gossip_interval: ms(args
+                .gossip_interval_ms
+                .or(file.gossip_interval_ms)
+                .unwrap_or(1000)),
+            anti_entropy_interval: ms(args
+                .anti_entropy_interval_ms
+                .or(file.anti_entropy_interval_ms)
+                .unwrap_or(60_000)),
+            hint_interval: ms(args
+                .hint_interval_ms
+                .or(file.hint_interval_ms)
+                .unwrap_or(1000)),
+            request_timeout: ms(args
+                .request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(2000)),
+            max_value_bytes: args
+                .max_value_bytes
+                .or(file.max_value_bytes)
+                .unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+            hint_backlog_max: args
+                .hint_backlog_max
+                .or(file.hint_backlog_max)
+                .unwrap_or(100_000),
             limits: Limits::default(),
         };
         settings.validate()?;
@@ -238,18 +290,30 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         if !self.partitions.is_power_of_two() || self.partitions > MAX_PARTITIONS {
-            return Err(invalid("partitions", format!("must be a power of two up to {MAX_PARTITIONS}, got {}", self.partitions)));
+            return Err(invalid(
+                "partitions",
+                format!(
+                    "must be a power of two up to {MAX_PARTITIONS}, got {}",
+                    self.partitions
+                ),
+            ));
         }
         if self.n == 0 || self.n > MAX_N {
             return Err(invalid("n", format!("must be 1..={MAX_N}, got {}", self.n)));
         }
         for (name, q) in [("r", self.r), ("w", self.w)] {
             if q == 0 || q > self.n {
-                return Err(invalid(name, format!("must be 1..=N ({}), got {q}", self.n)));
+                return Err(invalid(
+                    name,
+                    format!("must be 1..=N ({}), got {q}", self.n),
+                ));
             }
         }
         if self.weight == 0 || self.weight > 1000 {
-            return Err(invalid("weight", format!("must be 1..=1000, got {}", self.weight)));
+            return Err(invalid(
+                "weight",
+                format!("must be 1..=1000, got {}", self.weight),
+            ));
         }
         if self.zone.is_empty() || self.zone.len() > 64 {
             return Err(invalid("zone", "must be 1 to 64 characters"));
@@ -265,7 +329,10 @@ impl Settings {
             }
         }
         if self.max_value_bytes == 0 || self.max_value_bytes >= self.limits.max_frame_bytes / 4 {
-            return Err(invalid("max_value_bytes", format!("must be 1..{}", self.limits.max_frame_bytes / 4)));
+            return Err(invalid(
+                "max_value_bytes",
+                format!("must be 1..{}", self.limits.max_frame_bytes / 4),
+            ));
         }
         Ok(())
     }
@@ -305,7 +372,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringkv-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node.toml");
-        std::fs::write(&path, "node_id = \"from-file\"\nzone = \"z9\"\nw = 3\nseeds = [\"127.0.0.1:7002\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "node_id = \"from-file\"\nzone = \"z9\"\nw = 3\nseeds = [\"127.0.0.1:7002\"]\n",
+        )
+        .unwrap();
         let mut args = base();
         args.config = Some(path);
         args.zone = Some("z1".into());
@@ -323,12 +394,22 @@ mod tests {
         assert!(Settings::resolve(a).unwrap_err().to_string().contains("w"));
         let mut a = base();
         a.partitions = Some(1000);
-        assert!(Settings::resolve(a).unwrap_err().to_string().contains("power of two"));
+        assert!(
+            Settings::resolve(a)
+                .unwrap_err()
+                .to_string()
+                .contains("power of two")
+        );
         let mut a = base();
         a.node_id = Some("bad id".into());
         assert!(Settings::resolve(a).is_err());
         let mut a = base();
         a.http = None;
-        assert!(Settings::resolve(a).unwrap_err().to_string().contains("--http"));
+        assert!(
+            Settings::resolve(a)
+                .unwrap_err()
+                .to_string()
+                .contains("--http")
+        );
     }
 }

@@ -38,11 +38,17 @@ pub enum TransportError {
 
 /// Serves one inbound request. Implemented by the node.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(self: Arc<Self>, request: Request, timeout: Duration) -> futures::future::BoxFuture<'static, Response>;
+    fn handle(
+        self: Arc<Self>,
+        request: Request,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Response>;
 }
 
 fn codec(limits: &Limits) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(limits.max_frame_bytes).new_codec()
+    LengthDelimitedCodec::builder()
+        .max_frame_length(limits.max_frame_bytes)
+        .new_codec()
 }
 
 fn encode(frame: &Frame) -> Bytes {
@@ -50,7 +56,12 @@ fn encode(frame: &Frame) -> Bytes {
 }
 
 /// Accepts inter-node connections until `shutdown` is cancelled.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: Limits, shutdown: CancellationToken) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -59,7 +70,13 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: L
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, peer, handler.clone(), limits.clone(), shutdown.clone()));
+                tokio::spawn(serve_connection(
+                    stream,
+                    peer,
+                    handler.clone(),
+                    limits.clone(),
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 warn!(error = %e, "inter-node accept failed");
@@ -115,16 +132,23 @@ async fn serve_connection<H: Handler>(
                 }
                 debug!(%peer, %node, "peer connected");
             }
-            Frame::Request { id, timeout_ms, body } => {
-                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            Frame::Request {
+                id,
+                timeout_ms,
+                body,
+            } => {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
                 let handler = handler.clone();
                 let reply_tx = reply_tx.clone();
                 let timeout = Duration::from_millis(timeout_ms as u64);
                 tokio::spawn(async move {
-                    let body = match tokio::time::timeout(timeout, handler.handle(body, timeout)).await {
-                        Ok(body) => body,
-                        Err(_) => Response::Error("deadline passed".into()),
-                    };
+                    let body =
+                        match tokio::time::timeout(timeout, handler.handle(body, timeout)).await {
+                            Ok(body) => body,
+                            Err(_) => Response::Error("deadline passed".into()),
+                        };
                     let _ = reply_tx.send(encode(&Frame::Response { id, body })).await;
                     drop(permit);
                 });
@@ -177,9 +201,20 @@ impl Peers {
     }
 
     /// Sends `request` to `addr` and waits for the answer, at most `timeout` in all.
-    pub async fn call(&self, addr: SocketAddr, request: Request, timeout: Duration) -> Result<Response, TransportError> {
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let slots = self.slots.lock().unwrap().entry(addr).or_insert_with(|| Arc::new(Semaphore::new(self.limits.peer_inflight_max))).clone();
+        let slots = self
+            .slots
+            .lock()
+            .unwrap()
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.peer_inflight_max)))
+            .clone();
         let _permit = tokio::time::timeout_at(deadline, slots.acquire_owned())
             .await
             .map_err(|_| TransportError::TimedOut(addr))?
@@ -190,8 +225,15 @@ impl Peers {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap().insert(id, tx);
-        let timeout_ms = deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis().min(u32::MAX as u128) as u32;
-        let frame = encode(&Frame::Request { id, timeout_ms, body: request });
+        let timeout_ms = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
+        let frame = encode(&Frame::Request {
+            id,
+            timeout_ms,
+            body: request,
+        });
         let sent = tokio::time::timeout_at(deadline, conn.frames.send(frame)).await;
         if !matches!(sent, Ok(Ok(()))) {
             conn.pending.lock().unwrap().remove(&id);
@@ -212,7 +254,13 @@ impl Peers {
             return Ok(conn);
         }
         // One connection attempt per peer at a time; a dead peer never delays the others.
-        let lock = self.connect_locks.lock().unwrap().entry(addr).or_default().clone();
+        let lock = self
+            .connect_locks
+            .lock()
+            .unwrap()
+            .entry(addr)
+            .or_default()
+            .clone();
         let _guard = lock.lock().await;
         if let Some(conn) = self.live_connection(addr)? {
             return Ok(conn);
@@ -221,7 +269,11 @@ impl Peers {
             Ok(Ok(stream)) => {
                 let conn = self.start_connection(stream, addr);
                 let mut peers = self.peers.lock().unwrap();
-                let state = peers.entry(addr).or_insert(PeerState { connection: None, failures: 0, retry_after: None });
+                let state = peers.entry(addr).or_insert(PeerState {
+                    connection: None,
+                    failures: 0,
+                    retry_after: None,
+                });
                 state.connection = Some(conn.clone());
                 state.failures = 0;
                 state.retry_after = None;
@@ -235,7 +287,9 @@ impl Peers {
     /// The current connection if it is alive; an error if the peer is inside its backoff.
     fn live_connection(&self, addr: SocketAddr) -> Result<Option<Arc<Connection>>, TransportError> {
         let mut peers = self.peers.lock().unwrap();
-        let Some(state) = peers.get_mut(&addr) else { return Ok(None) };
+        let Some(state) = peers.get_mut(&addr) else {
+            return Ok(None);
+        };
         if let Some(conn) = &state.connection {
             if !conn.closed.is_cancelled() {
                 return Ok(Some(conn.clone()));
@@ -243,16 +297,24 @@ impl Peers {
             state.connection = None;
         }
         match state.retry_after {
-            Some(t) if Instant::now() < t => Err(TransportError::Unreachable(addr, "backing off after a failed connection".into())),
+            Some(t) if Instant::now() < t => Err(TransportError::Unreachable(
+                addr,
+                "backing off after a failed connection".into(),
+            )),
             _ => Ok(None),
         }
     }
 
     fn note_failure(&self, addr: SocketAddr, reason: String) -> TransportError {
         let mut peers = self.peers.lock().unwrap();
-        let state = peers.entry(addr).or_insert(PeerState { connection: None, failures: 0, retry_after: None });
+        let state = peers.entry(addr).or_insert(PeerState {
+            connection: None,
+            failures: 0,
+            retry_after: None,
+        });
         state.failures = state.failures.saturating_add(1);
-        let backoff = Duration::from_millis(50u64 << state.failures.min(10)).min(self.limits.reconnect_backoff_max);
+        let backoff = Duration::from_millis(50u64 << state.failures.min(10))
+            .min(self.limits.reconnect_backoff_max);
         state.retry_after = Some(Instant::now() + backoff);
         TransportError::Unreachable(addr, reason)
     }
@@ -263,8 +325,15 @@ impl Peers {
         let (frames, mut outgoing) = mpsc::channel::<Bytes>(self.limits.peer_inflight_max);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = CancellationToken::new();
-        let conn = Arc::new(Connection { frames, pending: pending.clone(), closed: closed.clone() });
-        let hello = encode(&Frame::Hello { protocol: PROTOCOL_VERSION, node: self.me.clone() });
+        let conn = Arc::new(Connection {
+            frames,
+            pending: pending.clone(),
+            closed: closed.clone(),
+        });
+        let hello = encode(&Frame::Hello {
+            protocol: PROTOCOL_VERSION,
+            node: self.me.clone(),
+        });
         let closed_w = closed.clone();
         tokio::spawn(async move {
             if sink.send(hello).await.is_ok() {

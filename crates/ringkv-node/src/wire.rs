@@ -19,19 +19,35 @@ pub const PROTOCOL_VERSION: u16 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Frame {
     /// First frame of a connection, from the connecting side.
-    Hello { protocol: u16, node: NodeId },
-    Request { id: u64, timeout_ms: u32, body: Request },
-    Response { id: u64, body: Response },
+    Hello {
+        protocol: u16,
+        node: NodeId,
+    },
+    Request {
+        id: u64,
+        timeout_ms: u32,
+        body: Request,
+    },
+    Response {
+        id: u64,
+        body: Response,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     Ping,
     /// A replica's read: what do you hold for this key?
-    Read { key: Bytes },
+    Read {
+        key: Bytes,
+    },
     /// A replica's write: sync these versions into what you hold (replication, read repair).
     /// `hinted_for` names the home replica a fallback stores it for (sloppy quorum).
-    Write { key: Bytes, versions: VersionSet, hinted_for: Option<NodeId> },
+    Write {
+        key: Bytes,
+        versions: VersionSet,
+        hinted_for: Option<NodeId>,
+    },
     /// A client request forwarded to a home replica, which coordinates it.
     Coordinate(ClientOp),
     /// The sender's current ring, by version.
@@ -41,10 +57,18 @@ pub enum Request {
 /// A client operation as a coordinator runs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientOp {
-    Get { key: Bytes, r: u8 },
+    Get {
+        key: Bytes,
+        r: u8,
+    },
     /// A write of `value` (`None`: delete). `context: None` means a blind overwrite of what the
     /// coordinator holds (RESP `SET`); `Some(vv)` is the client's context (empty: concurrent).
-    Put { key: Bytes, context: Option<ClientContext>, value: Option<Bytes>, w: u8 },
+    Put {
+        key: Bytes,
+        context: Option<ClientContext>,
+        value: Option<Bytes>,
+        w: u8,
+    },
 }
 
 /// A client's causal context on the wire: the parts of `ringkv_core::Context`.
@@ -56,7 +80,10 @@ pub struct ClientContext {
 
 impl From<&Context> for ClientContext {
     fn from(c: &Context) -> ClientContext {
-        ClientContext { vector: c.vector().clone(), dots: c.dots().to_vec() }
+        ClientContext {
+            vector: c.vector().clone(),
+            dots: c.dots().to_vec(),
+        }
     }
 }
 
@@ -71,7 +98,10 @@ pub enum Response {
     Ok,
     Versions(Option<VersionSet>),
     Coordinated(Result<ClientReply, ClientError>),
-    Ring { version: u64, ring: Ring },
+    Ring {
+        version: u64,
+        ring: Ring,
+    },
     /// The request could not be served; the text says why.
     Error(String),
 }
@@ -89,7 +119,10 @@ pub enum ClientReply {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
 pub enum ClientError {
     #[error("{message}")]
-    Unavailable { message: String, stored_on: Option<u32> },
+    Unavailable {
+        message: String,
+        stored_on: Option<u32>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]

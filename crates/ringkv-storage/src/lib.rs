@@ -185,7 +185,11 @@ pub struct OpenedStorage {
 
 /// Opens the engine of `kind` in `dir` (created if absent) with a hint store bounded by
 /// `max_hints`.
-pub fn open(kind: EngineKind, dir: &std::path::Path, max_hints: usize) -> Result<OpenedStorage, StorageError> {
+pub fn open(
+    kind: EngineKind,
+    dir: &std::path::Path,
+    max_hints: usize,
+) -> Result<OpenedStorage, StorageError> {
     match kind {
         EngineKind::Memory => Ok(OpenedStorage {
             engine: std::sync::Arc::new(MemoryEngine::new()),
@@ -193,9 +197,18 @@ pub fn open(kind: EngineKind, dir: &std::path::Path, max_hints: usize) -> Result
         }),
         EngineKind::Fjall => {
             std::fs::create_dir_all(dir)?;
-            let engine = FjallEngine::open(dir, FjallOptions { max_hints, ..FjallOptions::default() })?;
+            let engine = FjallEngine::open(
+                dir,
+                FjallOptions {
+                    max_hints,
+                    ..FjallOptions::default()
+                },
+            )?;
             let hints = engine.hint_store()?;
-            Ok(OpenedStorage { engine: std::sync::Arc::new(engine), hints })
+            Ok(OpenedStorage {
+                engine: std::sync::Arc::new(engine),
+                hints,
+            })
         }
     }
 }

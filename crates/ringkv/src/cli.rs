@@ -67,7 +67,10 @@ pub fn encode_key(key: &[u8]) -> String {
 
 fn url(node: &str, path: &str, query: &[(&str, Option<u8>)]) -> String {
     let mut url = format!("{}{}", node.trim_end_matches('/'), path);
-    let params: Vec<String> = query.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={v}"))).collect();
+    let params: Vec<String> = query
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
     if !params.is_empty() {
         url.push('?');
         url.push_str(&params.join("&"));
@@ -90,8 +93,17 @@ async fn error_of(response: reqwest::Response) -> anyhow::Error {
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let url = url(&args.node.node, &format!("/kv/{}", encode_key(args.key.as_bytes())), &[("r", args.r)]);
-    let response = client.get(&url).header("accept", "application/json").send().await.with_context(|| format!("GET {url}"))?;
+    let url = url(
+        &args.node.node,
+        &format!("/kv/{}", encode_key(args.key.as_bytes())),
+        &[("r", args.r)],
+    );
+    let response = client
+        .get(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
     let status = response.status();
     if status != reqwest::StatusCode::OK && status != reqwest::StatusCode::NOT_FOUND {
         return Err(error_of(response).await);
@@ -101,11 +113,23 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match values.len() {
         0 => writeln!(out, "(not found)")?,
-        1 => writeln!(out, "{}", printable(&BASE64.decode(values[0].as_str().unwrap_or(""))?))?,
+        1 => writeln!(
+            out,
+            "{}",
+            printable(&BASE64.decode(values[0].as_str().unwrap_or(""))?)
+        )?,
         n => {
-            writeln!(out, "{n} siblings (write back with the context to reconcile):")?;
+            writeln!(
+                out,
+                "{n} siblings (write back with the context to reconcile):"
+            )?;
             for (i, v) in values.iter().enumerate() {
-                writeln!(out, "  [{}] {}", i + 1, printable(&BASE64.decode(v.as_str().unwrap_or(""))?))?;
+                writeln!(
+                    out,
+                    "  [{}] {}",
+                    i + 1,
+                    printable(&BASE64.decode(v.as_str().unwrap_or(""))?)
+                )?;
             }
         }
     }
@@ -123,16 +147,33 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     } else {
         args.value.into_bytes()
     };
-    write(&args.node.node, &args.key, Some(value), args.context, args.w).await
+    write(
+        &args.node.node,
+        &args.key,
+        Some(value),
+        args.context,
+        args.w,
+    )
+    .await
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     write(&args.node.node, &args.key, None, args.context, args.w).await
 }
 
-async fn write(node: &str, key: &str, value: Option<Vec<u8>>, context: Option<String>, w: Option<u8>) -> anyhow::Result<()> {
+async fn write(
+    node: &str,
+    key: &str,
+    value: Option<Vec<u8>>,
+    context: Option<String>,
+    w: Option<u8>,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let url = url(node, &format!("/kv/{}", encode_key(key.as_bytes())), &[("w", w)]);
+    let url = url(
+        node,
+        &format!("/kv/{}", encode_key(key.as_bytes())),
+        &[("w", w)],
+    );
     let mut request = match value {
         Some(v) => client.put(&url).body(v),
         None => client.delete(&url),
@@ -140,18 +181,28 @@ async fn write(node: &str, key: &str, value: Option<Vec<u8>>, context: Option<St
     if let Some(ctx) = context {
         request = request.header("x-context", ctx);
     }
-    let response = request.send().await.with_context(|| format!("request to {url}"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("request to {url}"))?;
     if response.status() != reqwest::StatusCode::NO_CONTENT {
         return Err(error_of(response).await);
     }
-    let ctx = response.headers().get("x-context").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ctx = response
+        .headers()
+        .get("x-context")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     println!("ok\ncontext: {ctx}");
     Ok(())
 }
 
 async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let url = url(node, path, &[]);
-    let response = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+    let response = reqwest::get(&url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
     if !response.status().is_success() {
         return Err(error_of(response).await);
     }
@@ -168,8 +219,13 @@ pub async fn status(args: NodeArg) -> anyhow::Result<()> {
         cluster["partitions"],
         cluster["ring_version"]
     );
-    println!("{:<20} {:<8} {:<10} {:>10}  {:<22} {:<22}", "NODE", "STATUS", "ZONE", "PARTITIONS", "LISTEN", "HTTP");
-    let Some(members) = cluster["members"].as_array() else { bail!("malformed /status answer") };
+    println!(
+        "{:<20} {:<8} {:<10} {:>10}  {:<22} {:<22}",
+        "NODE", "STATUS", "ZONE", "PARTITIONS", "LISTEN", "HTTP"
+    );
+    let Some(members) = cluster["members"].as_array() else {
+        bail!("malformed /status answer")
+    };
     for m in members {
         println!(
             "{:<20} {:<8} {:<10} {:>10}  {:<22} {:<22}",
@@ -186,7 +242,10 @@ pub async fn status(args: NodeArg) -> anyhow::Result<()> {
 
 pub async fn ring(args: NodeArg) -> anyhow::Result<()> {
     let body = get_json(&args.node, "/ring").await?;
-    println!("ring version {}  N={}  Q={}", body["version"], body["n"], body["partitions"]);
+    println!(
+        "ring version {}  N={}  Q={}",
+        body["version"], body["n"], body["partitions"]
+    );
     let table = body["table"].as_array().cloned().unwrap_or_default();
     let mut primary: std::collections::BTreeMap<String, usize> = Default::default();
     let mut replicas: std::collections::BTreeMap<String, usize> = Default::default();
@@ -201,7 +260,12 @@ pub async fn ring(args: NodeArg) -> anyhow::Result<()> {
     }
     println!("{:<20} {:>10} {:>10}", "NODE", "PRIMARY", "REPLICAS");
     for (node, count) in &replicas {
-        println!("{:<20} {:>10} {:>10}", node, primary.get(node).copied().unwrap_or(0), count);
+        println!(
+            "{:<20} {:>10} {:>10}",
+            node,
+            primary.get(node).copied().unwrap_or(0),
+            count
+        );
     }
     Ok(())
 }

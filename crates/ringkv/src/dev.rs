@@ -38,7 +38,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > MAX_DEV_NODES {
         bail!("--nodes must be 1..={MAX_DEV_NODES}");
     }
-    let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join("ringkv-dev"));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("ringkv-dev"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe()?;
     let mut children: Vec<Child> = Vec::new();
@@ -76,14 +79,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Polls node 1's `/status` until every node shows `up`.
 async fn wait_formed(args: &DevArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
     let url = format!("http://127.0.0.1:{}/status", args.http_base);
     while tokio::time::Instant::now() < deadline {
         if let Ok(resp) = client.get(&url).send().await
             && let Ok(body) = resp.json::<serde_json::Value>().await
         {
-            let members = body["cluster"]["members"].as_array().cloned().unwrap_or_default();
+            let members = body["cluster"]["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let up = members.iter().filter(|m| m["status"] == "up").count();
             if up == args.nodes as usize {
                 return Ok(());
@@ -95,14 +103,26 @@ async fn wait_formed(args: &DevArgs) -> anyhow::Result<()> {
 }
 
 fn print_banner(args: &DevArgs, dir: &std::path::Path) {
-    println!("ringkv dev cluster: {} nodes up (data in {})", args.nodes, dir.display());
+    println!(
+        "ringkv dev cluster: {} nodes up (data in {})",
+        args.nodes,
+        dir.display()
+    );
     for i in 0..args.nodes {
-        println!("  n{}  http://127.0.0.1:{}  (inter-node 127.0.0.1:{})", i + 1, args.http_base + i, args.listen_base + i);
+        println!(
+            "  n{}  http://127.0.0.1:{}  (inter-node 127.0.0.1:{})",
+            i + 1,
+            args.http_base + i,
+            args.listen_base + i
+        );
     }
     let h = args.http_base;
     println!("\nTry:");
     println!("  curl -i -X PUT --data 'hello' http://127.0.0.1:{h}/kv/greeting");
-    println!("  curl -i http://127.0.0.1:{}/kv/greeting", h + args.nodes.min(2) - 1);
+    println!(
+        "  curl -i http://127.0.0.1:{}/kv/greeting",
+        h + args.nodes.min(2) - 1
+    );
     println!("  curl -s http://127.0.0.1:{h}/status");
     println!("  ringkv status --node http://127.0.0.1:{h}");
     println!("\nCtrl-C stops the cluster.");
@@ -116,7 +136,10 @@ async fn stop(children: &mut [Child]) {
         }
     }
     for child in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.kill().await;
         }
     }

@@ -9,7 +9,11 @@ use ringkv_node::{ServerArgs, Settings};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ringkv", version, about = "A leaderless, always-writeable key-value store on the design of Dynamo")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A leaderless, always-writeable key-value store on the design of Dynamo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a local cluster on 127.0.0.1 until Ctrl-C.
     Dev(dev::DevArgs),
     /// Read a key.
@@ -39,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => {
             init_tracing();
-            let settings = Settings::resolve(args)?;
+            let settings = Settings::resolve(*args)?;
             runtime.block_on(serve(settings))
         }
         Command::Dev(args) => runtime.block_on(dev::run(args)),
@@ -52,15 +56,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

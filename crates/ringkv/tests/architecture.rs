@@ -8,14 +8,19 @@
 use std::path::{Path, PathBuf};
 
 fn crates_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crates/ringkv has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crates/ringkv has a parent")
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("reading {}: {e}", d.display())) {
+        for entry in
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("reading {}: {e}", d.display()))
+        {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
                 stack.push(path);
@@ -51,11 +56,25 @@ fn dependencies(manifest: &Path) -> Vec<String> {
 
 #[test]
 fn the_core_depends_only_on_pure_crates() {
-    let allowed = ["base64", "bytes", "md-5", "postcard", "serde", "thiserror", "xxhash-rust"];
+    let allowed = [
+        "base64",
+        "bytes",
+        "md-5",
+        "postcard",
+        "serde",
+        "thiserror",
+        "xxhash-rust",
+    ];
     let deps = dependencies(&crates_dir().join("ringkv-core/Cargo.toml"));
-    assert!(deps.contains(&"md-5".to_string()), "the parser found the core's dependencies: {deps:?}");
+    assert!(
+        deps.contains(&"md-5".to_string()),
+        "the parser found the core's dependencies: {deps:?}"
+    );
     for dep in &deps {
-        assert!(allowed.contains(&dep.as_str()), "ringkv-core must stay pure, but depends on {dep}");
+        assert!(
+            allowed.contains(&dep.as_str()),
+            "ringkv-core must stay pure, but depends on {dep}"
+        );
     }
 }
 
@@ -76,7 +95,11 @@ fn the_core_source_does_no_io() {
     for file in rust_files(&crates_dir().join("ringkv-core/src")) {
         let text = std::fs::read_to_string(&file).expect("readable");
         for word in forbidden {
-            assert!(!text.contains(word), "{} mentions {word}: the core must not reach the outside world", file.display());
+            assert!(
+                !text.contains(word),
+                "{} mentions {word}: the core must not reach the outside world",
+                file.display()
+            );
         }
     }
 }
@@ -86,12 +109,19 @@ fn only_the_storage_crate_names_an_engine() {
     for krate in ["ringkv-core", "ringkv-node", "ringkv"] {
         let deps = dependencies(&crates_dir().join(krate).join("Cargo.toml"));
         for engine in ["fjall", "redb"] {
-            assert!(!deps.contains(&engine.to_string()), "{krate} depends on the engine {engine}");
+            assert!(
+                !deps.contains(&engine.to_string()),
+                "{krate} depends on the engine {engine}"
+            );
         }
         for file in rust_files(&crates_dir().join(krate).join("src")) {
             let text = std::fs::read_to_string(&file).expect("readable");
             for name in ["FjallEngine", "fjall::", "MemoryEngine"] {
-                assert!(!text.contains(name), "{} names the engine type {name}", file.display());
+                assert!(
+                    !text.contains(name),
+                    "{} names the engine type {name}",
+                    file.display()
+                );
             }
         }
     }
@@ -102,14 +132,22 @@ fn in_the_node_only_formats_derive_serde() {
     let allowed = ["wire.rs", "settings.rs"];
     let mut checked = 0;
     for file in rust_files(&crates_dir().join("ringkv-node/src")) {
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let text = std::fs::read_to_string(&file).expect("readable");
         checked += 1;
         if allowed.contains(&name.as_str()) {
             continue;
         }
         for derive in ["Serialize,", "Serialize)", "Deserialize,", "Deserialize)"] {
-            assert!(!text.contains(derive), "{} derives serde ({derive}); formats belong in wire.rs", file.display());
+            assert!(
+                !text.contains(derive),
+                "{} derives serde ({derive}); formats belong in wire.rs",
+                file.display()
+            );
         }
     }
     assert!(checked >= 5, "the node's modules were found");
