@@ -7,6 +7,7 @@
 //! - `node`: identity, storage, replica handlers, background loops.
 //! - `coordinator`: the read and write paths, forwarding, read repair.
 //! - `http`: the client and admin HTTP API.
+//! - `resp`: the Redis-protocol (RESP2) API.
 //! - `server`: start, serve, shut down.
 //!
 //! Laws: no request waits past its deadline because of a peer; every queue and loop has a
@@ -18,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod membership;
 pub mod node;
+pub mod resp;
 pub mod server;
 pub mod settings;
 pub mod transport;

@@ -45,6 +45,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", settings.listen))?;
+    let resp_listener = match settings.resp {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind --resp {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let http_listener = TcpListener::bind(settings.http)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind --http {}: {e}", settings.http))?;
@@ -58,6 +66,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         node.shutdown.clone(),
     ));
     let background = tokio::spawn(node.clone().run_background());
+    let resp = resp_listener
+        .map(|l| tokio::spawn(crate::resp::serve(l, node.clone(), node.shutdown.clone())));
     let app = router(HttpState {
         node: node.clone(),
         metrics,
@@ -72,6 +82,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     node.shutdown.cancel();
     let _ = transport.await;
     let _ = background.await;
+    if let Some(resp) = resp {
+        let _ = resp.await;
+    }
     let node =
         Arc::try_unwrap(node).map_err(|_| anyhow::anyhow!("node still referenced at shutdown"));
     if let Ok(node) = node {
