@@ -482,7 +482,16 @@ async fn admin_local(
     uri: Uri,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_from_uri(&uri, "/admin/local/")?;
-    let held = state.node.read_local(key).await.map_err(ApiError::from)?;
+    let (own, hinted) = state.node.held_locally(key).await.map_err(ApiError::from)?;
+    let hinted_for: Vec<String> = hinted
+        .iter()
+        .map(|(target, _)| target.to_string())
+        .collect();
+    let held = hinted
+        .into_iter()
+        .map(|(_, v)| v)
+        .chain(own)
+        .reduce(|a, b| a.sync(&b));
     let Some(held) = held else {
         return Err(ApiError::not_found("this node holds nothing for the key"));
     };
@@ -493,7 +502,7 @@ async fn admin_local(
         .collect();
     let context = Context::new(held.context().clone()).encode();
     Ok(Json(
-        json!({"versions": versions, "context": context, "hinted_for": Vec::<String>::new()}),
+        json!({"versions": versions, "context": context, "hinted_for": hinted_for}),
     ))
 }
 

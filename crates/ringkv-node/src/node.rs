@@ -152,6 +152,31 @@ impl Node {
         Ok(())
     }
 
+    /// Everything this node holds for `key`: its own replica and the hints it keeps for others.
+    pub(crate) async fn held_locally(
+        &self,
+        key: Bytes,
+    ) -> Result<(Option<VersionSet>, Vec<(NodeId, VersionSet)>), ClientError> {
+        let own = self.read_local(key.clone()).await?;
+        let partition = self.partition_of(&key);
+        let hints = self.hints.clone();
+        let hinted = tokio::task::spawn_blocking(
+            move || -> Result<Vec<(NodeId, VersionSet)>, ringkv_storage::StorageError> {
+                let mut out = Vec::new();
+                for target in hints.targets()? {
+                    if let Some(v) = hints.get(&target, partition, &key)? {
+                        out.push((target, v));
+                    }
+                }
+                Ok(out)
+            },
+        )
+        .await
+        .map_err(|e| ClientError::Internal(format!("hint task failed: {e}")))?
+        .map_err(|e| ClientError::Internal(e.to_string()))?;
+        Ok((own, hinted))
+    }
+
     pub(crate) async fn read_local(&self, key: Bytes) -> Result<Option<VersionSet>, ClientError> {
         let partition = self.partition_of(&key);
         self.store(move |s| s.get(partition, &key))

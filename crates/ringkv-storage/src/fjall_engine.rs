@@ -597,6 +597,15 @@ impl HintStore for FjallHintStore {
         self.shared.commit.wait_durable(ticket)
     }
 
+    fn get(
+        &self,
+        target: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+    ) -> Result<Option<VersionSet>, StorageError> {
+        self.read(&hint_key(target, partition, key))
+    }
+
     fn targets(&self) -> Result<Vec<NodeId>, StorageError> {
         // One seek per target: read the first hint at or after `cursor`, then jump past
         // every hint of its target.

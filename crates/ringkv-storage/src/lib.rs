@@ -158,6 +158,13 @@ pub trait HintStore: Send + Sync + 'static {
     fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError>;
 
     /// The targets with at least one pending hint, sorted.
+    /// The hint held for `target` of `key`, if any.
+    fn get(
+        &self,
+        target: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+    ) -> Result<Option<VersionSet>, StorageError>;
     fn targets(&self) -> Result<Vec<NodeId>, StorageError>;
 
     /// The number of hints held.

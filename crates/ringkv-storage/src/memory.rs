@@ -250,6 +250,17 @@ impl HintStore for MemoryHintStore {
         Ok(())
     }
 
+    fn get(
+        &self,
+        target: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+    ) -> Result<Option<VersionSet>, StorageError> {
+        let hints = self.lock();
+        let id = (partition, Key::copy_from_slice(key));
+        Ok(hints.get(target).and_then(|m| m.get(&id)).cloned())
+    }
+
     fn targets(&self) -> Result<Vec<NodeId>, StorageError> {
         Ok(self.lock().keys().cloned().collect())
     }

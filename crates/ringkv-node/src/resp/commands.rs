@@ -1,0 +1,478 @@
+//! The RESP commands: argument checks, the calls into the coordinator, the replies.
+//! The semantics are written down in the module docs of `resp`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ringkv_core::constants::MAX_KEY_BYTES;
+use ringkv_core::{Context, Dot, VersionSet};
+
+use super::parser::Reply;
+use crate::node::Node;
+use crate::wire::{ClientContext, ClientError, ClientOp, ClientReply};
+
+/// Keys of one multi-key command (`DEL`, `EXISTS`, `MGET`, `MSET`) in flight at once.
+pub const MULTI_KEY_CONCURRENCY: usize = 32;
+/// Longest client name kept by `CLIENT SETNAME`.
+pub const MAX_CLIENT_NAME_BYTES: usize = 256;
+/// Longest command name echoed back in an `unknown command` error.
+const MAX_ECHOED_NAME_BYTES: usize = 128;
+
+/// What the connection does after answering a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Answer, then close (`QUIT`).
+    Close,
+}
+
+/// One connection's state as the commands see it.
+pub struct Session {
+    pub node: Arc<Node>,
+    pub id: u64,
+    pub name: Option<Bytes>,
+    /// Connections open on this node right now (for `INFO`).
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// Runs one command and answers its reply; counts it by name and outcome.
+pub async fn execute(session: &mut Session, args: Vec<Bytes>) -> (Reply, Flow) {
+    let name = args[0].to_ascii_uppercase();
+    let label = metric_label(&name);
+    let (reply, flow) = dispatch(session, &name, &args).await;
+    metrics::counter!("ringkv_resp_commands_total", "command" => label, "outcome" => outcome(&reply))
+        .increment(1);
+    (reply, flow)
+}
+
+/// The metrics label of a command: its name if known, else `unknown` (bounded cardinality).
+fn metric_label(name: &[u8]) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "PING", "ECHO", "QUIT", "COMMAND", "CLIENT", "SELECT", "CONFIG", "HELLO", "INFO", "AUTH",
+        "GET", "SET", "DEL", "EXISTS", "MGET", "MSET", "GETCTX", "PUTCTX", "DELCTX",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes() == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn outcome(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Error(e) if e.starts_with("UNAVAILABLE") => "unavailable",
+        Reply::Error(e) if e.starts_with("CONFLICT") => "conflict",
+        Reply::Error(e) if e.starts_with("ERR internal") => "internal",
+        Reply::Error(_) => "error",
+        _ => "ok",
+    }
+}
+
+async fn dispatch(session: &mut Session, name: &[u8], args: &[Bytes]) -> (Reply, Flow) {
+    let reply = match name {
+        b"QUIT" => return (Reply::ok(), Flow::Close),
+        b"PING" => ping(args),
+        b"ECHO" => arity(args, 2, 2).map_or_else(|e| e, |_| Reply::Bulk(args[1].clone())),
+        b"COMMAND" => command(args),
+        b"CLIENT" => client(session, args),
+        b"SELECT" => select(args),
+        b"CONFIG" => config(args),
+        b"HELLO" => Reply::Error("NOPROTO this server speaks RESP2 only".into()),
+        b"AUTH" => Reply::err("AUTH <password> called without any password configured"),
+        b"INFO" => info(session),
+        b"GET" => get(session, args).await,
+        b"SET" => set(session, args).await,
+        b"DEL" => del(session, args).await,
+        b"EXISTS" => exists(session, args).await,
+        b"MGET" => mget(session, args).await,
+        b"MSET" => mset(session, args).await,
+        b"GETCTX" => getctx(session, args).await,
+        b"PUTCTX" => putctx(session, args, true).await,
+        b"DELCTX" => putctx(session, args, false).await,
+        _ => Reply::err(format!("unknown command '{}'", printable(&args[0]))),
+    };
+    (reply, Flow::Continue)
+}
+
+/// `Ok` if `args` (the name included) has `min..=max` elements, else the arity error.
+fn arity(args: &[Bytes], min: usize, max: usize) -> Result<(), Reply> {
+    if args.len() < min || args.len() > max {
+        return Err(arity_error(args));
+    }
+    Ok(())
+}
+
+fn arity_error(args: &[Bytes]) -> Reply {
+    Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        printable(&args[0]).to_ascii_lowercase()
+    ))
+}
+
+/// `bytes` as text fit for an error line, cut to `MAX_ECHOED_NAME_BYTES`.
+fn printable(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(MAX_ECHOED_NAME_BYTES)];
+    String::from_utf8_lossy(cut)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn ping(args: &[Bytes]) -> Reply {
+    match args.len() {
+        1 => Reply::Status(Cow::Borrowed("PONG")),
+        2 => Reply::Bulk(args[1].clone()),
+        _ => arity_error(args),
+    }
+}
+
+/// `COMMAND` and its subcommands: ringkv publishes no command table, so clients that ask
+/// (redis-cli asks for `COMMAND DOCS` at start) get an empty one.
+fn command(args: &[Bytes]) -> Reply {
+    match args.get(1).map(|s| s.to_ascii_uppercase()) {
+        Some(sub) if sub == b"COUNT" => Reply::Integer(0),
+        _ => Reply::Array(Vec::new()),
+    }
+}
+
+fn client(session: &mut Session, args: &[Bytes]) -> Reply {
+    let Some(sub) = args.get(1).map(|s| s.to_ascii_uppercase()) else {
+        return arity_error(args);
+    };
+    match &sub[..] {
+        b"SETNAME" => {
+            if let Err(e) = arity(args, 3, 3) {
+                return e;
+            }
+            let name = &args[2];
+            if name.len() > MAX_CLIENT_NAME_BYTES
+                || name.iter().any(|&b| !(b'!'..=b'~').contains(&b))
+            {
+                return Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            session.name = (!name.is_empty()).then(|| name.clone());
+            Reply::ok()
+        }
+        b"GETNAME" => session.name.clone().map_or(Reply::Nil, Reply::Bulk),
+        b"ID" => Reply::Integer(session.id as i64),
+        b"INFO" => Reply::Bulk(Bytes::from(client_line(session))),
+        b"LIST" => Reply::Bulk(Bytes::from(client_line(session) + "\n")),
+        // Library handshakes (`CLIENT SETINFO lib-name ...`) and tuning flags: accepted.
+        b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH" | b"REPLY" => Reply::ok(),
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try CLIENT HELP.",
+            printable(&args[1])
+        )),
+    }
+}
+
+fn client_line(session: &Session) -> String {
+    let name = session
+        .name
+        .as_deref()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_default();
+    format!("id={} name={name} db=0 resp=2", session.id)
+}
+
+fn select(args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 2, 2) {
+        return e;
+    }
+    match std::str::from_utf8(&args[1]).ok().map(str::parse::<i64>) {
+        Some(Ok(0)) => Reply::ok(),
+        Some(Ok(_)) => Reply::err("DB index is out of range"),
+        _ => Reply::err("value is not an integer or out of range"),
+    }
+}
+
+/// `CONFIG GET` answers no parameter (redis-benchmark asks for `save` and `appendonly`);
+/// ringkv is configured by its own flags, so `CONFIG SET` and the rest are refused.
+fn config(args: &[Bytes]) -> Reply {
+    match args.get(1).map(|s| s.to_ascii_uppercase()) {
+        Some(sub) if sub == b"GET" => {
+            arity(args, 3, usize::MAX).map_or_else(|e| e, |_| Reply::Array(Vec::new()))
+        }
+        Some(_) => Reply::err("CONFIG is limited to CONFIG GET on ringkv"),
+        None => arity_error(args),
+    }
+}
+
+fn info(session: &Session) -> Reply {
+    let settings = session.node.settings();
+    let text = format!(
+        "# Server\r\nredis_version:7.0.0\r\nringkv_version:{}\r\nredis_mode:standalone\r\n\
+         node_id:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Keyspace\r\n",
+        env!("CARGO_PKG_VERSION"),
+        settings.node_id,
+        session.connections.load(Ordering::Relaxed),
+    );
+    Reply::Bulk(Bytes::from(text))
+}
+
+// ---- data commands ----------------------------------------------------------------------
+
+/// How a node error reads in RESP.
+fn node_error(e: ClientError) -> Reply {
+    match e {
+        ClientError::Unavailable {
+            message,
+            stored_on: Some(n),
+        } => Reply::Error(format!(
+            "UNAVAILABLE {message} (the write is stored on {n} replicas: indeterminate, not undone)"
+        )),
+        ClientError::Unavailable { message, .. } => Reply::Error(format!("UNAVAILABLE {message}")),
+        ClientError::BadRequest(m) => Reply::err(m),
+        ClientError::Internal(m) => Reply::err(format!("internal: {m}")),
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), Reply> {
+    if key.is_empty() {
+        return Err(Reply::err("the key must not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Reply::err(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(session: &Session, value: &[u8]) -> Result<(), Reply> {
+    let max = session.node.settings().max_value_bytes;
+    if value.len() > max {
+        return Err(Reply::err(format!(
+            "value is {} bytes; the limit is {max}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads `key` with the node's default R.
+async fn read(session: &Session, key: Bytes) -> Result<Option<VersionSet>, Reply> {
+    let settings = session.node.settings();
+    let op = ClientOp::Get {
+        key,
+        r: settings.r,
+    };
+    match session.node.client_op(op, settings.request_timeout).await {
+        Ok(ClientReply::Read(versions)) => Ok(versions),
+        Ok(_) => Err(Reply::err("internal: unexpected reply to a read")),
+        Err(e) => Err(node_error(e)),
+    }
+}
+
+/// Writes `value` (`None`: deletes) with the node's default W; answers the new write's dot.
+/// `context: None` is a blind overwrite of what the coordinator has seen.
+async fn write(
+    session: &Session,
+    key: Bytes,
+    context: Option<ClientContext>,
+    value: Option<Bytes>,
+) -> Result<Dot, Reply> {
+    let settings = session.node.settings();
+    let op = ClientOp::Put {
+        key,
+        context,
+        value,
+        w: settings.w,
+    };
+    match session.node.client_op(op, settings.request_timeout).await {
+        Ok(ClientReply::Written { dot, .. }) => Ok(dot),
+        Ok(_) => Err(Reply::err("internal: unexpected reply to a write")),
+        Err(e) => Err(node_error(e)),
+    }
+}
+
+fn live_values(versions: &Option<VersionSet>) -> Vec<Bytes> {
+    versions
+        .as_ref()
+        .map(|v| v.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// `GET`'s answer for what a read found: nil, the value, or the conflict error.
+fn value_reply(versions: &Option<VersionSet>) -> Reply {
+    let mut values = live_values(versions);
+    match values.len() {
+        0 => Reply::Nil,
+        1 => Reply::Bulk(values.pop().expect("one value")),
+        n => Reply::Error(format!("CONFLICT {n} siblings, use GETCTX")),
+    }
+}
+
+/// Runs `op` on every item with at most `MULTI_KEY_CONCURRENCY` in flight; answers the
+/// results in order, or the first error.
+async fn for_each<T, R, F, Fut>(items: Vec<T>, op: F) -> Result<Vec<R>, Reply>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R, Reply>>,
+{
+    futures::stream::iter(items)
+        .map(op)
+        .buffered(MULTI_KEY_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+async fn get(session: &Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 2, 2).and_then(|_| check_key(&args[1])) {
+        return e;
+    }
+    match read(session, args[1].clone()).await {
+        Ok(versions) => value_reply(&versions),
+        Err(e) => e,
+    }
+}
+
+async fn set(session: &Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 3, usize::MAX) {
+        return e;
+    }
+    // EX, PX, NX, XX, KEEPTTL, GET: ringkv has no expiry and no conditional write.
+    if args.len() > 3 {
+        return Reply::err("syntax error");
+    }
+    if let Err(e) = check_key(&args[1]).and_then(|_| check_value(session, &args[2])) {
+        return e;
+    }
+    match write(session, args[1].clone(), None, Some(args[2].clone())).await {
+        Ok(_) => Reply::ok(),
+        Err(e) => e,
+    }
+}
+
+async fn del(session: &Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 2, usize::MAX) {
+        return e;
+    }
+    let keys = &args[1..];
+    if let Some(e) = keys.iter().find_map(|k| check_key(k).err()) {
+        return e;
+    }
+    let existed = for_each(keys.to_vec(), |key| async move {
+        let existed = !live_values(&read(session, key.clone()).await?).is_empty();
+        write(session, key, None, None).await?;
+        Ok(existed)
+    })
+    .await;
+    match existed {
+        Ok(existed) => Reply::Integer(existed.iter().filter(|e| **e).count() as i64),
+        Err(e) => e,
+    }
+}
+
+async fn exists(session: &Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 2, usize::MAX) {
+        return e;
+    }
+    let keys = &args[1..];
+    if let Some(e) = keys.iter().find_map(|k| check_key(k).err()) {
+        return e;
+    }
+    let found = for_each(keys.to_vec(), |key| async move {
+        Ok(!live_values(&read(session, key).await?).is_empty())
+    })
+    .await;
+    match found {
+        Ok(found) => Reply::Integer(found.iter().filter(|f| **f).count() as i64),
+        Err(e) => e,
+    }
+}
+
+async fn mget(session: &Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 2, usize::MAX) {
+        return e;
+    }
+    let keys = &args[1..];
+    if let Some(e) = keys.iter().find_map(|k| check_key(k).err()) {
+        return e;
+    }
+    let values = for_each(keys.to_vec(), |key| async move {
+        Ok(value_reply(&read(session, key).await?))
+    })
+    .await;
+    values.map_or_else(|e| e, Reply::Array)
+}
+
+async fn mset(session: &Session, args: &[Bytes]) -> Reply {
+    if args.len() < 3 || args.len() % 2 == 0 {
+        return arity_error(args);
+    }
+    let pairs: Vec<(Bytes, Bytes)> = args[1..]
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
+    if let Some(e) = pairs.iter().find_map(|(k, v)| {
+        check_key(k)
+            .and_then(|_| check_value(session, v))
+            .err()
+    }) {
+        return e;
+    }
+    let written = for_each(pairs, |(key, value)| async move {
+        write(session, key, None, Some(value)).await
+    })
+    .await;
+    written.map_or_else(|e| e, |_| Reply::ok())
+}
+
+async fn getctx(session: &Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 2, 2).and_then(|_| check_key(&args[1])) {
+        return e;
+    }
+    let versions = match read(session, args[1].clone()).await {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let context = versions
+        .as_ref()
+        .filter(|v| !v.context().is_empty())
+        .map(|v| Context::new(v.context().clone()).encode());
+    let mut items = vec![context.map_or(Reply::Nil, |c| Reply::Bulk(Bytes::from(c)))];
+    items.extend(live_values(&versions).into_iter().map(Reply::Bulk));
+    Reply::Array(items)
+}
+
+/// `PUTCTX key context value` (`put`) and `DELCTX key context` (`!put`): a write with the
+/// client's context; answers the context that covers it. An empty context is a write
+/// concurrent with everything stored, as an HTTP PUT without `X-Context`.
+async fn putctx(session: &Session, args: &[Bytes], put: bool) -> Reply {
+    let expected = if put { 4 } else { 3 };
+    if let Err(e) = arity(args, expected, expected).and_then(|_| check_key(&args[1])) {
+        return e;
+    }
+    let value = put.then(|| args[3].clone());
+    if let Some(e) = value.as_ref().and_then(|v| check_value(session, v).err()) {
+        return e;
+    }
+    let context = match parse_context(&args[2]) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let client_context = Some(ClientContext::from(&context));
+    match write(session, args[1].clone(), client_context, value).await {
+        // What this client has now seen: what it read, plus its own write (and nothing else).
+        Ok(dot) => Reply::Bulk(Bytes::from(context.with_dot(dot).encode())),
+        Err(e) => e,
+    }
+}
+
+fn parse_context(token: &[u8]) -> Result<Context, Reply> {
+    if token.is_empty() {
+        return Ok(Context::default());
+    }
+    let text = std::str::from_utf8(token)
+        .map_err(|_| Reply::err("bad context: the token is not printable ASCII"))?;
+    Context::decode(text).map_err(|e| Reply::err(format!("bad context: {e}")))
+}
