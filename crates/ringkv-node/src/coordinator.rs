@@ -1,15 +1,18 @@
-//! The coordinator: the read and write paths of Dynamo §4.5.
+//! The coordinator: the read and write paths of Dynamo §4.5 with the sloppy quorum of §4.6.
 //!
 //! - Any node takes any request. A node that is not among the key's home replicas forwards it
 //!   to the first reachable home replica, which coordinates (a forwarded request is never
 //!   forwarded again, so a disagreement about the ring cannot loop).
+//! - The targets of a request are the home replicas; in sloppy mode (the default) a home
+//!   replica believed down, or failing, is replaced by the next fallback of the preference
+//!   list, which keeps the write as a hint for it. `strict` requests count home replicas only.
+//!   `ringkv_core::quorum::QuorumTracker` decides success, failure and the next fallback.
 //! - put/delete: the coordinator applies the DVV update under its own replica id, stores it
-//!   durably, sends the resulting version set to the other home replicas, and answers after W
+//!   durably, sends the resulting version set to the other targets, and answers after W
 //!   acknowledgements, its own included; the other replications finish in the background.
-//! - get: ask the home replicas, answer after R replies with their sync; the context covers
-//!   everything returned. Replies that arrive later still count for read repair: once every
-//!   replica answered or the deadline passed, replicas whose set lacks something of the merged
-//!   set receive it.
+//! - get: ask the targets, answer after R replies with their sync. Replies that arrive later
+//!   still count for read repair: once every target answered or the deadline passed, home
+//!   replicas whose set lacks something of the merged set receive it.
 //!
 //! Every wait is bounded by the request's deadline: a slow or dead peer costs at most that.
 
@@ -17,7 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::quorum::Quorum;
+use ringkv_core::quorum::{
+    MAX_FALLBACKS_PER_REQUEST, Progress, Quorum, QuorumMode, QuorumPlan, QuorumTracker, Reply,
+    Target,
+};
 use ringkv_core::{Dot, NodeId, VersionSet};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,8 +33,42 @@ use crate::node::Node;
 use crate::transport::TransportError;
 use crate::wire::{ClientContext, ClientError, ClientOp, ClientReply, Request, Response};
 
-/// One replica's answer to a read.
-type ReadReply = (NodeId, Result<Option<VersionSet>, String>);
+/// One target's answer: who, and what it said (for reads, its versions).
+type TargetReply<T> = (NodeId, Result<T, Failure>);
+
+/// Why a target did not answer ok.
+#[derive(Debug)]
+enum Failure {
+    TimedOut,
+    Failed(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::TimedOut => f.write_str("timed out"),
+            Failure::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Failure {
+    fn reply(&self) -> Reply {
+        match self {
+            Failure::TimedOut => Reply::TimedOut,
+            Failure::Failed(_) => Reply::Failed,
+        }
+    }
+}
+
+impl From<TransportError> for Failure {
+    fn from(e: TransportError) -> Failure {
+        match e {
+            TransportError::TimedOut(_) => Failure::TimedOut,
+            other => Failure::Failed(other.to_string()),
+        }
+    }
+}
 
 impl Node {
     /// Entry point for a client operation arriving at this node.
@@ -37,21 +77,7 @@ impl Node {
         op: ClientOp,
         timeout: Duration,
     ) -> Result<ClientReply, ClientError> {
-        let key = op_key(&op).clone();
-        let ring = self
-            .membership
-            .ring()
-            .ok_or_else(|| ClientError::Unavailable {
-                message: "this node has not joined a cluster yet".into(),
-                stored_on: None,
-            })?;
-        let partition = ring.ring.partition_of(ringkv_core::key_hash(&key));
-        let home: Vec<NodeId> = ring
-            .ring
-            .preference_list(partition)
-            .home()
-            .cloned()
-            .collect();
+        let home = self.home_replicas(op_key(&op))?;
         if home.contains(self.membership.me()) {
             return self.coordinate(op, timeout).await;
         }
@@ -93,11 +119,12 @@ impl Node {
             .ring()
             .map(|r| r.ring.params().n)
             .unwrap_or(self.settings.n);
+        let quorum =
+            |q: u8| Quorum::new(q as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()));
         match op {
-            ClientOp::Get { key, r } => {
-                let r =
-                    Quorum::new(r as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()))?;
-                self.coordinate_get(key, r, timeout)
+            ClientOp::Get { key, r, strict } => {
+                let tracker = self.plan(&key, quorum(r)?, strict)?;
+                self.coordinate_get(key, tracker, timeout)
                     .await
                     .map(ClientReply::Read)
             }
@@ -106,10 +133,10 @@ impl Node {
                 context,
                 value,
                 w,
+                strict,
             } => {
-                let w =
-                    Quorum::new(w as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()))?;
-                self.coordinate_put(key, context, value, w, timeout)
+                let tracker = self.plan(&key, quorum(w)?, strict)?;
+                self.coordinate_put(key, context, value, tracker, timeout)
                     .await
                     .map(|(stored, dot)| ClientReply::Written { stored, dot })
             }
@@ -117,13 +144,7 @@ impl Node {
     }
 
     fn home_replicas(&self, key: &[u8]) -> Result<Vec<NodeId>, ClientError> {
-        let ring = self
-            .membership
-            .ring()
-            .ok_or_else(|| ClientError::Unavailable {
-                message: "this node has not joined a cluster yet".into(),
-                stored_on: None,
-            })?;
+        let ring = self.membership.ring().ok_or_else(not_joined)?;
         let partition = ring.ring.partition_of(ringkv_core::key_hash(key));
         Ok(ring
             .ring
@@ -133,118 +154,175 @@ impl Node {
             .collect())
     }
 
+    /// The quorum plan of one request on `key`: home replicas, fallbacks, who is down.
+    fn plan(
+        &self,
+        key: &[u8],
+        needed: Quorum,
+        strict: bool,
+    ) -> Result<QuorumTracker<NodeId>, ClientError> {
+        let ring = self.membership.ring().ok_or_else(not_joined)?;
+        let list = ring
+            .ring
+            .preference_list(ring.ring.partition_of(ringkv_core::key_hash(key)));
+        let home: Vec<NodeId> = list.home().cloned().collect();
+        let fallbacks: Vec<NodeId> = list
+            .fallbacks()
+            .take(MAX_FALLBACKS_PER_REQUEST)
+            .cloned()
+            .collect();
+        let unreachable = home
+            .iter()
+            .chain(&fallbacks)
+            .filter(|n| !self.membership.is_live(n))
+            .cloned()
+            .collect();
+        let mode = if strict {
+            QuorumMode::Strict
+        } else {
+            QuorumMode::Sloppy
+        };
+        QuorumTracker::new(QuorumPlan {
+            needed,
+            home,
+            fallbacks,
+            unreachable,
+            mode,
+        })
+        .map_err(|e| ClientError::Unavailable {
+            message: format!("cannot meet the quorum: {e}"),
+            stored_on: Some(0),
+        })
+    }
+
     async fn coordinate_put(
         self: &Arc<Self>,
         key: Bytes,
         context: Option<ClientContext>,
         value: Option<Bytes>,
-        w: Quorum,
+        mut tracker: QuorumTracker<NodeId>,
         timeout: Duration,
     ) -> Result<(VersionSet, Dot), ClientError> {
         let deadline = Instant::now() + timeout;
-        let home = self.home_replicas(&key)?;
-        let partition = self.partition_of(&key);
-        let replica = self.replica.clone();
-        let k = key.clone();
-        let (stored, dot) = self
-            .store(move |s| {
-                let mut dot = None;
-                let stored = s.update(partition, &k, &mut |current| {
-                    let current = current.cloned().unwrap_or_default();
-                    let (next, d) = match &context {
-                        Some(ctx) => {
-                            current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica)
-                        }
-                        // No context: a blind overwrite of what this coordinator holds (RESP SET).
-                        None => current.update(&current.context().clone(), value.clone(), &replica),
-                    };
-                    dot = Some(d);
-                    Some(next)
-                });
-                stored.map(|s| {
-                    (
-                        s.expect("an update always stores a set"),
-                        dot.expect("the update ran"),
-                    )
-                })
-            })
-            .await?
-            .map_err(|e| ClientError::Unavailable {
-                message: format!("local write failed: {e}"),
-                stored_on: Some(0),
-            })?;
-        let (tx, mut rx) = mpsc::channel::<(NodeId, Result<(), String>)>(home.len().max(1));
-        for node in home.iter().filter(|n| *n != self.membership.me()) {
-            self.spawn_replica_write(
-                node.clone(),
-                key.clone(),
-                stored.clone(),
-                deadline,
-                tx.clone(),
-            );
-        }
-        drop(tx);
-        let mut acks = 1usize;
-        let mut failures = Vec::new();
-        while acks < w.get() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((_, Ok(())))) => acks += 1,
-                Ok(Some((node, Err(e)))) => failures.push(format!("{node}: {e}")),
-                Ok(None) => break,
-                Err(_) => {
-                    failures.push("the deadline passed".into());
-                    break;
-                }
+        let (stored, dot) = self.write_locally(key.clone(), context, value).await?;
+        let me = self.membership.me().clone();
+        let (tx, mut rx) = mpsc::channel::<TargetReply<()>>(MAX_FALLBACKS_PER_REQUEST + 16);
+        let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
+        for target in initial {
+            if target.node == me {
+                // The coordinator's own durable write is its acknowledgement.
+                let _ = tracker.record(&me, Reply::Ok);
+            } else {
+                self.spawn_write(target, key.clone(), stored.clone(), deadline, tx.clone());
             }
         }
-        if acks >= w.get() {
-            return Ok((stored, dot));
+        loop {
+            match tracker.progress() {
+                Progress::Succeeded => return Ok((stored, dot)),
+                Progress::Failed(failure) => {
+                    return Err(ClientError::Unavailable {
+                        message: format!("write not acknowledged by enough replicas: {failure}"),
+                        stored_on: Some(tracker.stored_on() as u32),
+                    });
+                }
+                Progress::Pending => {}
+            }
+            let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, rx.recv()).await
+            else {
+                return Err(ClientError::Unavailable {
+                    message: format!(
+                        "write acknowledged by {} of the {} replicas needed before the deadline",
+                        tracker.stored_on(),
+                        tracker.needed().get()
+                    ),
+                    stored_on: Some(tracker.stored_on() as u32),
+                });
+            };
+            let reply = match &result {
+                Ok(()) => Reply::Ok,
+                Err(f) => {
+                    debug!(%node, failure = %f, "replica write failed");
+                    f.reply()
+                }
+            };
+            if let Ok(Some(next)) = tracker.record(&node, reply) {
+                debug!(fallback = %next.node, hinted_for = ?next.hinted_for, "sloppy quorum: using a fallback");
+                self.spawn_write(next, key.clone(), stored.clone(), deadline, tx.clone());
+            }
         }
-        if home.len() < w.get() {
-            failures.push(format!("the key has only {} home replicas", home.len()));
-        }
-        Err(ClientError::Unavailable {
-            message: format!(
-                "write acknowledged by {acks} of the {} replicas needed (W={}): {}",
-                w.get(),
-                w.get(),
-                failures.join("; ")
-            ),
-            stored_on: Some(acks as u32),
+    }
+
+    /// The coordinator's own step: the DVV update of what it holds, stored durably.
+    async fn write_locally(
+        &self,
+        key: Bytes,
+        context: Option<ClientContext>,
+        value: Option<Bytes>,
+    ) -> Result<(VersionSet, Dot), ClientError> {
+        let partition = self.partition_of(&key);
+        let replica = self.replica.clone();
+        self.store(move |s| {
+            let mut dot = None;
+            let stored = s.update(partition, &key, &mut |current| {
+                let current = current.cloned().unwrap_or_default();
+                let (next, d) = match &context {
+                    Some(ctx) => {
+                        current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica)
+                    }
+                    // No context: a blind overwrite of what this coordinator holds (RESP SET).
+                    None => current.update(&current.context().clone(), value.clone(), &replica),
+                };
+                dot = Some(d);
+                Some(next)
+            });
+            stored.map(|s| {
+                (
+                    s.expect("an update always stores a set"),
+                    dot.expect("the update ran"),
+                )
+            })
+        })
+        .await?
+        .map_err(|e| ClientError::Unavailable {
+            message: format!("local write failed: {e}"),
+            stored_on: Some(0),
         })
     }
 
-    fn spawn_replica_write(
+    fn spawn_write(
         self: &Arc<Self>,
-        node: NodeId,
+        target: Target<NodeId>,
         key: Bytes,
         versions: VersionSet,
         deadline: Instant,
-        tx: mpsc::Sender<(NodeId, Result<(), String>)>,
+        tx: mpsc::Sender<TargetReply<()>>,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            let result = me.send_write(&node, key, versions, deadline).await;
-            let _ = tx.send((node, result)).await;
+            let result = me
+                .send_write(&target.node, key, versions, target.hinted_for, deadline)
+                .await;
+            let _ = tx.send((target.node, result)).await;
         });
     }
 
-    /// Sends a replica write and waits for its acknowledgement, until `deadline`.
-    pub(crate) async fn send_write(
+    /// Sends a replica write (or a hinted one) and waits for its acknowledgement.
+    async fn send_write(
         &self,
         node: &NodeId,
         key: Bytes,
         versions: VersionSet,
+        hinted_for: Option<NodeId>,
         deadline: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let addr = self
             .membership
             .address(node)
-            .ok_or_else(|| format!("no known address for {node}"))?;
+            .ok_or_else(|| Failure::Failed(format!("no known address for {node}")))?;
         let request = Request::Write {
             key,
             versions,
-            hinted_for: None,
+            hinted_for,
         };
         match self
             .peers
@@ -253,70 +331,86 @@ impl Node {
                 request,
                 deadline.saturating_duration_since(Instant::now()),
             )
-            .await
+            .await?
         {
-            Ok(Response::Ok) => Ok(()),
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(describe(e)),
+            Response::Ok => Ok(()),
+            Response::Error(e) => Err(Failure::Failed(e)),
+            other => Err(Failure::Failed(format!("unexpected answer {other:?}"))),
         }
     }
 
     async fn coordinate_get(
         self: &Arc<Self>,
         key: Bytes,
-        r: Quorum,
+        mut tracker: QuorumTracker<NodeId>,
         timeout: Duration,
     ) -> Result<Option<VersionSet>, ClientError> {
         let deadline = Instant::now() + timeout;
-        let home = self.home_replicas(&key)?;
-        let (tx, mut rx) = mpsc::channel::<ReadReply>(home.len().max(1));
-        for node in &home {
-            let me = self.clone();
-            let (node, key, tx) = (node.clone(), key.clone(), tx.clone());
-            tokio::spawn(async move {
-                let result = me.replica_read(&node, key, deadline).await;
-                let _ = tx.send((node, result)).await;
-            });
+        let (tx, mut rx) =
+            mpsc::channel::<TargetReply<Option<VersionSet>>>(MAX_FALLBACKS_PER_REQUEST + 16);
+        let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
+        for target in initial {
+            self.spawn_read(target.node, key.clone(), deadline, tx.clone());
         }
-        drop(tx);
         let mut replies: Vec<(NodeId, Option<VersionSet>)> = Vec::new();
-        let mut failures = Vec::new();
-        while replies.len() < r.get() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((node, Ok(v)))) => replies.push((node, v)),
-                Ok(Some((node, Err(e)))) => failures.push(format!("{node}: {e}")),
-                Ok(None) => break,
-                Err(_) => {
-                    failures.push("the deadline passed".into());
-                    break;
+        loop {
+            match tracker.progress() {
+                Progress::Succeeded => break,
+                Progress::Failed(failure) => {
+                    return Err(ClientError::Unavailable {
+                        message: format!("read not answered by enough replicas: {failure}"),
+                        stored_on: None,
+                    });
                 }
+                Progress::Pending => {}
             }
-            if replies.len() + (home.len() - replies.len() - failures.len()) < r.get() {
-                break;
+            let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, rx.recv()).await
+            else {
+                return Err(ClientError::Unavailable {
+                    message: format!(
+                        "{} of the {} replicas needed answered before the deadline",
+                        replies.len(),
+                        tracker.needed().get()
+                    ),
+                    stored_on: None,
+                });
+            };
+            let reply = match result {
+                Ok(v) => {
+                    replies.push((node.clone(), v));
+                    Reply::Ok
+                }
+                Err(f) => f.reply(),
+            };
+            if let Ok(Some(next)) = tracker.record(&node, reply) {
+                self.spawn_read(next.node, key.clone(), deadline, tx.clone());
             }
-        }
-        if replies.len() < r.get() {
-            if home.len() < r.get() {
-                failures.push(format!("the key has only {} home replicas", home.len()));
-            }
-            return Err(ClientError::Unavailable {
-                message: format!(
-                    "{} of the {} replicas needed answered (R={}): {}",
-                    replies.len(),
-                    r.get(),
-                    r.get(),
-                    failures.join("; ")
-                ),
-                stored_on: None,
-            });
         }
         let merged = merge_all(replies.iter().map(|(_, v)| v));
         let siblings = merged.as_ref().map(|m| m.values().count()).unwrap_or(0);
         metrics::histogram!("ringkv_read_siblings").record(siblings as f64);
+        let home: Vec<NodeId> = tracker
+            .targets()
+            .filter(|(t, _)| !t.is_fallback())
+            .map(|(t, _)| t.node.clone())
+            .collect();
         let me = self.clone();
-        tokio::spawn(async move { me.read_repair(key, replies, rx, deadline).await });
+        tokio::spawn(async move { me.read_repair(key, home, replies, rx, deadline).await });
         Ok(merged)
+    }
+
+    fn spawn_read(
+        self: &Arc<Self>,
+        node: NodeId,
+        key: Bytes,
+        deadline: Instant,
+        tx: mpsc::Sender<TargetReply<Option<VersionSet>>>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = me.replica_read(&node, key, deadline).await;
+            let _ = tx.send((node, result)).await;
+        });
     }
 
     async fn replica_read(
@@ -324,14 +418,17 @@ impl Node {
         node: &NodeId,
         key: Bytes,
         deadline: Instant,
-    ) -> Result<Option<VersionSet>, String> {
+    ) -> Result<Option<VersionSet>, Failure> {
         if node == self.membership.me() {
-            return self.read_local(key).await.map_err(|e| e.to_string());
+            return self
+                .read_held(key)
+                .await
+                .map_err(|e| Failure::Failed(e.to_string()));
         }
         let addr = self
             .membership
             .address(node)
-            .ok_or_else(|| format!("no known address for {node}"))?;
+            .ok_or_else(|| Failure::Failed(format!("no known address for {node}")))?;
         match self
             .peers
             .call(
@@ -339,22 +436,22 @@ impl Node {
                 Request::Read { key },
                 deadline.saturating_duration_since(Instant::now()),
             )
-            .await
+            .await?
         {
-            Ok(Response::Versions(v)) => Ok(v),
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(describe(e)),
+            Response::Versions(v) => Ok(v),
+            Response::Error(e) => Err(Failure::Failed(e)),
+            other => Err(Failure::Failed(format!("unexpected answer {other:?}"))),
         }
     }
 
     /// Waits for the remaining replies (until the deadline), then sends the merged set to
-    /// every replica that answered with less.
+    /// every home replica that answered with less.
     async fn read_repair(
         self: Arc<Self>,
         key: Bytes,
+        home: Vec<NodeId>,
         mut replies: Vec<(NodeId, Option<VersionSet>)>,
-        mut rx: mpsc::Receiver<ReadReply>,
+        mut rx: mpsc::Receiver<TargetReply<Option<VersionSet>>>,
         deadline: Instant,
     ) {
         while let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -367,7 +464,7 @@ impl Node {
         };
         let repair_deadline = Instant::now() + self.settings.request_timeout;
         for (node, held) in replies {
-            if held.as_ref().is_some_and(|h| h.includes(&merged)) {
+            if !home.contains(&node) || held.as_ref().is_some_and(|h| h.includes(&merged)) {
                 continue;
             }
             metrics::counter!("ringkv_read_repairs_total").increment(1);
@@ -376,15 +473,22 @@ impl Node {
                 self.merge_local(key.clone(), merged.clone())
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Failure::Failed(e.to_string()))
             } else {
-                self.send_write(&node, key.clone(), merged.clone(), repair_deadline)
+                self.send_write(&node, key.clone(), merged.clone(), None, repair_deadline)
                     .await
             };
             if let Err(e) = result {
                 debug!(%node, error = %e, "read repair failed");
             }
         }
+    }
+}
+
+fn not_joined() -> ClientError {
+    ClientError::Unavailable {
+        message: "this node has not joined a cluster yet".into(),
+        stored_on: None,
     }
 }
 
@@ -402,11 +506,4 @@ fn merge_all<'a>(sets: impl Iterator<Item = &'a Option<VersionSet>>) -> Option<V
             None => s.clone(),
         })
     })
-}
-
-fn describe(e: TransportError) -> String {
-    match e {
-        TransportError::TimedOut(_) => "timed out".into(),
-        other => other.to_string(),
-    }
 }

@@ -111,6 +111,8 @@ struct DataParams {
     r: Option<u8>,
     w: Option<u8>,
     timeout: Duration,
+    /// Count home replicas only toward R/W (no hinted fallbacks), like Riak's pr/pw.
+    strict: bool,
 }
 
 fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
@@ -124,6 +126,7 @@ fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
         r: None,
         w: None,
         timeout: settings.request_timeout,
+        strict: false,
     };
     for pair in uri
         .query()
@@ -154,6 +157,15 @@ fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
                     }
                 }
             }
+            "strict" => match value {
+                "true" | "1" | "" => params.strict = true,
+                "false" | "0" => params.strict = false,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict must be true or false, got {value:?}"
+                    )));
+                }
+            },
             _ => {}
         }
     }
@@ -219,7 +231,14 @@ async fn get_key_inner(
     let r = params.r.unwrap_or(state.node.settings().r);
     let reply = state
         .node
-        .client_op(ClientOp::Get { key, r }, params.timeout)
+        .client_op(
+            ClientOp::Get {
+                key,
+                r,
+                strict: params.strict,
+            },
+            params.timeout,
+        )
         .await?;
     let ClientReply::Read(versions) = reply else {
         return Err(ApiError::internal("unexpected reply to a read"));
@@ -345,6 +364,7 @@ async fn write(
                 context,
                 value,
                 w,
+                strict: params.strict,
             },
             params.timeout,
         )

@@ -5,7 +5,8 @@
 //! - `transport`: multiplexed TCP connections between nodes, bounded and deadline-driven.
 //! - `membership`: chitchat gossip, failure detection, ring agreement by version.
 //! - `node`: identity, storage, replica handlers, background loops.
-//! - `coordinator`: the read and write paths, forwarding, read repair.
+//! - `coordinator`: the read and write paths, sloppy quorum, forwarding, read repair.
+//! - `hinted_handoff`: delivering hints to home replicas that are back.
 //! - `http`: the client and admin HTTP API.
 //! - `resp`: the Redis-protocol (RESP2) API.
 //! - `server`: start, serve, shut down.
@@ -16,6 +17,7 @@
 
 pub mod coordinator;
 pub mod error;
+pub mod hinted_handoff;
 pub mod http;
 pub mod membership;
 pub mod node;

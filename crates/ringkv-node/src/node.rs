@@ -177,6 +177,20 @@ impl Node {
         Ok((own, hinted))
     }
 
+    /// What this node can answer a replica read with: its own replica, synced with any
+    /// hints it keeps for the key (a fallback answers with what it holds for others).
+    pub(crate) async fn read_held(&self, key: Bytes) -> Result<Option<VersionSet>, ClientError> {
+        if self.hints.is_empty() {
+            return self.read_local(key).await;
+        }
+        let (own, hinted) = self.held_locally(key).await?;
+        Ok(hinted
+            .into_iter()
+            .map(|(_, v)| v)
+            .chain(own)
+            .reduce(|a, b| a.sync(&b)))
+    }
+
     pub(crate) async fn read_local(&self, key: Bytes) -> Result<Option<VersionSet>, ClientError> {
         let partition = self.partition_of(&key);
         self.store(move |s| s.get(partition, &key))
@@ -237,18 +251,36 @@ impl Node {
 
     /// Background loops; returns when shutdown is requested.
     pub async fn run_background(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.settings.gossip_interval);
+        let membership = tokio::spawn(self.clone().every(
+            self.settings.gossip_interval,
+            "membership",
+            |n| async move { n.membership_round().await }.boxed(),
+        ));
+        let hints = tokio::spawn(self.clone().every(
+            self.settings.hint_interval,
+            "hinted handoff",
+            |n| async move { n.deliver_hints().await }.boxed(),
+        ));
+        let _ = tokio::join!(membership, hints);
+    }
+
+    /// Runs `round` every `period` until shutdown. Each round is its own task, so a bug in one
+    /// round is logged and the loop goes on instead of silently stopping for good.
+    async fn every(
+        self: Arc<Self>,
+        period: Duration,
+        name: &'static str,
+        round: impl Fn(Arc<Node>) -> BoxFuture<'static, ()> + Send + 'static,
+    ) {
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            // Each round runs as its own task so that a bug in one round is logged and the
-            // loop goes on, instead of silently stopping membership for good.
-            let me = self.clone();
-            if let Err(e) = tokio::spawn(async move { me.membership_round().await }).await {
-                tracing::error!(error = %e, "membership round failed");
+            if let Err(e) = tokio::spawn(round(self.clone())).await {
+                tracing::error!(error = %e, loop_name = name, "background round failed");
             }
         }
     }
@@ -256,7 +288,7 @@ impl Node {
     async fn serve_request(self: Arc<Self>, request: Request, timeout: Duration) -> Response {
         match request {
             Request::Ping => Response::Ok,
-            Request::Read { key } => match self.read_local(key).await {
+            Request::Read { key } => match self.read_held(key).await {
                 Ok(v) => Response::Versions(v),
                 Err(e) => Response::Error(e.to_string()),
             },

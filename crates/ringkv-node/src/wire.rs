@@ -57,17 +57,17 @@ pub enum Request {
 /// A client operation as a coordinator runs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientOp {
-    Get {
-        key: Bytes,
-        r: u8,
-    },
+    /// `strict`: only home replicas count toward R (no fallbacks), like Riak's pr.
+    Get { key: Bytes, r: u8, strict: bool },
     /// A write of `value` (`None`: delete). `context: None` means a blind overwrite of what the
     /// coordinator holds (RESP `SET`); `Some(vv)` is the client's context (empty: concurrent).
+    /// `strict`: only home replicas count toward W (no hinted fallbacks), like Riak's pw.
     Put {
         key: Bytes,
         context: Option<ClientContext>,
         value: Option<Bytes>,
         w: u8,
+        strict: bool,
     },
 }
 
