@@ -262,6 +262,7 @@ async fn read(session: &Session, key: Bytes) -> Result<Option<VersionSet>, Reply
     let op = ClientOp::Get {
         key,
         r: settings.r,
+        strict: false,
     };
     match session.node.client_op(op, settings.request_timeout).await {
         Ok(ClientReply::Read(versions)) => Ok(versions),
@@ -284,6 +285,7 @@ async fn write(
         context,
         value,
         w: settings.w,
+        strict: false,
     };
     match session.node.client_op(op, settings.request_timeout).await {
         Ok(ClientReply::Written { dot, .. }) => Ok(dot),
@@ -413,11 +415,10 @@ async fn mset(session: &Session, args: &[Bytes]) -> Reply {
         .chunks_exact(2)
         .map(|p| (p[0].clone(), p[1].clone()))
         .collect();
-    if let Some(e) = pairs.iter().find_map(|(k, v)| {
-        check_key(k)
-            .and_then(|_| check_value(session, v))
-            .err()
-    }) {
+    if let Some(e) = pairs
+        .iter()
+        .find_map(|(k, v)| check_key(k).and_then(|_| check_value(session, v)).err())
+    {
         return e;
     }
     let written = for_each(pairs, |(key, value)| async move {

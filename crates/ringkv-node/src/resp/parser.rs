@@ -577,7 +577,10 @@ mod tests {
             (b"*1\r\n:1\r\n", ProtocolError::ExpectedBulk(b':')),
             (b"*1\r\n$1\r\nab\r\n", ProtocolError::MissingCrlf),
             (b"*1\n", ProtocolError::MissingCrlf),
-            (b"*11111111111111111111111111111111111", ProtocolError::HeaderTooLong),
+            (
+                b"*11111111111111111111111111111111111",
+                ProtocolError::HeaderTooLong,
+            ),
             (b"SET \"a\r\n", ProtocolError::UnbalancedQuotes),
             (b"SET 'a'b\r\n", ProtocolError::UnbalancedQuotes),
         ];

@@ -1,0 +1,279 @@
+//! The Redis-protocol (RESP2) front end (API.md §4), so that `redis-cli`, `redis-benchmark`
+//! and Redis client libraries work against ringkv unchanged.
+//!
+//! Each connection runs in its own task: it reads requests (`parser`), runs every complete
+//! command in the order received (pipelining), and writes the replies in that order. The
+//! commands call the coordinator exactly as the HTTP front end does, with the node's default
+//! R, W and request timeout.
+//!
+//! # Commands
+//!
+//! Names are case-insensitive. A wrong number of arguments answers
+//! `-ERR wrong number of arguments for 'x' command`; an unknown command answers
+//! `-ERR unknown command 'x'` and the connection stays open.
+//!
+//! | command | answer |
+//! |---|---|
+//! | `PING [msg]`, `ECHO msg` | as Redis |
+//! | `QUIT` | `+OK`, then the connection is closed |
+//! | `COMMAND [...]` | an empty array (`COMMAND COUNT`: `0`): ringkv publishes no command table |
+//! | `CLIENT SETNAME n`, `GETNAME`, `ID`, `INFO`, `LIST`, `SETINFO ...` | as Redis (per connection) |
+//! | `SELECT 0` | `+OK`; any other database is an error: there is one keyspace |
+//! | `CONFIG GET x` | an empty array; other `CONFIG` subcommands are errors |
+//! | `HELLO ...` | `-NOPROTO`: clients fall back to RESP2 |
+//! | `AUTH ...` | an error: ringkv has no passwords |
+//! | `INFO [section]` | a short bulk string (`redis_version`, `ringkv_version`, `node_id`, clients) |
+//! | `GET key` | nil if absent or deleted; the value if there is one; with siblings the error `-CONFLICT n siblings, use GETCTX` |
+//! | `SET key value` | a blind overwrite: the write supersedes every version the coordinating node has seen; `+OK`. Options (`EX`, `PX`, `NX`, `XX`, `KEEPTTL`, `GET`) answer `-ERR syntax error`: ringkv has no expiry and no conditional write |
+//! | `DEL key [key ...]` | each key is read (R), then deleted blindly (a tombstone superseding what the coordinating node has seen); answers how many of the keys had a live value (siblings count as one key) |
+//! | `EXISTS key [key ...]` | how many of the keys have a live value; a key named twice counts twice, as in Redis |
+//! | `MGET key [key ...]` | an array with, per key, what `GET` answers: the value, nil, or the `CONFLICT` error *as that element* (see below) |
+//! | `MSET key value [key value ...]` | a `SET` of each pair; `+OK` |
+//! | `GETCTX key` | `[context, value1, value2, ...]`: every sibling and the context covering them all; `[nil]` if nothing is stored; a deleted key answers its tombstone's context and no value |
+//! | `PUTCTX key context value` | a write with the client's context (API.md §2): it supersedes what the context covers, and concurrent versions survive as siblings. Answers the new context as a bulk string. An empty context is a write concurrent with everything stored |
+//! | `DELCTX key context` | (an addition) a delete with the client's context; answers the new context |
+//!
+//! A multi-key command validates every key (and value) before running any of them, then runs
+//! the keys with at most `commands::MULTI_KEY_CONCURRENCY` in flight. It is not atomic: if one
+//! key fails (for instance `-UNAVAILABLE`), the command answers that error, and the other keys
+//! may or may not have been written.
+//!
+//! `MGET` and siblings: a Redis user reads `MGET`'s array position by position, so a nil
+//! would be read as "absent" and a sibling conflict would silently look like a missing key.
+//! The conflicted key's element is therefore the `CONFLICT` error itself (RESP2 allows an
+//! error inside an array, as in `EXEC` replies): `redis-cli` prints `(error) CONFLICT ...` at
+//! that position, and strict client libraries turn the whole reply into that error. No client
+//! mistakes a conflict for absence.
+//!
+//! Errors from the node: `-UNAVAILABLE <message>` when fewer than R or W replicas answered in
+//! time (for a write, the message says on how many replicas the write may still be stored:
+//! it is indeterminate, not undone); `-ERR <message>` for a bad request (empty key, key over
+//! 4096 bytes, value over `--max-value-bytes`, bad context: `-ERR bad context: ...`);
+//! `-ERR internal: <message>` for a bug or a storage failure.
+//!
+//! # Limits
+//!
+//! - `MAX_CONNECTIONS` open connections; one more is accepted, told
+//!   `-ERR max number of clients reached` and closed.
+//! - Requests: the bounds of `parser::ParserLimits` (a bulk string up to the largest value,
+//!   key or context plus `parser::BULK_SLACK_BYTES`; `parser::MAX_ARRAY_LEN` arguments;
+//!   `parser::MAX_INLINE_BYTES` per inline line; `parser::MIN_COMMAND_BYTES` or more per
+//!   command). An announcement over a limit is refused before its bytes are read:
+//!   `-ERR Protocol error: ...` and the connection is closed, as for any malformed request.
+//! - Replies are written at least every `OUTPUT_FLUSH_BYTES`, and no more input is read
+//!   while a write is blocked, so a client that sends without reading holds at most about
+//!   one read chunk, one partial request and `OUTPUT_FLUSH_BYTES` of replies. A write blocked
+//!   for `WRITE_TIMEOUT` closes the connection. Idle connections may stay open.
+//!
+//! # Metrics
+//!
+//! `ringkv_resp_commands_total{command, outcome}` (unknown names count as `unknown`),
+//! the gauge `ringkv_resp_connections`, `ringkv_resp_connections_refused_total`,
+//! `ringkv_resp_protocol_errors_total` and `ringkv_resp_write_timeouts_total`.
+
+pub mod commands;
+pub mod parser;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::node::Node;
+use commands::{Flow, Session};
+use parser::{Parser, ParserLimits, Reply};
+
+/// Most RESP connections open at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// A connection whose replies could not be written for this long is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes read from a socket at once.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Replies are written out once this many bytes are pending, even mid-pipeline.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+/// After the listener stops, connections get the request timeout plus this long to finish
+/// the command they are running before they are aborted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (out of file descriptors, ...) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+const TOO_MANY_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// Serves RESP2 clients on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    let limits = ParserLimits::for_max_value_bytes(node.settings().max_value_bytes);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(AtomicUsize::new(0));
+    let next_id = AtomicU64::new(1);
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        while tasks.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "RESP accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("ringkv_resp_connections_refused_total").increment(1);
+            // A fresh socket's send buffer is empty: this write does not block.
+            let _ = stream.try_write(TOO_MANY_CLIENTS);
+            continue;
+        };
+        let session = Session {
+            node: node.clone(),
+            id: next_id.fetch_add(1, Ordering::Relaxed),
+            name: None,
+            connections: open.clone(),
+        };
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            let _open = OpenConnection::new(session.connections.clone());
+            let id = session.id;
+            let end = connection(stream, session, limits, shutdown).await;
+            debug!(connection = id, end = %end, "RESP connection closed");
+        });
+    }
+    drop(listener);
+    drain(tasks, node.settings().request_timeout + SHUTDOWN_GRACE).await;
+}
+
+/// Waits up to `grace` for the connections to finish their current command, then aborts
+/// the rest, so that no task holds the node after `serve` returns.
+async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
+    let finished =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if finished.is_err() {
+        warn!(
+            connections = tasks.len(),
+            "RESP connections still busy at shutdown; aborting them"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Counts an open connection for `INFO` and the gauge while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("ringkv_resp_connections").increment(1.0);
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("ringkv_resp_connections").decrement(1.0);
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed its side.
+    Closed,
+    Quit,
+    Shutdown,
+    Protocol(parser::ProtocolError),
+    WriteTimeout,
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed by the client"),
+            End::Quit => f.write_str("QUIT"),
+            End::Shutdown => f.write_str("node shutting down"),
+            End::Protocol(e) => write!(f, "{e}"),
+            End::WriteTimeout => write!(f, "replies blocked for {WRITE_TIMEOUT:?}"),
+            End::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+/// Serves one client until it leaves, errs, or the node shuts down.
+async fn connection(
+    mut stream: TcpStream,
+    mut session: Session,
+    limits: ParserLimits,
+    shutdown: CancellationToken,
+) -> End {
+    let _ = stream.set_nodelay(true);
+    let mut parser = Parser::new(limits);
+    let mut out = BytesMut::with_capacity(4096);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        while !shutdown.is_cancelled() {
+            let args = match parser.next_command() {
+                Ok(Some(args)) => args,
+                Ok(None) => break,
+                Err(e) => {
+                    metrics::counter!("ringkv_resp_protocol_errors_total").increment(1);
+                    Reply::err(&e).encode(&mut out);
+                    let _ = flush(&mut stream, &mut out).await;
+                    return End::Protocol(e);
+                }
+            };
+            let (reply, flow) = commands::execute(&mut session, args).await;
+            reply.encode(&mut out);
+            if flow == Flow::Close {
+                let _ = flush(&mut stream, &mut out).await;
+                return End::Quit;
+            }
+            if out.len() >= OUTPUT_FLUSH_BYTES
+                && let Err(end) = flush(&mut stream, &mut out).await
+            {
+                return end;
+            }
+        }
+        if let Err(end) = flush(&mut stream, &mut out).await {
+            return end;
+        }
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return End::Shutdown,
+            read = stream.read(&mut chunk) => read,
+        };
+        match read {
+            Ok(0) => return End::Closed,
+            Ok(n) => parser.feed(&chunk[..n]),
+            Err(e) => return End::Io(e),
+        }
+    }
+}
+
+/// Writes the pending replies, giving up after `WRITE_TIMEOUT`.
+async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), End> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(out)).await {
+        Ok(Ok(())) => {
+            out.clear();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(End::Io(e)),
+        Err(_) => {
+            metrics::counter!("ringkv_resp_write_timeouts_total").increment(1);
+            Err(End::WriteTimeout)
+        }
+    }
+}
