@@ -450,9 +450,18 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         Some(r) => (r.ring.params().n, r.ring.params().partitions, r.version),
         None => (node.settings().n, node.settings().partitions, 0),
     };
+    let ae = &node.anti_entropy;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     json!({
         "node_id": membership.me(),
         "cluster": {"n": n, "partitions": partitions, "ring_version": version, "members": members},
+        "hints_pending": node.hints.len(),
+        "anti_entropy": {
+            "passes": load(&ae.passes),
+            "partitions_compared": load(&ae.partitions_compared),
+            "keys_repaired": load(&ae.keys_repaired),
+            "last_full_pass_unix_ms": load(&ae.last_full_pass_unix_ms),
+        },
     })
 }
 

@@ -7,6 +7,7 @@
 //! - `node`: identity, storage, replica handlers, background loops.
 //! - `coordinator`: the read and write paths, sloppy quorum, forwarding, read repair.
 //! - `hinted_handoff`: delivering hints to home replicas that are back.
+//! - `anti_entropy`: Merkle exchanges that repair divergent replicas.
 //! - `http`: the client and admin HTTP API.
 //! - `resp`: the Redis-protocol (RESP2) API.
 //! - `server`: start, serve, shut down.
@@ -15,6 +16,7 @@
 //! bound (see `settings::Limits`); bad input from a client or a peer is an error answered or
 //! a connection closed, never a panic.
 
+pub mod anti_entropy;
 pub mod coordinator;
 pub mod error;
 pub mod hinted_handoff;

@@ -34,6 +34,7 @@ pub struct Node {
     pub(crate) membership: Membership,
     pub(crate) peers: Peers,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) anti_entropy: crate::anti_entropy::AntiEntropyStats,
 }
 
 impl Node {
@@ -69,6 +70,7 @@ impl Node {
             membership,
             peers,
             shutdown,
+            anti_entropy: Default::default(),
         });
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
@@ -261,7 +263,22 @@ impl Node {
             "hinted handoff",
             |n| async move { n.deliver_hints().await }.boxed(),
         ));
-        let _ = tokio::join!(membership, hints);
+        let anti_entropy = tokio::spawn(self.clone().every(
+            self.settings.anti_entropy_interval,
+            "anti-entropy",
+            |n| {
+                async move {
+                    let before = n
+                        .anti_entropy
+                        .keys_repaired
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    n.anti_entropy_pass().await;
+                    crate::anti_entropy::log_pass(before, &n);
+                }
+                .boxed()
+            },
+        ));
+        let _ = tokio::join!(membership, hints, anti_entropy);
     }
 
     /// Runs `round` every `period` until shutdown. Each round is its own task, so a bug in one
@@ -309,6 +326,9 @@ impl Node {
                 Err(e) => Response::Error(e.to_string()),
             },
             Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
+            ae @ (Request::MerkleSummary { .. }
+            | Request::MerkleLeaves { .. }
+            | Request::LeafDigests { .. }) => self.serve_anti_entropy(ae).await,
             Request::FetchRing => match self.membership.ring() {
                 Some(r) => Response::Ring {
                     version: r.version,

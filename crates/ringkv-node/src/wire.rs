@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use ringkv_core::ring::Ring;
-use ringkv_core::{Context, Dot, NodeId, VersionSet, VersionVector};
+use ringkv_core::{Context, Dot, NodeId, PartitionId, VersionSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -52,6 +52,20 @@ pub enum Request {
     Coordinate(ClientOp),
     /// The sender's current ring, by version.
     FetchRing,
+    /// Anti-entropy, step 1: your Merkle root and inner level for this partition.
+    MerkleSummary {
+        partition: PartitionId,
+    },
+    /// Anti-entropy, step 2: your leaf hashes under these inner nodes.
+    MerkleLeaves {
+        partition: PartitionId,
+        groups: Vec<u16>,
+    },
+    /// Anti-entropy, step 3: the (key, version digest) pairs of these leaves.
+    LeafDigests {
+        partition: PartitionId,
+        leaves: Vec<u16>,
+    },
 }
 
 /// A client operation as a coordinator runs it.
@@ -104,6 +118,13 @@ pub enum Response {
     },
     /// The request could not be served; the text says why.
     Error(String),
+    Merkle {
+        root: u64,
+        inner: Vec<u64>,
+    },
+    /// Leaf hashes, one list of `MERKLE_FANOUT` per requested group, in request order.
+    Leaves(Vec<Vec<u64>>),
+    Digests(Vec<(Bytes, u64)>),
 }
 
 /// What a coordinator answers for a client operation.

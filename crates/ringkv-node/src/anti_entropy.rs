@@ -1,0 +1,333 @@
+//! Merkle anti-entropy (Dynamo §4.7): replicas of a partition compare their Merkle trees and
+//! exchange exactly the keys that differ, in both directions.
+//!
+//! Every `--anti-entropy-interval-ms` the node makes a pass over the partitions it is a home
+//! replica of. For each it picks one other home replica (rotating from pass to pass) and:
+//! 1. asks for the peer's root and inner level (`MerkleSummary`); equal roots end the exchange;
+//! 2. asks for the leaf hashes under the differing inner nodes only (`MerkleLeaves`);
+//! 3. asks for the (key, version digest) pairs of the differing leaves (`LeafDigests`) and
+//!    compares them with its own: the keys whose digests differ, or that one side lacks;
+//! 4. for each such key reads the peer's versions, syncs them into its own, and sends the
+//!    merged set back if the peer lacked any of it.
+//!
+//! Repairs are throttled by a budget of keys per second (`AE_KEYS_PER_SECOND`), so a large
+//! divergence (a wiped node coming back) refills steadily without starving client traffic.
+//! Progress is counted in `/metrics` and summarised in `/status`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::merkle::{LeafIndex, MERKLE_FANOUT, differing_children};
+use ringkv_core::{NodeId, PartitionId, VersionSet};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::node::Node;
+use crate::wire::{Request, Response};
+
+/// Most keys repaired per second by anti-entropy.
+pub const AE_KEYS_PER_SECOND: u64 = 2000;
+/// Most differing leaves examined in one partition exchange; the rest wait for the next pass.
+pub const AE_LEAVES_PER_EXCHANGE: usize = 64;
+
+/// Anti-entropy progress, as `/status` reports it.
+#[derive(Debug, Default)]
+pub struct AntiEntropyStats {
+    pub passes: AtomicU64,
+    pub partitions_compared: AtomicU64,
+    pub keys_repaired: AtomicU64,
+    pub last_full_pass_unix_ms: AtomicU64,
+}
+
+/// A key-per-second budget: `spend` waits when the current second's budget is used up.
+struct Budget {
+    window_start: Instant,
+    spent: u64,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            window_start: Instant::now(),
+            spent: 0,
+        }
+    }
+
+    async fn spend(&mut self) {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.spent = 0;
+        }
+        if self.spent >= AE_KEYS_PER_SECOND {
+            // Rate limiting, not synchronisation: wait out the rest of this second.
+            tokio::time::sleep_until(self.window_start + Duration::from_secs(1)).await;
+            self.window_start = Instant::now();
+            self.spent = 0;
+        }
+        self.spent += 1;
+    }
+}
+
+impl Node {
+    /// One pass over every partition this node is a home replica of.
+    pub(crate) async fn anti_entropy_pass(self: &Arc<Self>) {
+        let Some(ring) = self.membership.ring() else {
+            return;
+        };
+        let me = self.membership.me().clone();
+        let pass = self.anti_entropy.passes.fetch_add(1, Ordering::Relaxed);
+        let mut budget = Budget::new();
+        let q = ring.ring.params().partitions;
+        for index in 0..q {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let partition = PartitionId::new(index, q).expect("in range");
+            let peers: Vec<NodeId> = ring
+                .ring
+                .preference_list(partition)
+                .home()
+                .filter(|n| **n != me)
+                .cloned()
+                .collect();
+            if !ring.ring.is_home(partition, &me) || peers.is_empty() {
+                continue;
+            }
+            let peer = &peers[(pass as usize + index as usize) % peers.len()];
+            if !self.membership.is_live(peer) {
+                continue;
+            }
+            if let Err(e) = self.exchange(partition, peer, &mut budget).await {
+                debug!(partition = index, %peer, error = %e, "anti-entropy exchange failed");
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.anti_entropy
+            .last_full_pass_unix_ms
+            .store(now, Ordering::Relaxed);
+        metrics::counter!("ringkv_anti_entropy_passes_total").increment(1);
+    }
+
+    async fn ask(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
+        let addr = self
+            .membership
+            .address(peer)
+            .ok_or_else(|| format!("no address for {peer}"))?;
+        match self
+            .peers
+            .call(addr, request, self.settings.request_timeout)
+            .await
+        {
+            Ok(Response::Error(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Compares one partition with one peer and repairs the differing keys both ways.
+    async fn exchange(
+        self: &Arc<Self>,
+        partition: PartitionId,
+        peer: &NodeId,
+        budget: &mut Budget,
+    ) -> Result<(), String> {
+        let mine = self
+            .store(move |s| s.merkle(partition))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.anti_entropy
+            .partitions_compared
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ringkv_anti_entropy_partitions_compared_total").increment(1);
+        let Response::Merkle { root, inner } =
+            self.ask(peer, Request::MerkleSummary { partition }).await?
+        else {
+            return Err("unexpected answer to MerkleSummary".into());
+        };
+        if root == mine.root() {
+            return Ok(());
+        }
+        let groups: Vec<u16> = differing_children(mine.inner(), &inner)
+            .into_iter()
+            .map(|g| g as u16)
+            .collect();
+        let Response::Leaves(theirs) = self
+            .ask(
+                peer,
+                Request::MerkleLeaves {
+                    partition,
+                    groups: groups.clone(),
+                },
+            )
+            .await?
+        else {
+            return Err("unexpected answer to MerkleLeaves".into());
+        };
+        let mut leaves = Vec::new();
+        for (group, their_leaves) in groups.iter().zip(&theirs) {
+            let my_leaves = mine.leaf_group(*group as usize).ok_or("bad group")?;
+            for child in differing_children(my_leaves, their_leaves) {
+                let leaf = LeafIndex::in_group(*group as usize, child).ok_or("bad leaf")?;
+                leaves.push(leaf.get() as u16);
+            }
+        }
+        leaves.truncate(AE_LEAVES_PER_EXCHANGE);
+        let keys = self.differing_keys(partition, peer, leaves).await?;
+        for key in keys {
+            budget.spend().await;
+            self.repair_key(peer, key).await?;
+        }
+        Ok(())
+    }
+
+    /// The keys of `leaves` whose version digests differ between this node and `peer`.
+    async fn differing_keys(
+        &self,
+        partition: PartitionId,
+        peer: &NodeId,
+        leaves: Vec<u16>,
+    ) -> Result<Vec<Bytes>, String> {
+        let Response::Digests(theirs) = self
+            .ask(
+                peer,
+                Request::LeafDigests {
+                    partition,
+                    leaves: leaves.clone(),
+                },
+            )
+            .await?
+        else {
+            return Err("unexpected answer to LeafDigests".into());
+        };
+        let mine = self.leaf_digests(partition, leaves).await?;
+        let theirs: HashMap<Bytes, u64> = theirs.into_iter().collect();
+        let mine: BTreeMap<Bytes, u64> = mine.into_iter().collect();
+        let mut keys: Vec<Bytes> = mine
+            .iter()
+            .filter(|(k, d)| theirs.get(*k) != Some(d))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.extend(theirs.keys().filter(|k| !mine.contains_key(*k)).cloned());
+        Ok(keys)
+    }
+
+    /// This node's (key, digest) pairs of some leaves of a partition.
+    pub(crate) async fn leaf_digests(
+        &self,
+        partition: PartitionId,
+        leaves: Vec<u16>,
+    ) -> Result<Vec<(Bytes, u64)>, String> {
+        self.store(
+            move |s| -> Result<Vec<(Bytes, u64)>, ringkv_storage::StorageError> {
+                let mut out = Vec::new();
+                for leaf in leaves
+                    .into_iter()
+                    .filter_map(|l| LeafIndex::new(l as usize))
+                {
+                    out.extend(
+                        s.scan_leaf(partition, leaf)?
+                            .into_iter()
+                            .map(|(k, v)| (k, v.digest())),
+                    );
+                }
+                Ok(out)
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Syncs one key both ways with `peer`.
+    async fn repair_key(&self, peer: &NodeId, key: Bytes) -> Result<(), String> {
+        let theirs = match self.ask(peer, Request::Read { key: key.clone() }).await? {
+            Response::Versions(v) => v,
+            _ => return Err("unexpected answer to Read".into()),
+        };
+        let merged = match &theirs {
+            Some(v) => self
+                .merge_local(key.clone(), v.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+            None => self
+                .read_local(key.clone())
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default(),
+        };
+        if merged == VersionSet::default() {
+            return Ok(());
+        }
+        if !theirs.as_ref().is_some_and(|t| t.includes(&merged)) {
+            let request = Request::Write {
+                key,
+                versions: merged,
+                hinted_for: None,
+            };
+            match self.ask(peer, request).await? {
+                Response::Ok => {}
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        self.anti_entropy
+            .keys_repaired
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ringkv_anti_entropy_keys_repaired_total").increment(1);
+        Ok(())
+    }
+
+    /// Serves a peer's anti-entropy requests.
+    pub(crate) async fn serve_anti_entropy(&self, request: Request) -> Response {
+        match request {
+            Request::MerkleSummary { partition } => {
+                match self.store(move |s| s.merkle(partition)).await {
+                    Ok(Ok(tree)) => Response::Merkle {
+                        root: tree.root(),
+                        inner: tree.inner().to_vec(),
+                    },
+                    Ok(Err(e)) => Response::Error(e.to_string()),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::MerkleLeaves { partition, groups } => {
+                match self.store(move |s| s.merkle(partition)).await {
+                    Ok(Ok(tree)) => Response::Leaves(
+                        groups
+                            .iter()
+                            .map(|g| {
+                                tree.leaf_group(*g as usize)
+                                    .map(<[u64]>::to_vec)
+                                    .unwrap_or_else(|| vec![0; MERKLE_FANOUT])
+                            })
+                            .collect(),
+                    ),
+                    Ok(Err(e)) => Response::Error(e.to_string()),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::LeafDigests { partition, leaves } => {
+                let leaves: Vec<u16> = leaves.into_iter().take(AE_LEAVES_PER_EXCHANGE).collect();
+                match self.leaf_digests(partition, leaves).await {
+                    Ok(d) => Response::Digests(d),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            _ => Response::Error("not an anti-entropy request".into()),
+        }
+    }
+}
+
+/// Logs a finished pass that repaired something.
+pub(crate) fn log_pass(repaired_before: u64, node: &Node) {
+    let repaired = node.anti_entropy.keys_repaired.load(Ordering::Relaxed) - repaired_before;
+    if repaired > 0 {
+        info!(repaired, "anti-entropy pass repaired keys");
+    }
+}
