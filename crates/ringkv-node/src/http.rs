@@ -206,7 +206,7 @@ fn record(op: &'static str, started: Instant, result: &Result<Response, ApiError
         Err(_) => "error",
     };
     metrics::counter!("ringkv_requests_total", "op" => op, "outcome" => outcome).increment(1);
-    metrics::histogram!("ringkv_request_duration_seconds", "op" => op)
+    metrics::histogram!("ringkv_request_duration_seconds", "op" => op, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
 }
 
