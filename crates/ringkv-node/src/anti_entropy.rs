@@ -77,6 +77,9 @@ impl Node {
         let Some(ring) = self.membership.ring() else {
             return;
         };
+        if self.settings.disable_repair {
+            return;
+        }
         let me = self.membership.me().clone();
         let pass = self.anti_entropy.passes.fetch_add(1, Ordering::Relaxed);
         let mut budget = Budget::new();

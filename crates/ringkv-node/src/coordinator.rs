@@ -394,8 +394,10 @@ impl Node {
             .filter(|(t, _)| !t.is_fallback())
             .map(|(t, _)| t.node.clone())
             .collect();
-        let me = self.clone();
-        tokio::spawn(async move { me.read_repair(key, home, replies, rx, deadline).await });
+        if !self.settings.disable_repair {
+            let me = self.clone();
+            tokio::spawn(async move { me.read_repair(key, home, replies, rx, deadline).await });
+        }
         Ok(merged)
     }
 

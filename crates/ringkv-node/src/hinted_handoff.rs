@@ -22,7 +22,7 @@ pub const HINT_DELIVERY_BATCH: usize = 256;
 impl Node {
     /// One round of delivery to every reachable target.
     pub(crate) async fn deliver_hints(self: &Arc<Self>) {
-        if self.hints.is_empty() {
+        if self.hints.is_empty() || self.settings.disable_repair {
             metrics::gauge!("ringkv_hints_pending").set(0.0);
             return;
         }

@@ -81,6 +81,10 @@ pub struct ServerArgs {
     /// Most hints kept for unreachable replicas (an addition to API.md §1).
     #[arg(long, env = "RINGKV_HINT_BACKLOG_MAX")]
     pub hint_backlog_max: Option<usize>,
+    /// FOR TESTS ONLY: turn off hinted handoff delivery, anti-entropy and read repair, so
+    /// that the fault harness can show it detects the losses this causes.
+    #[arg(long, hide = true)]
+    pub test_disable_repair: bool,
 }
 
 /// The same settings as read from `--config FILE`.
@@ -132,6 +136,8 @@ pub struct Settings {
     pub max_value_bytes: usize,
     /// Most hints held for unreachable replicas; past it new hints are refused and counted.
     pub hint_backlog_max: usize,
+    /// Tests only: no hinted handoff delivery, anti-entropy or read repair.
+    pub disable_repair: bool,
     pub limits: Limits,
 }
 
@@ -282,6 +288,7 @@ impl Settings {
                 .hint_backlog_max
                 .or(file.hint_backlog_max)
                 .unwrap_or(100_000),
+            disable_repair: args.test_disable_repair,
             limits: Limits::default(),
         };
         settings.validate()?;
