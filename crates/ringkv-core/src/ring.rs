@@ -779,7 +779,8 @@ fn fill_unassigned(table: &mut Table, quotas: &[u32], counts: &mut [u32]) {
 fn take_surplus(table: &mut Table, quotas: &[u32], counts: &mut [u32], taker: u16) {
     let q = table.owners.len();
     let t = usize::from(taker);
-    let need = (quotas[t] - counts[t]) as usize;
+    // Nodes at or above their quota take nothing (rebalance calls this for every node).
+    let need = quotas[t].saturating_sub(counts[t]) as usize;
     if need == 0 {
         return;
     }
