@@ -1,0 +1,153 @@
+//! Formation, round trips and many keys through a real cluster of `ringkv server` processes.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Api, Cluster, Rng, seed_from_env_or_clock};
+
+/// Every node's `/status` lists all members `up`, with the cluster's N and Q, and the
+/// members' `partitions_owned` add up to Q.
+async fn assert_formed(c: &Cluster, n: u64, q: u64) {
+    let ids: BTreeSet<String> = (0..c.len()).map(|i| c.id(i).to_string()).collect();
+    for i in 0..c.len() {
+        let s = c.status(i).await;
+        assert_eq!(s["node_id"], c.id(i), "{s}");
+        assert_eq!(s["cluster"]["n"].as_u64(), Some(n), "N on {}: {s}", c.id(i));
+        assert_eq!(
+            s["cluster"]["partitions"].as_u64(),
+            Some(q),
+            "Q on {}: {s}",
+            c.id(i)
+        );
+        let members = s["cluster"]["members"].as_array().expect("members");
+        let listed: BTreeSet<String> = members
+            .iter()
+            .map(|m| m["node_id"].as_str().expect("node_id").to_string())
+            .collect();
+        assert_eq!(listed, ids, "members on {}", c.id(i));
+        let mut owned = 0;
+        for m in members {
+            assert_eq!(m["status"], "up", "member on {}: {m}", c.id(i));
+            assert!(
+                m["listen"].as_str().is_some_and(|l| !l.is_empty()),
+                "member without listen address on {}: {m}",
+                c.id(i)
+            );
+            assert!(
+                m["http"].as_str().is_some_and(|h| !h.is_empty()),
+                "member without http address on {}: {m}",
+                c.id(i)
+            );
+            let p = m["partitions_owned"].as_u64().expect("partitions_owned");
+            assert!(p > 0, "a member owns no partition on {}: {m}", c.id(i));
+            owned += p;
+        }
+        assert_eq!(
+            owned,
+            q,
+            "partitions_owned must sum to Q on {}: {s}",
+            c.id(i)
+        );
+    }
+}
+
+async fn round_trip(c: &Cluster) {
+    let key = b"round-trip";
+    let put = c.put(0, key, b"v1", None, "").await;
+    assert_eq!(put.status, 204, "{put:?}");
+    assert!(
+        put.ctx.as_deref().is_some_and(|x| !x.is_empty()),
+        "PUT must answer X-Context: {put:?}"
+    );
+    for i in 0..c.len() {
+        let got = c.get(i, key, "").await;
+        assert_eq!(got.status, 200, "GET via {}: {got:?}", c.id(i));
+        assert_eq!(got.body, b"v1");
+        assert!(got.ctx.is_some(), "GET 200 must carry X-Context");
+    }
+    let got = c.get(1, key, "").await;
+    let del = c.delete(1, key, got.ctx.as_deref(), "").await;
+    assert_eq!(del.status, 204, "{del:?}");
+    assert!(del.ctx.is_some(), "DELETE must answer X-Context");
+    for i in 0..c.len() {
+        let got = c.get(i, key, "").await;
+        assert_eq!(got.status, 404, "GET via {} after delete: {got:?}", c.id(i));
+    }
+    let never = c.get(0, b"never-written", "").await;
+    assert_eq!(never.status, 404, "{never:?}");
+}
+
+/// Writes `count` keys, each through a node chosen by a seeded RNG, then reads every key
+/// through every node.
+async fn many_keys(c: &Cluster, count: usize, test: &str) {
+    let seed = seed_from_env_or_clock(test);
+    let mut rng = Rng::new(seed);
+    let writes: Vec<(usize, Vec<u8>, Vec<u8>)> = (0..count)
+        .map(|k| {
+            let node = rng.below(c.len());
+            let len = rng.below(200);
+            (node, format!("key-{k}").into_bytes(), rng.bytes(len))
+        })
+        .collect();
+    let api = c.api();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in writes.chunks(count.div_ceil(16)) {
+        let (api, chunk) = (api.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            for (node, key, value) in chunk {
+                let put = api.put(node, &key, &value, None, "").await;
+                assert_eq!(
+                    put.status,
+                    204,
+                    "PUT {} via {}: {put:?}",
+                    String::from_utf8_lossy(&key),
+                    api.id(node)
+                );
+            }
+        });
+    }
+    tasks.join_all().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in writes.chunks(count.div_ceil(16)) {
+        let (api, chunk): (Api, _) = (api.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            for (_, key, value) in chunk {
+                for i in 0..api.len() {
+                    let got = api.get(i, &key, "").await;
+                    assert_eq!(
+                        got.status,
+                        200,
+                        "GET {} via {}: {got:?}",
+                        String::from_utf8_lossy(&key),
+                        api.id(i)
+                    );
+                    assert_eq!(
+                        got.body,
+                        value,
+                        "GET {} via {}",
+                        String::from_utf8_lossy(&key),
+                        api.id(i)
+                    );
+                }
+            }
+        });
+    }
+    tasks.join_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_form_round_trip_and_serve_1000_keys_from_every_node() {
+    let c = Cluster::start_with(3, &["--partitions", "256"]).await;
+    assert_formed(&c, 3, 256).await;
+    round_trip(&c).await;
+    many_keys(&c, 1000, "three_nodes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_form_round_trip_and_serve_200_keys_from_every_node() {
+    let c = Cluster::start(5).await;
+    assert_formed(&c, 3, 1024).await;
+    round_trip(&c).await;
+    many_keys(&c, 200, "five_nodes").await;
+}

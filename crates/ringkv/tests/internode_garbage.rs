@@ -1,0 +1,140 @@
+//! Garbage on the inter-node port (TCP frames and UDP gossip): the node closes the offending
+//! connection, keeps serving clients, and stays `up` in everyone's view.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Rng, seed_from_env_or_clock};
+
+/// How long the node has to close a connection that sent garbage.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `bytes` (then half-closes if `finish`), and reports whether the node closed the
+/// connection within `CLOSE_TIMEOUT`.
+fn node_closes(addr: SocketAddr, bytes: Vec<u8>, finish: bool) -> bool {
+    let mut s = TcpStream::connect(addr).expect("connect to the inter-node port");
+    if s.write_all(&bytes).is_err() {
+        return true; // Reset while we were still writing: closed.
+    }
+    if finish {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).expect("set_read_timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+async fn assert_closes(c: &Cluster, node: usize, bytes: Vec<u8>, finish: bool, what: &str) {
+    let addr = c.listen_addr(node);
+    let closed = tokio::task::spawn_blocking(move || node_closes(addr, bytes, finish))
+        .await
+        .expect("socket task");
+    assert!(
+        closed,
+        "{} kept the connection open after {what}",
+        c.id(node)
+    );
+    // Replication still works (W=3, R=3 need the inter-node links).
+    c.assert_serves_with(node, what, "w=3", "r=3").await;
+    assert_eq!(
+        c.member_status((node + 1) % c.len(), node).await.as_deref(),
+        Some("up"),
+        "after {what}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_tcp_frames_close_the_connection_and_the_node_serves_on() {
+    let c = Cluster::start(3).await;
+    let seed = seed_from_env_or_clock("garbage_tcp_frames");
+    let mut rng = Rng::new(seed);
+
+    // (a) Random bytes, then end of stream.
+    for _ in 0..3 {
+        let len = 1 + rng.below(16 * 1024);
+        assert_closes(&c, 0, rng.bytes(len), true, "random bytes").await;
+    }
+    // (b) A length prefix announcing 1 GiB (over any frame limit), and a little of it.
+    let mut huge = (1u32 << 30).to_be_bytes().to_vec();
+    huge.extend_from_slice(&rng.bytes(1000));
+    assert_closes(&c, 0, huge, false, "a 1 GiB length prefix").await;
+    let mut max = u32::MAX.to_be_bytes().to_vec();
+    max.extend_from_slice(&[0u8; 16]);
+    assert_closes(&c, 1, max, false, "a 4 GiB length prefix").await;
+    // (c) A complete frame whose body does not decode: an enum variant index no frame has
+    // (postcard varint 127), then junk.
+    for body in [vec![0x7f, 0xff, 0xff, 0xff, 0xff, 0xff], {
+        let mut b = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
+        b.extend_from_slice(&rng.bytes(200));
+        b
+    }] {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        assert_closes(&c, 0, frame, false, "an undecodable frame").await;
+    }
+    // An empty frame (length 0) does not decode either.
+    assert_closes(&c, 2, vec![0, 0, 0, 0], false, "an empty frame").await;
+    for i in 0..3 {
+        c.assert_serves_with(i, "after-tcp-garbage", "w=3", "r=3")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_gossip_datagrams_do_not_disturb_the_cluster() {
+    let c = Cluster::start(3).await;
+    let seed = seed_from_env_or_clock("random_gossip_datagrams");
+    let mut rng = Rng::new(seed);
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("UDP socket");
+    let target = c.listen_addr(0);
+    let started = Instant::now();
+    // For 3 s (30 gossip rounds), a stream of random datagrams; n1 must stay up in every
+    // view and keep serving.
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        for _ in 0..50 {
+            let len = rng.below(1500);
+            let mut d = rng.bytes(len);
+            if sent % 7 == 0 && !d.is_empty() {
+                d[0] = 0; // Some look like the start of a valid message.
+            }
+            // A full socket buffer drops datagrams; that is fine.
+            let _ = socket.send_to(&d, target);
+            sent += 1;
+        }
+        for observer in 1..3 {
+            assert_eq!(
+                c.member_status(observer, 0).await.as_deref(),
+                Some("up"),
+                "{} sees n1 after {sent} datagrams",
+                c.id(observer)
+            );
+        }
+        c.assert_serves_with(0, "gossip-garbage", "w=3", "r=3")
+            .await;
+    }
+    // The cluster still converges on one view with everyone up.
+    c.wait_formed().await;
+}
