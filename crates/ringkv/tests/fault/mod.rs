@@ -1,0 +1,277 @@
+//! A Jepsen-style fault harness: five real nodes, each in its own network namespace, a
+//! shopping-cart workload recording every operation, faults (partitions through iptables
+//! inside the namespaces, SIGKILL and restart, SIGSTOP/SIGCONT, wiped restarts), then a check
+//! of the history against the converged replicas.
+//!
+//! Environment: `RINGKV_FAULT_SECONDS` (seconds of faults under load per scenario, default
+//! `DEFAULT_FAULT_SECONDS`), `RINGKV_FAULT_SEED` (replay a seed; otherwise one is drawn and
+//! printed).
+
+#![allow(dead_code)]
+
+pub mod checker;
+pub mod cluster;
+pub mod nemesis;
+pub mod net;
+pub mod workload;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use checker::{Checked, Convergence};
+use cluster::Cluster;
+use nemesis::Fault;
+use workload::{Api, CARTS, Workload};
+
+/// Pause between two polls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Seconds of faults under load per scenario in the default (CI) run.
+pub const DEFAULT_FAULT_SECONDS: u64 = 12;
+/// The convergence bound this harness states: after the last fault is healed and the clients
+/// stopped, every key's home replicas hold the same versions within this time.
+pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+/// Load kept running after the last heal, before the clients stop.
+const LOAD_AFTER_HEAL: Duration = Duration::from_secs(2);
+/// Fewest acknowledged adds a scenario must see for its checks to mean something.
+pub const MIN_ACKED_ADDS: usize = 20;
+
+/// Polls `check` until it returns `Some`, or fails with `what` when `timeout` passes.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A small deterministic RNG (SplitMix64): the fault schedule replays from the printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+fn seed(scenario: &str) -> u64 {
+    let seed = std::env::var("RINGKV_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("fault harness {scenario}: seed {seed} (replay with RINGKV_FAULT_SEED={seed})");
+    seed
+}
+
+fn fault_duration() -> Duration {
+    let secs = std::env::var("RINGKV_FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_FAULT_SECONDS);
+    Duration::from_secs(secs)
+}
+
+/// How a scenario breaks the cluster.
+pub enum Schedule {
+    /// Faults drawn from these kinds, one at a time; `mixed` sometimes pairs a partition with
+    /// a process fault.
+    Faults { kinds: Vec<Fault>, mixed: bool },
+    /// Isolates one home replica of `cart` from every other node for `hold` under load, then
+    /// stops the load before healing (for the can-fail test).
+    IsolateHomeReplica { cart: &'static str, hold: Duration },
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub schedule: Schedule,
+    /// Extra `ringkv server` flags for every node.
+    pub node_flags: Vec<&'static str>,
+}
+
+/// Everything a scenario found.
+#[derive(Debug)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub seed: u64,
+    pub checked: Checked,
+    pub convergence: Convergence,
+    /// Problems while healing (a wiped node that did not refill in time).
+    pub heal_errors: Vec<String>,
+}
+
+impl Report {
+    /// The verdict: nothing lost, nothing invented, converged within the bound, no deleted
+    /// cart back, every cart readable, every wiped node refilled.
+    pub fn passed(&self) -> bool {
+        self.failures().is_empty()
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        let c = &self.checked;
+        let mut f = Vec::new();
+        if !c.lost.is_empty() {
+            f.push(format!(
+                "{} acknowledged adds lost: {:?}",
+                c.lost.len(),
+                c.lost
+            ));
+        }
+        if !c.phantom.is_empty() {
+            f.push(format!(
+                "{} items nobody wrote: {:?}",
+                c.phantom.len(),
+                c.phantom
+            ));
+        }
+        if !self.convergence.converged {
+            f.push(format!(
+                "replicas did not converge within {CONVERGENCE_BOUND:?}: {:?}",
+                self.convergence.differing
+            ));
+        }
+        if !c.resurrected.is_empty() {
+            f.push(format!(
+                "{} deleted items came back: {:?}",
+                c.resurrected.len(),
+                c.resurrected
+            ));
+        }
+        if !c.unreadable.is_empty() {
+            f.push(format!("carts unreadable at the end: {:?}", c.unreadable));
+        }
+        f.extend(self.heal_errors.iter().cloned());
+        f
+    }
+
+    pub fn summary(&self) -> String {
+        let c = &self.checked;
+        format!(
+            "fault harness {}: seed {} | adds: {} acked, {} failed, {} unknown ({} of them present) \
+             | lost acked adds: {} | items nobody wrote: {} | converged: {} in {:.2}s (bound {}s) \
+             | deletes acked: {}, resurrected items: {} | verdict: {}",
+            self.scenario,
+            self.seed,
+            c.acked_adds,
+            c.failed_adds,
+            c.unknown_adds,
+            c.unknown_present,
+            c.lost.len(),
+            c.phantom.len(),
+            self.convergence.converged,
+            self.convergence.took.as_secs_f64(),
+            CONVERGENCE_BOUND.as_secs(),
+            c.deletes_acked,
+            c.resurrected.len(),
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// Starts five nodes, runs the workload under the scenario's faults, heals, waits for
+/// convergence, reads every cart and checks the history. Prints the counts.
+pub async fn run(scenario: Scenario) -> Report {
+    let seed = seed(scenario.name);
+    let mut rng = Rng::new(seed);
+    let mut cluster = Cluster::start(5, &scenario.node_flags).await;
+    let api = Api {
+        client: cluster.client.clone(),
+        urls: cluster.urls(),
+    };
+    let ids: Vec<String> = (0..cluster.len())
+        .map(|i| cluster.id(i).to_string())
+        .collect();
+    let started = Instant::now();
+    let load = Workload::start(api.clone(), seed, started);
+    let mut heal_errors = Vec::new();
+    let history = match &scenario.schedule {
+        Schedule::Faults { kinds, mixed } => {
+            heal_errors = nemesis::run_schedule(
+                &mut cluster,
+                &mut rng,
+                kinds,
+                *mixed,
+                fault_duration(),
+                started,
+            )
+            .await;
+            tokio::time::sleep(LOAD_AFTER_HEAL).await;
+            load.stop().await
+        }
+        Schedule::IsolateHomeReplica { cart, hold } => {
+            let homes = checker::home_replicas_of(&api, cart).await;
+            let victim = cluster
+                .index_of(&homes[0])
+                .expect("the ring names a known node");
+            let others: Vec<usize> = (0..cluster.len()).filter(|&i| i != victim).collect();
+            // Some load first, so that every replica holds the cart.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let pairs: Vec<(usize, usize)> = others.iter().map(|&o| (victim, o)).collect();
+            cluster.net.cut(&pairs);
+            eprintln!(
+                "fault harness: {:>7.3}s isolating {} (a home replica of {cart}) for {:.1}s",
+                started.elapsed().as_secs_f64(),
+                cluster.id(victim),
+                hold.as_secs_f64()
+            );
+            tokio::time::sleep(*hold).await;
+            let history = load.stop().await;
+            cluster.net.heal();
+            eprintln!(
+                "fault harness: {:>7.3}s healed",
+                started.elapsed().as_secs_f64()
+            );
+            history
+        }
+    };
+    let mut keys: Vec<String> = CARTS.iter().map(|c| c.to_string()).collect();
+    for a in &history.adds {
+        if !keys.contains(&a.cart) {
+            keys.push(a.cart.clone());
+        }
+    }
+    let convergence = checker::wait_converged(&api, &ids, &keys, CONVERGENCE_BOUND).await;
+    let checked = checker::check(&api, &history).await;
+    let report = Report {
+        scenario: scenario.name,
+        seed,
+        checked,
+        convergence,
+        heal_errors,
+    };
+    let history_file = cluster.run_dir().join("history.txt");
+    let _ = std::fs::write(&history_file, history.render(&api.urls));
+    eprintln!("{}", report.summary());
+    for f in report.failures() {
+        eprintln!("  - {f}");
+    }
+    if !report.passed() {
+        cluster.keep = true;
+        eprintln!("history: {}", history_file.display());
+    }
+    report
+}
