@@ -44,6 +44,8 @@ pub const REPAIR_BUDGET_DIVISOR: usize = 20;
 const REPAIR_ROUNDS: usize = 3;
 /// Swap partners examined per conflicting partition during repair.
 const SWAP_SEARCH_LIMIT: usize = 256;
+/// Total swap evaluations of a repair, per partition of the ring.
+const REPAIR_EVALUATIONS_PER_PARTITION: usize = 16;
 /// Owner index of a partition not yet assigned during a claim.
 const UNASSIGNED: u16 = u16::MAX;
 /// Conflict score of a partition near another of the same node (a zone clash scores 1):
@@ -567,7 +569,12 @@ impl Strides {
 fn stripe(zone_of: &[u16], zone_count: usize, quotas: &[u32], spread: Spread) -> Vec<u16> {
     let q: usize = quotas.iter().map(|&x| x as usize).sum();
     let mut table = Table { owners: vec![UNASSIGNED; q], zone_of, spread };
-    let mut strides = Strides::new(zone_of, zone_count, quotas);
+    // Without a zone constraint, zone-first scheduling would delay heavy nodes until they
+    // cannot fit; scheduling nodes alone (one virtual zone) keeps every node evenly spaced.
+    let one_zone = vec![0u16; zone_of.len()];
+    let (sched_zone_of, sched_zones) =
+        if spread.zone_distance == 0 { (&one_zone[..], 1) } else { (zone_of, zone_count) };
+    let mut strides = Strides::new(sched_zone_of, sched_zones, quotas);
     for p in 0..q {
         let (near_nodes, near_zones) = near(&table, p);
         let pick = strides
@@ -576,13 +583,13 @@ fn stripe(zone_of: &[u16], zone_count: usize, quotas: &[u32], spread: Spread) ->
                 strides
                     .remaining()
                     .min_by_key(|&n| {
-                        let zone = zone_of[usize::from(n)];
+                        let zone = sched_zone_of[usize::from(n)];
                         (table.conflict(p, n), strides.deadline_of(zone, n), n)
                     })
                     .expect("quotas sum to Q, so some node has quota left")
             });
         table.owners[p] = pick;
-        strides.consume(zone_of[usize::from(pick)], pick);
+        strides.consume(sched_zone_of[usize::from(pick)], pick);
     }
     table.owners
 }
@@ -663,7 +670,7 @@ fn fill_unassigned(table: &mut Table, quotas: &[u32], counts: &mut [u32]) {
 fn take_surplus(table: &mut Table, quotas: &[u32], counts: &mut [u32], taker: u16) {
     let q = table.owners.len();
     let t = usize::from(taker);
-    let need = (quotas[t] - counts[t]) as usize;
+    let need = quotas[t].saturating_sub(counts[t]) as usize;
     if need == 0 {
         return;
     }
@@ -697,6 +704,8 @@ fn move_partition(table: &mut Table, counts: &mut [u32], p: usize, to: u16) {
 /// hence every quota, is kept). With `before`, a swap's cost is the number of partitions it
 /// newly moves away from their previous owner, and the total cost stays within `budget`;
 /// moved partitions are tried first as swap partners because swapping them costs less.
+/// At most `REPAIR_EVALUATIONS_PER_PARTITION * Q` swaps are evaluated, so hopeless layouts
+/// (quotas that cannot be spread) cost linear time.
 fn repair(table: &mut Table, before: Option<&[u16]>, budget: usize) {
     let mut budget = i64::try_from(budget).unwrap_or(i64::MAX);
     let q = table.owners.len();
@@ -704,15 +713,26 @@ fn repair(table: &mut Table, before: Option<&[u16]>, budget: usize) {
     if reach < 2 || q < 2 * reach {
         return;
     }
+    let mut work = REPAIR_EVALUATIONS_PER_PARTITION * q;
     for _ in 0..REPAIR_ROUNDS {
         let mut improved = false;
         let moved: Vec<usize> = before.map_or(Vec::new(), |b| (0..q).filter(|&x| table.owners[x] != b[x]).collect());
         for p in 0..q {
+            if work == 0 {
+                return;
+            }
             if table.conflict(p, table.owners[p]) == 0 {
                 continue;
             }
-            let scan = (reach..q - reach + 1).map(|d| (p + d) % q).take(SWAP_SEARCH_LIMIT);
-            let candidates = moved.iter().copied().chain(scan).filter(|&x| table.distance(p, x) >= reach);
+            let scan = (reach..q - reach + 1).map(|d| (p + d) % q);
+            let limit = SWAP_SEARCH_LIMIT.min(work);
+            let candidates = moved
+                .iter()
+                .copied()
+                .chain(scan)
+                .filter(|&x| table.distance(p, x) >= reach)
+                .take(limit);
+            work -= limit;
             let best = candidates
                 .filter_map(|x| swap_gain(table, before, p, x).map(|(gain, cost)| (std::cmp::Reverse(gain), cost, x)))
                 .filter(|&(_, cost, _)| cost <= budget)
