@@ -22,6 +22,7 @@ fn faults(name: &'static str, kinds: &[Fault], mixed: bool) -> Scenario {
             mixed,
         },
         node_flags: Vec::new(),
+        expect_failure: false,
     }
 }
 
@@ -97,6 +98,7 @@ async fn harness_reports_divergence_when_repair_is_disabled() {
             hold: Duration::from_secs(4),
         },
         node_flags: vec!["--test-disable-repair"],
+        expect_failure: true,
     })
     .await;
     assert!(

@@ -29,7 +29,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_FAULT_SECONDS: u64 = 12;
 /// The convergence bound this harness states: after the last fault is healed and the clients
 /// stopped, every key's home replicas hold the same versions within this time.
-pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(20);
 /// Load kept running after the last heal, before the clients stop.
 const LOAD_AFTER_HEAL: Duration = Duration::from_secs(2);
 /// Fewest acknowledged adds a scenario must see for its checks to mean something.
@@ -111,6 +111,9 @@ pub struct Scenario {
     pub schedule: Schedule,
     /// Extra `ringkv server` flags for every node.
     pub node_flags: Vec<&'static str>,
+    /// The scenario is meant to make the harness report a failure (the can-fail test): the
+    /// run dir is kept only if it does not.
+    pub expect_failure: bool,
 }
 
 /// Everything a scenario found.
@@ -132,6 +135,8 @@ impl Report {
     }
 
     pub fn failures(&self) -> Vec<String> {
+        /// Differing keys shown in a failure.
+        const SHOWN: usize = 4;
         let c = &self.checked;
         let mut f = Vec::new();
         if !c.lost.is_empty() {
@@ -149,9 +154,12 @@ impl Report {
             ));
         }
         if !self.convergence.converged {
+            let d = &self.convergence.differing;
             f.push(format!(
-                "replicas did not converge within {CONVERGENCE_BOUND:?}: {:?}",
-                self.convergence.differing
+                "replicas of {} keys did not converge within {CONVERGENCE_BOUND:?}: {:?}{}",
+                d.len(),
+                &d[..d.len().min(SHOWN)],
+                if d.len() > SHOWN { " ..." } else { "" }
             ));
         }
         if !c.resurrected.is_empty() {
@@ -269,7 +277,7 @@ pub async fn run(scenario: Scenario) -> Report {
     for f in report.failures() {
         eprintln!("  - {f}");
     }
-    if !report.passed() {
+    if report.passed() == scenario.expect_failure {
         cluster.keep = true;
         eprintln!("history: {}", history_file.display());
     }
