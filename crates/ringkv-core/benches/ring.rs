@@ -8,12 +8,19 @@ use std::hint::black_box;
 
 fn members(count: usize, zones: usize) -> Vec<Member> {
     (0..count)
-        .map(|i| Member { id: NodeId::new(format!("node{i:04}")).unwrap(), weight: 1, zone: format!("z{}", i % zones) })
+        .map(|i| Member {
+            id: NodeId::new(format!("node{i:04}")).unwrap(),
+            weight: 1,
+            zone: format!("z{}", i % zones),
+        })
         .collect()
 }
 
 fn lookup(c: &mut Criterion) {
-    let params = RingParams { partitions: 1024, n: 3 };
+    let params = RingParams {
+        partitions: 1024,
+        n: 3,
+    };
     let ring = Ring::claim(None, &members(100, 5), params).unwrap();
     let keys: Vec<String> = (0..1024).map(|i| format!("user:{i}")).collect();
     let mut i = 0;
@@ -31,16 +38,28 @@ fn lookup(c: &mut Criterion) {
 }
 
 fn claim(c: &mut Criterion) {
-    let params = RingParams { partitions: 1024, n: 3 };
+    let params = RingParams {
+        partitions: 1024,
+        n: 3,
+    };
     let all = members(101, 5);
-    c.bench_function("claim_fresh/q1024_nodes100", |b| b.iter(|| Ring::claim(None, black_box(&all[..100]), params).unwrap()));
+    c.bench_function("claim_fresh/q1024_nodes100", |b| {
+        b.iter(|| Ring::claim(None, black_box(&all[..100]), params).unwrap())
+    });
     let before = Ring::claim(None, &all[..100], params).unwrap();
-    c.bench_function("claim_join/q1024_nodes100", |b| b.iter(|| Ring::claim(Some(&before), black_box(&all), params).unwrap()));
-    let big = RingParams { partitions: 65536, n: 3 };
+    c.bench_function("claim_join/q1024_nodes100", |b| {
+        b.iter(|| Ring::claim(Some(&before), black_box(&all), params).unwrap())
+    });
+    let big = RingParams {
+        partitions: 65536,
+        n: 3,
+    };
     let many = members(1000, 10);
     let mut group = c.benchmark_group("claim_large");
     group.sample_size(10);
-    group.bench_function("fresh/q65536_nodes1000", |b| b.iter(|| Ring::claim(None, black_box(&many), big).unwrap()));
+    group.bench_function("fresh/q65536_nodes1000", |b| {
+        b.iter(|| Ring::claim(None, black_box(&many), big).unwrap())
+    });
     group.finish();
 }
 

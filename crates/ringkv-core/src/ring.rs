@@ -79,7 +79,10 @@ impl RingParams {
             )));
         }
         if self.n == 0 || self.n > MAX_N {
-            return Err(RingError::Invalid(format!("n must be in 1..={MAX_N}, got {}", self.n)));
+            return Err(RingError::Invalid(format!(
+                "n must be in 1..={MAX_N}, got {}",
+                self.n
+            )));
         }
         Ok(())
     }
@@ -100,7 +103,10 @@ pub enum RingError {
     #[error("member {0} has a zone name longer than {MAX_ZONE_BYTES} bytes")]
     InvalidZone(NodeId),
     #[error("ring params changed from {previous:?} to {next:?}; Q and N are fixed per cluster")]
-    ParamsChanged { previous: RingParams, next: RingParams },
+    ParamsChanged {
+        previous: RingParams,
+        next: RingParams,
+    },
 }
 
 /// The partition table, with each partition's home replicas precomputed.
@@ -155,7 +161,11 @@ impl Ring {
         let (zone_of, zone_count) = zone_indexes(&members);
         let quotas = quotas(&members, params.partitions);
         let spread = Spread::new(params.n, members.len(), zone_count);
-        let mut table = Table { owners: Vec::new(), zone_of: &zone_of, spread };
+        let mut table = Table {
+            owners: Vec::new(),
+            zone_of: &zone_of,
+            spread,
+        };
         match previous {
             None => {
                 table.owners = stripe(&zone_of, zone_count, &quotas, spread);
@@ -163,17 +173,27 @@ impl Ring {
             }
             Some(prev) => {
                 if prev.params != params {
-                    return Err(RingError::ParamsChanged { previous: prev.params, next: params });
+                    return Err(RingError::ParamsChanged {
+                        previous: prev.params,
+                        next: params,
+                    });
                 }
                 let kept = carry_over(prev, &members);
                 table.owners = kept.clone();
                 rebalance(&mut table, &quotas);
-                let moved = table.owners.iter().zip(&kept).filter(|(a, b)| a != b).count();
+                let moved = table
+                    .owners
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(a, b)| a != b)
+                    .count();
                 repair(&mut table, Some(&kept), moved / REPAIR_BUDGET_DIVISOR);
             }
         }
         let owners = table.owners;
-        Ok(Ring::from_parts(params, members, owners, zone_of, zone_count))
+        Ok(Ring::from_parts(
+            params, members, owners, zone_of, zone_count,
+        ))
     }
 
     /// Builds the derived tables; the parts must already be valid.
@@ -186,7 +206,15 @@ impl Ring {
     ) -> Ring {
         let home_len = usize::from(params.n).min(members.len());
         let homes = build_homes(&owners, &zone_of, zone_count, home_len);
-        Ring { params, members, owners, zone_of, zone_count, homes, home_len }
+        Ring {
+            params,
+            members,
+            owners,
+            zone_of,
+            zone_count,
+            homes,
+            home_len,
+        }
     }
 
     pub fn params(&self) -> RingParams {
@@ -208,7 +236,10 @@ impl Ring {
     /// Every partition with its owner, clockwise from partition 0.
     pub fn owners(&self) -> impl Iterator<Item = (PartitionId, &NodeId)> + '_ {
         self.owners.iter().enumerate().map(|(i, &o)| {
-            (PartitionId::new(i as u32, self.params.partitions).expect("index < Q"), &self.members[usize::from(o)].id)
+            (
+                PartitionId::new(i as u32, self.params.partitions).expect("index < Q"),
+                &self.members[usize::from(o)].id,
+            )
         })
     }
     pub fn partition_of(&self, hash: KeyHash) -> PartitionId {
@@ -216,8 +247,14 @@ impl Ring {
     }
     /// Home replicas (first N distinct nodes clockwise from the partition) then fallbacks.
     pub fn preference_list(&self, partition: PartitionId) -> PreferenceList<'_> {
-        assert!(partition.index() < self.params.partitions, "partition of another ring");
-        PreferenceList { ring: self, partition }
+        assert!(
+            partition.index() < self.params.partitions,
+            "partition of another ring"
+        );
+        PreferenceList {
+            ring: self,
+            partition,
+        }
     }
     fn home_indexes(&self, partition: PartitionId) -> &[u16] {
         let start = partition.index() as usize * self.home_len;
@@ -244,11 +281,19 @@ impl Ring {
         let q = self.owners.len();
         let window = usize::from(self.params.n).min(q);
         let want_nodes = window.min(self.members.len());
-        let want_zones = if self.zone_count >= usize::from(self.params.n) { window } else { 0 };
+        let want_zones = if self.zone_count >= usize::from(self.params.n) {
+            window
+        } else {
+            0
+        };
         (0..q)
             .filter(|&start| {
-                let mut nodes: Vec<u16> = (0..window).map(|k| self.owners[(start + k) % q]).collect();
-                let mut zones: Vec<u16> = nodes.iter().map(|&o| self.zone_of[usize::from(o)]).collect();
+                let mut nodes: Vec<u16> =
+                    (0..window).map(|k| self.owners[(start + k) % q]).collect();
+                let mut zones: Vec<u16> = nodes
+                    .iter()
+                    .map(|&o| self.zone_of[usize::from(o)])
+                    .collect();
                 nodes.sort_unstable();
                 nodes.dedup();
                 zones.sort_unstable();
@@ -269,10 +314,22 @@ impl Ring {
             let before = self.partition_of(partition.first_hash(q_next));
             let old: Vec<&NodeId> = self.preference_list(before).home().collect();
             let new: Vec<&NodeId> = next.preference_list(partition).home().collect();
-            let gained: Vec<NodeId> = new.iter().filter(|n| !old.contains(n)).map(|&n| n.clone()).collect();
-            let lost: Vec<NodeId> = old.iter().filter(|n| !new.contains(n)).map(|&n| n.clone()).collect();
+            let gained: Vec<NodeId> = new
+                .iter()
+                .filter(|n| !old.contains(n))
+                .map(|&n| n.clone())
+                .collect();
+            let lost: Vec<NodeId> = old
+                .iter()
+                .filter(|n| !new.contains(n))
+                .map(|&n| n.clone())
+                .collect();
             if !gained.is_empty() || !lost.is_empty() {
-                changes.push(HomeChange { partition, gained, lost });
+                changes.push(HomeChange {
+                    partition,
+                    gained,
+                    lost,
+                });
             }
         }
         changes
@@ -293,7 +350,9 @@ impl<'r> PreferenceList<'r> {
     /// The first min(N, members) distinct nodes, one per zone first (see the module laws).
     pub fn home(&self) -> impl Iterator<Item = &'r NodeId> + '_ {
         let ring = self.ring;
-        ring.home_indexes(self.partition).iter().map(move |&i| &ring.members[usize::from(i)].id)
+        ring.home_indexes(self.partition)
+            .iter()
+            .map(move |&i| &ring.members[usize::from(i)].id)
     }
     /// Every other member, in clockwise ring order of first ownership; members owning no
     /// partition come last, in id order. Computed lazily by walking the ring.
@@ -330,7 +389,12 @@ struct RawRingRef<'a> {
 
 impl Serialize for Ring {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        RawRingRef { params: self.params, members: &self.members, owners: &self.owners }.serialize(s)
+        RawRingRef {
+            params: self.params,
+            members: &self.members,
+            owners: &self.owners,
+        }
+        .serialize(s)
     }
 }
 
@@ -349,11 +413,23 @@ impl TryFrom<RawRing> for Ring {
                 raw.params.partitions
             )));
         }
-        if let Some(bad) = raw.owners.iter().find(|&&o| usize::from(o) >= raw.members.len()) {
-            return Err(RingError::Invalid(format!("owner index {bad} out of range")));
+        if let Some(bad) = raw
+            .owners
+            .iter()
+            .find(|&&o| usize::from(o) >= raw.members.len())
+        {
+            return Err(RingError::Invalid(format!(
+                "owner index {bad} out of range"
+            )));
         }
         let (zone_of, zone_count) = zone_indexes(&raw.members);
-        Ok(Ring::from_parts(raw.params, raw.members, raw.owners, zone_of, zone_count))
+        Ok(Ring::from_parts(
+            raw.params,
+            raw.members,
+            raw.owners,
+            zone_of,
+            zone_count,
+        ))
     }
 }
 
@@ -370,7 +446,10 @@ fn validate_members(members: &[Member]) -> Result<(), RingError> {
     }
     for m in members {
         if !(1..=MAX_WEIGHT).contains(&m.weight) {
-            return Err(RingError::InvalidWeight { id: m.id.clone(), weight: m.weight });
+            return Err(RingError::InvalidWeight {
+                id: m.id.clone(),
+                weight: m.weight,
+            });
         }
         if m.zone.len() > MAX_ZONE_BYTES {
             return Err(RingError::InvalidZone(m.id.clone()));
@@ -390,7 +469,11 @@ fn zone_indexes(members: &[Member]) -> (Vec<u16>, usize) {
         names.entry(m.zone.as_str()).or_insert(next);
     }
     // Renumber in name order so the numbering does not depend on member order.
-    let order: BTreeMap<&str, u16> = names.keys().enumerate().map(|(i, &z)| (z, i as u16)).collect();
+    let order: BTreeMap<&str, u16> = names
+        .keys()
+        .enumerate()
+        .map(|(i, &z)| (z, i as u16))
+        .collect();
     let zone_of = members.iter().map(|m| order[m.zone.as_str()]).collect();
     (zone_of, order.len())
 }
@@ -399,12 +482,18 @@ fn zone_indexes(members: &[Member]) -> (Vec<u16>, usize) {
 /// (ties to the smaller id, i.e. the smaller index, as members are sorted by id).
 fn quotas(members: &[Member], partitions: u32) -> Vec<u32> {
     let total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
-    let exact: Vec<u64> = members.iter().map(|m| u64::from(partitions) * u64::from(m.weight)).collect();
+    let exact: Vec<u64> = members
+        .iter()
+        .map(|m| u64::from(partitions) * u64::from(m.weight))
+        .collect();
     let mut quotas: Vec<u32> = exact.iter().map(|e| (e / total) as u32).collect();
     let assigned: u64 = quotas.iter().map(|&q| u64::from(q)).sum();
     let mut by_remainder: Vec<usize> = (0..members.len()).collect();
     by_remainder.sort_by_key(|&i| (std::cmp::Reverse(exact[i] % total), i));
-    for &i in by_remainder.iter().take((u64::from(partitions) - assigned) as usize) {
+    for &i in by_remainder
+        .iter()
+        .take((u64::from(partitions) - assigned) as usize)
+    {
         quotas[i] += 1;
     }
     quotas
@@ -422,7 +511,10 @@ impl Spread {
     fn new(n: u8, members: usize, zones: usize) -> Spread {
         let n = usize::from(n);
         let zone_distance = if zones >= n { n } else { 0 };
-        Spread { node_distance: n.min(members), zone_distance }
+        Spread {
+            node_distance: n.min(members),
+            zone_distance,
+        }
     }
     fn reach(&self) -> usize {
         self.node_distance.max(self.zone_distance)
@@ -477,13 +569,17 @@ struct Deadline {
 
 impl Deadline {
     fn after(used: u64, count: u64) -> Deadline {
-        Deadline { num: 2 * used + 1, den: count }
+        Deadline {
+            num: 2 * used + 1,
+            den: count,
+        }
     }
 }
 
 impl Ord for Deadline {
     fn cmp(&self, other: &Self) -> Ordering {
-        (u128::from(self.num) * u128::from(other.den)).cmp(&(u128::from(other.num) * u128::from(self.den)))
+        (u128::from(self.num) * u128::from(other.den))
+            .cmp(&(u128::from(other.num) * u128::from(self.den)))
     }
 }
 
@@ -534,16 +630,26 @@ impl Strides {
         self.zones
             .iter()
             .filter(|(_, z)| zone_ok(*z))
-            .find_map(|(_, z)| self.nodes[usize::from(*z)].iter().map(|&(_, n)| n).find(|&n| node_ok(n)))
+            .find_map(|(_, z)| {
+                self.nodes[usize::from(*z)]
+                    .iter()
+                    .map(|&(_, n)| n)
+                    .find(|&n| node_ok(n))
+            })
     }
 
     fn deadline_of(&self, zone: u16, node: u16) -> (Deadline, Deadline) {
         let (z, n) = (usize::from(zone), usize::from(node));
-        (Deadline::after(self.zone_used[z], self.zone_total[z]), Deadline::after(self.node_used[n], self.node_quota[n]))
+        (
+            Deadline::after(self.zone_used[z], self.zone_total[z]),
+            Deadline::after(self.node_used[n], self.node_quota[n]),
+        )
     }
 
     fn remaining(&self) -> impl Iterator<Item = u16> + '_ {
-        self.nodes.iter().flat_map(|set| set.iter().map(|&(_, n)| n))
+        self.nodes
+            .iter()
+            .flat_map(|set| set.iter().map(|&(_, n)| n))
     }
 
     fn consume(&mut self, zone: u16, node: u16) {
@@ -568,12 +674,19 @@ impl Strides {
 /// and nodes that would break the spread; if all clash, the least-clashing node.
 fn stripe(zone_of: &[u16], zone_count: usize, quotas: &[u32], spread: Spread) -> Vec<u16> {
     let q: usize = quotas.iter().map(|&x| x as usize).sum();
-    let mut table = Table { owners: vec![UNASSIGNED; q], zone_of, spread };
+    let mut table = Table {
+        owners: vec![UNASSIGNED; q],
+        zone_of,
+        spread,
+    };
     // Without a zone constraint, zone-first scheduling would delay heavy nodes until they
     // cannot fit; scheduling nodes alone (one virtual zone) keeps every node evenly spaced.
     let one_zone = vec![0u16; zone_of.len()];
-    let (sched_zone_of, sched_zones) =
-        if spread.zone_distance == 0 { (&one_zone[..], 1) } else { (zone_of, zone_count) };
+    let (sched_zone_of, sched_zones) = if spread.zone_distance == 0 {
+        (&one_zone[..], 1)
+    } else {
+        (zone_of, zone_count)
+    };
     let mut strides = Strides::new(sched_zone_of, sched_zones, quotas);
     for p in 0..q {
         let (near_nodes, near_zones) = near(&table, p);
@@ -621,7 +734,11 @@ fn carry_over(prev: &Ring, members: &[Member]) -> Vec<u16> {
     let remap: Vec<u16> = prev
         .members
         .iter()
-        .map(|m| members.binary_search_by(|x| x.id.cmp(&m.id)).map_or(UNASSIGNED, |i| i as u16))
+        .map(|m| {
+            members
+                .binary_search_by(|x| x.id.cmp(&m.id))
+                .map_or(UNASSIGNED, |i| i as u16)
+        })
         .collect();
     prev.owners.iter().map(|&o| remap[usize::from(o)]).collect()
 }
@@ -646,7 +763,9 @@ fn rebalance(table: &mut Table, quotas: &[u32]) {
 /// then has the most missing, then the smallest id.
 fn fill_unassigned(table: &mut Table, quotas: &[u32], counts: &mut [u32]) {
     let q = table.owners.len();
-    let mut takers: Vec<u16> = (0..quotas.len() as u16).filter(|&n| counts[usize::from(n)] < quotas[usize::from(n)]).collect();
+    let mut takers: Vec<u16> = (0..quotas.len() as u16)
+        .filter(|&n| counts[usize::from(n)] < quotas[usize::from(n)])
+        .collect();
     for p in 0..q {
         if table.owners[p] != UNASSIGNED {
             continue;
@@ -677,7 +796,10 @@ fn take_surplus(table: &mut Table, quotas: &[u32], counts: &mut [u32], taker: u1
     let offset = t * q / quotas.len();
     let has_surplus = |counts: &[u32], o: u16| counts[usize::from(o)] > quotas[usize::from(o)];
     for segment in 0..need {
-        let (start, end) = (offset + segment * q / need, offset + (segment + 1) * q / need);
+        let (start, end) = (
+            offset + segment * q / need,
+            offset + (segment + 1) * q / need,
+        );
         let found = (start..end)
             .map(|p| p % q)
             .find(|&p| has_surplus(counts, table.owners[p]) && table.conflict(p, taker) == 0);
@@ -716,7 +838,9 @@ fn repair(table: &mut Table, before: Option<&[u16]>, budget: usize) {
     let mut work = REPAIR_EVALUATIONS_PER_PARTITION * q;
     for _ in 0..REPAIR_ROUNDS {
         let mut improved = false;
-        let moved: Vec<usize> = before.map_or(Vec::new(), |b| (0..q).filter(|&x| table.owners[x] != b[x]).collect());
+        let moved: Vec<usize> = before.map_or(Vec::new(), |b| {
+            (0..q).filter(|&x| table.owners[x] != b[x]).collect()
+        });
         for p in 0..q {
             if work == 0 {
                 return;
@@ -734,7 +858,10 @@ fn repair(table: &mut Table, before: Option<&[u16]>, budget: usize) {
                 .take(limit);
             work -= limit;
             let best = candidates
-                .filter_map(|x| swap_gain(table, before, p, x).map(|(gain, cost)| (std::cmp::Reverse(gain), cost, x)))
+                .filter_map(|x| {
+                    swap_gain(table, before, p, x)
+                        .map(|(gain, cost)| (std::cmp::Reverse(gain), cost, x))
+                })
                 .filter(|&(_, cost, _)| cost <= budget)
                 .min();
             if let Some((_, cost, x)) = best {
@@ -779,14 +906,28 @@ fn build_homes(owners: &[u16], zone_of: &[u16], zone_count: usize, home_len: usi
     let q = owners.len();
     let members = zone_of.len();
     let beyond = 2 * q;
-    let member_at = |pos: usize| if pos >= beyond { (pos - beyond) as u16 } else { owners[pos % q] };
+    let member_at = |pos: usize| {
+        if pos >= beyond {
+            (pos - beyond) as u16
+        } else {
+            owners[pos % q]
+        }
+    };
     let mut next_node: Vec<usize> = (0..members).map(|i| beyond + i).collect();
     let mut next_zone = vec![usize::MAX; zone_count];
     for (i, &z) in zone_of.iter().enumerate().rev() {
         next_zone[usize::from(z)] = beyond + i;
     }
-    let mut node_order: BTreeSet<(usize, u16)> = next_node.iter().enumerate().map(|(i, &p)| (p, i as u16)).collect();
-    let mut zone_order: BTreeSet<(usize, u16)> = next_zone.iter().enumerate().map(|(z, &p)| (p, z as u16)).collect();
+    let mut node_order: BTreeSet<(usize, u16)> = next_node
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, i as u16))
+        .collect();
+    let mut zone_order: BTreeSet<(usize, u16)> = next_zone
+        .iter()
+        .enumerate()
+        .map(|(z, &p)| (p, z as u16))
+        .collect();
     let zone_target = home_len.min(zone_count);
     let mut homes = vec![0u16; q * home_len];
     let mut chosen: Vec<(usize, u16)> = Vec::with_capacity(home_len);
@@ -803,7 +944,12 @@ fn build_homes(owners: &[u16], zone_of: &[u16], zone_count: usize, home_len: usi
             continue;
         }
         chosen.clear();
-        chosen.extend(zone_order.iter().take(zone_target).map(|&(p, _)| (p, member_at(p))));
+        chosen.extend(
+            zone_order
+                .iter()
+                .take(zone_target)
+                .map(|&(p, _)| (p, member_at(p))),
+        );
         for &(p, n) in &node_order {
             if chosen.len() == home_len {
                 break;
@@ -826,7 +972,11 @@ mod tests {
     use super::*;
 
     fn member(id: &str, weight: u32, zone: &str) -> Member {
-        Member { id: NodeId::new(id).unwrap(), weight, zone: zone.into() }
+        Member {
+            id: NodeId::new(id).unwrap(),
+            weight,
+            zone: zone.into(),
+        }
     }
 
     fn params(partitions: u32, n: u8) -> RingParams {
@@ -842,15 +992,22 @@ mod tests {
         assert!(Ring::claim(None, &[member("a", 0, "z")], params(8, 3)).is_err());
         assert!(Ring::claim(None, &[member("a", MAX_WEIGHT + 1, "z")], params(8, 3)).is_err());
         let dup = [member("a", 1, "z"), member("a", 2, "y")];
-        assert_eq!(Ring::claim(None, &dup, params(8, 3)), Err(RingError::DuplicateMember(NodeId::new("a").unwrap())));
+        assert_eq!(
+            Ring::claim(None, &dup, params(8, 3)),
+            Err(RingError::DuplicateMember(NodeId::new("a").unwrap()))
+        );
         let ring = Ring::claim(None, &ok, params(8, 3)).unwrap();
-        assert!(matches!(Ring::claim(Some(&ring), &ok, params(16, 3)), Err(RingError::ParamsChanged { .. })));
+        assert!(matches!(
+            Ring::claim(Some(&ring), &ok, params(16, 3)),
+            Err(RingError::ParamsChanged { .. })
+        ));
     }
 
     #[test]
     fn four_zones_stripe_perfectly() {
-        let members: Vec<Member> =
-            (0..8).map(|i| member(&format!("n{i}"), 1, &format!("z{}", i % 4))).collect();
+        let members: Vec<Member> = (0..8)
+            .map(|i| member(&format!("n{i}"), 1, &format!("z{}", i % 4)))
+            .collect();
         let ring = Ring::claim(None, &members, params(64, 3)).unwrap();
         assert_eq!(ring.spread_violations(), 0);
         for m in &members {
@@ -868,7 +1025,11 @@ mod tests {
 
     #[test]
     fn quotas_use_largest_remainders_with_ties_to_smaller_ids() {
-        let members = [member("a", 1, "z"), member("b", 1, "z"), member("c", 1, "z")];
+        let members = [
+            member("a", 1, "z"),
+            member("b", 1, "z"),
+            member("c", 1, "z"),
+        ];
         assert_eq!(quotas(&members, 16), vec![6, 5, 5]);
         let members = [member("a", 1, "z"), member("b", 2, "z")];
         assert_eq!(quotas(&members, 4), vec![1, 3]);
@@ -887,10 +1048,20 @@ mod tests {
     fn malformed_wire_rings_are_errors() {
         let members = [member("a", 1, "z"), member("b", 1, "z")];
         let ring = Ring::claim(None, &members, params(4, 2)).unwrap();
-        let raw = |owners: Vec<u16>, members: Vec<Member>| RawRing { params: params(4, 2), members, owners };
+        let raw = |owners: Vec<u16>, members: Vec<Member>| RawRing {
+            params: params(4, 2),
+            members,
+            owners,
+        };
         assert!(Ring::try_from(raw(vec![0, 1, 0], members.to_vec())).is_err());
         assert!(Ring::try_from(raw(vec![0, 1, 0, 2], members.to_vec())).is_err());
-        assert!(Ring::try_from(raw(vec![0, 1, 0, 1], vec![members[1].clone(), members[0].clone()])).is_err());
+        assert!(
+            Ring::try_from(raw(
+                vec![0, 1, 0, 1],
+                vec![members[1].clone(), members[0].clone()]
+            ))
+            .is_err()
+        );
         let bytes = postcard::to_allocvec(&ring).unwrap();
         assert_eq!(postcard::from_bytes::<Ring>(&bytes).unwrap(), ring);
     }

@@ -15,7 +15,11 @@ use ringkv_core::NodeId;
 use ringkv_core::ring::{Member, REPAIR_BUDGET_DIVISOR, Ring, RingParams};
 
 fn member(i: usize, weight: u32, zone: usize) -> Member {
-    Member { id: NodeId::new(format!("n{i:03}")).unwrap(), weight, zone: format!("z{zone}") }
+    Member {
+        id: NodeId::new(format!("n{i:03}")).unwrap(),
+        weight,
+        zone: format!("z{zone}"),
+    }
 }
 
 /// How far the counts exceed what a violation-free ring can hold: a node (or zone) owning c
@@ -35,13 +39,20 @@ fn excess(ring: &Ring) -> usize {
     }
     if zones.len() >= n {
         let cap_zone = q / n.min(q);
-        total += zones.values().map(|&c| c.saturating_sub(cap_zone)).sum::<usize>();
+        total += zones
+            .values()
+            .map(|&c| c.saturating_sub(cap_zone))
+            .sum::<usize>();
     }
     total
 }
 
 fn moved(a: &Ring, b: &Ring) -> Vec<(NodeId, NodeId)> {
-    a.owners().zip(b.owners()).filter(|(x, y)| x.1 != y.1).map(|(x, y)| (x.1.clone(), y.1.clone())).collect()
+    a.owners()
+        .zip(b.owners())
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, y)| (x.1.clone(), y.1.clone()))
+        .collect()
 }
 
 /// Partitions nodes in both rings gained (or lost, with `gained == false`) in count.
@@ -51,7 +62,11 @@ fn count_drift(a: &Ring, b: &Ring, gained: bool) -> usize {
         .filter(|m| b.member(&m.id).is_some())
         .map(|m| {
             let (x, y) = (a.partitions_owned(&m.id), b.partitions_owned(&m.id));
-            if gained { y.saturating_sub(x) } else { x.saturating_sub(y) }
+            if gained {
+                y.saturating_sub(x)
+            } else {
+                x.saturating_sub(y)
+            }
         })
         .sum()
 }
@@ -207,22 +222,42 @@ proptest! {
 #[test]
 fn three_nodes_three_replicas_break_only_the_wrap() {
     let members: Vec<Member> = (0..3).map(|i| member(i, 1, i)).collect();
-    let ring = Ring::claim(None, &members, RingParams { partitions: 1024, n: 3 }).unwrap();
-    assert!(ring.spread_violations() <= 2, "{}", ring.spread_violations());
+    let ring = Ring::claim(
+        None,
+        &members,
+        RingParams {
+            partitions: 1024,
+            n: 3,
+        },
+    )
+    .unwrap();
+    assert!(
+        ring.spread_violations() <= 2,
+        "{}",
+        ring.spread_violations()
+    );
 }
 
 /// A larger fixed case: 64 nodes in 8 zones, Q = 8192, joined one at a time from 60.
 #[test]
 fn large_ring_grows_cleanly() {
-    let params = RingParams { partitions: 8192, n: 3 };
-    let members: Vec<Member> = (0..64).map(|i| member(i, 1 + (i % 2) as u32, i % 8)).collect();
+    let params = RingParams {
+        partitions: 8192,
+        n: 3,
+    };
+    let members: Vec<Member> = (0..64)
+        .map(|i| member(i, 1 + (i % 2) as u32, i % 8))
+        .collect();
     let mut ring = Ring::claim(None, &members[..60], params).unwrap();
     assert_eq!(ring.spread_violations(), 0);
     for k in 61..=64 {
         let next = Ring::claim(Some(&ring), &members[..k], params).unwrap();
         let total: u32 = members[..k].iter().map(|m| m.weight).sum();
         let fair = 8192.0 * f64::from(members[k - 1].weight) / f64::from(total);
-        assert!(moved(&ring, &next).len() as f64 <= 1.1 * fair + 2.0, "join {k}");
+        assert!(
+            moved(&ring, &next).len() as f64 <= 1.1 * fair + 2.0,
+            "join {k}"
+        );
         ring = next;
     }
 }
