@@ -261,3 +261,34 @@ fn large_ring_grows_cleanly() {
         ring = next;
     }
 }
+
+#[test]
+fn a_ring_round_trips_through_json() {
+    use ringkv_core::NodeId;
+    use ringkv_core::ring::{Member, Ring, RingParams};
+    let members: Vec<Member> = (0..5)
+        .map(|i| Member {
+            id: NodeId::new(format!("n{i}")).unwrap(),
+            weight: 1 + i % 2,
+            zone: format!("z{}", i % 3),
+        })
+        .collect();
+    let ring = Ring::claim(
+        None,
+        &members,
+        RingParams {
+            partitions: 64,
+            n: 3,
+        },
+    )
+    .unwrap();
+    let json = serde_json::to_string(&ring).unwrap();
+    let back: Ring = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, ring);
+    let mut broken: serde_json::Value = serde_json::from_str(&json).unwrap();
+    broken["owners"] = serde_json::json!([99]);
+    assert!(
+        serde_json::from_value::<Ring>(broken).is_err(),
+        "a bad owner table is refused"
+    );
+}
