@@ -151,3 +151,29 @@ async fn five_nodes_form_round_trip_and_serve_200_keys_from_every_node() {
     round_trip(&c).await;
     many_keys(&c, 200, "five_nodes").await;
 }
+
+/// Once a cluster has formed (every view lists every node `up`), no live node is reported
+/// `down` afterwards: the failure detector must not flap on a healthy, idle cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn formed_cluster_members_stay_up() {
+    let c = Cluster::launch(3, &[]).await;
+    c.wait_formed().await;
+    let started = std::time::Instant::now();
+    let mut polls = 0;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        for i in 0..c.len() {
+            let s = c.status(i).await;
+            for m in s["cluster"]["members"].as_array().expect("members") {
+                assert_eq!(
+                    m["status"],
+                    "up",
+                    "{:.1?} after forming, {} reports {m} (poll {polls})",
+                    started.elapsed(),
+                    c.id(i)
+                );
+            }
+        }
+        polls += 1;
+        tokio::time::sleep(common::POLL_INTERVAL).await;
+    }
+}

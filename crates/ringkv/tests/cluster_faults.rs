@@ -222,6 +222,6 @@ async fn a_frozen_peer_never_stretches_a_request_past_its_deadline() {
         );
     }
     c.cont(2);
-    c.wait_status(0, 2, "up").await;
+    c.wait_formed().await;
     c.assert_serves_with(2, "thawed", "w=3", "r=3").await;
 }

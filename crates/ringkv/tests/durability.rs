@@ -72,6 +72,8 @@ async fn sigkill_loses_no_acknowledged_write() {
     );
     // And the restarted node rejoins as the same member.
     c.wait_status(0, victim, "up").await;
+    // Every node, the restarted one included, sees every other up again.
+    c.wait_formed().await;
     c.assert_serves_with(victim, "after-kill", "w=3", "r=3")
         .await;
 }
@@ -101,6 +103,8 @@ async fn sigterm_exits_zero_promptly_and_keeps_the_data() {
         );
     }
     c.wait_status(0, victim, "up").await;
+    // Every node, the restarted one included, sees every other up again.
+    c.wait_formed().await;
     c.assert_serves_with(victim, "after-term", "w=3", "r=3")
         .await;
 }

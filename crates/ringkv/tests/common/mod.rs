@@ -267,6 +267,7 @@ impl Cluster {
     pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let c = Cluster::launch(n, extra).await;
         c.wait_formed().await;
+        c.wait_settled().await;
         c
     }
 
@@ -515,6 +516,53 @@ impl Api {
             (versions.iter().all(|v| *v == versions[0] && *v > 0)).then_some(())
         })
         .await;
+    }
+
+    /// Whether every node's `/status` lists every node `up`, all with one ring version.
+    pub async fn all_up(&self) -> bool {
+        let n = self.len();
+        let mut versions = Vec::new();
+        for i in 0..n {
+            let Some(s) = self.try_status(i).await else {
+                return false;
+            };
+            let Some(members) = s["cluster"]["members"].as_array() else {
+                return false;
+            };
+            let up = (0..n).all(|j| {
+                members
+                    .iter()
+                    .any(|m| m["node_id"] == self.id(j) && m["status"] == "up")
+            });
+            if members.len() != n || !up {
+                return false;
+            }
+            versions.push(s["cluster"]["ring_version"].as_u64());
+        }
+        versions.iter().all(|v| *v == versions[0])
+    }
+
+    /// Polls until `all_up` held without a break for `SETTLE` (failure detectors of freshly
+    /// joined nodes flap at first: `cluster_basic::formed_cluster_members_stay_up` checks that
+    /// separately, so the other tests test their own behaviour).
+    pub async fn wait_settled(&self) {
+        const SETTLE: Duration = Duration::from_secs(2);
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        let mut since: Option<Instant> = None;
+        loop {
+            if self.all_up().await {
+                if since.get_or_insert_with(Instant::now).elapsed() >= SETTLE {
+                    return;
+                }
+            } else {
+                since = None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {FORM_TIMEOUT:?} waiting for every view to stay all-up for {SETTLE:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     pub async fn try_status(&self, i: usize) -> Option<Value> {
@@ -771,8 +819,37 @@ fn stderr_tail(dir: &Path) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// `GET /status` over a plain socket, for failure reports from `Drop` (no runtime there).
+fn status_blocking(http: SocketAddr) -> String {
+    use std::io::Write;
+    let attempt = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(text))
+    };
+    attempt().unwrap_or_else(|e| format!("(no answer: {e})"))
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                if node.child.is_some() {
+                    eprintln!(
+                        "----- {} /status at failure -----\n{}",
+                        node.spec.id,
+                        status_blocking(node.spec.http)
+                    );
+                }
+            }
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
