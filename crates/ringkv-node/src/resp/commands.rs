@@ -40,7 +40,10 @@ pub struct Session {
 
 /// Runs one command and answers its reply; counts it by name and outcome.
 pub async fn execute(session: &mut Session, args: Vec<Bytes>) -> (Reply, Flow) {
-    let name = args[0].to_ascii_uppercase();
+    let Some(first) = args.first() else {
+        return (Reply::err("empty command"), Flow::Continue);
+    };
+    let name = first.to_ascii_uppercase();
     let label = metric_label(&name);
     let (reply, flow) = dispatch(session, &name, &args).await;
     metrics::counter!("ringkv_resp_commands_total", "command" => label, "outcome" => outcome(&reply))
@@ -279,6 +282,18 @@ async fn write(
     context: Option<ClientContext>,
     value: Option<Bytes>,
 ) -> Result<Dot, Reply> {
+    write_stored(session, key, context, value)
+        .await
+        .map(|(_, dot)| dot)
+}
+
+/// As `write`, and also answers what the coordinator stores after the write.
+async fn write_stored(
+    session: &Session,
+    key: Bytes,
+    context: Option<ClientContext>,
+    value: Option<Bytes>,
+) -> Result<(VersionSet, Dot), Reply> {
     let settings = session.node.settings();
     let op = ClientOp::Put {
         key,
@@ -288,10 +303,32 @@ async fn write(
         strict: false,
     };
     match session.node.client_op(op, settings.request_timeout).await {
-        Ok(ClientReply::Written { dot, .. }) => Ok(dot),
+        Ok(ClientReply::Written { stored, dot }) => Ok((stored, dot)),
         Ok(_) => Err(Reply::err("internal: unexpected reply to a write")),
         Err(e) => Err(node_error(e)),
     }
+}
+
+/// `DEL` of one key: a blind delete (superseding what the coordinator has seen). If the read
+/// found versions the coordinator had not seen yet (replication still on its way), a second
+/// delete with both histories supersedes those too, so that `DEL` never leaves behind a value
+/// it just counted. Answers whether the key had a live value.
+async fn delete_key(session: &Session, key: Bytes) -> Result<bool, Reply> {
+    let found = read(session, key.clone()).await?;
+    let existed = !live_values(&found).is_empty();
+    let (stored, _) = write_stored(session, key.clone(), None, None).await?;
+    if let Some(found) = found
+        && !stored.context().descends(found.context())
+    {
+        let mut seen = stored.context().clone();
+        seen.merge(found.context());
+        let context = ClientContext {
+            vector: seen,
+            dots: Vec::new(),
+        };
+        write(session, key, Some(context), None).await?;
+    }
+    Ok(existed)
 }
 
 fn live_values(versions: &Option<VersionSet>) -> Vec<Bytes> {
@@ -362,12 +399,7 @@ async fn del(session: &Session, args: &[Bytes]) -> Reply {
     if let Some(e) = keys.iter().find_map(|k| check_key(k).err()) {
         return e;
     }
-    let existed = for_each(keys.to_vec(), |key| async move {
-        let existed = !live_values(&read(session, key.clone()).await?).is_empty();
-        write(session, key, None, None).await?;
-        Ok(existed)
-    })
-    .await;
+    let existed = for_each(keys.to_vec(), |key| delete_key(session, key)).await;
     match existed {
         Ok(existed) => Reply::Integer(existed.iter().filter(|e| **e).count() as i64),
         Err(e) => e,
@@ -408,7 +440,7 @@ async fn mget(session: &Session, args: &[Bytes]) -> Reply {
 }
 
 async fn mset(session: &Session, args: &[Bytes]) -> Reply {
-    if args.len() < 3 || args.len() % 2 == 0 {
+    if args.len() < 3 || args.len().is_multiple_of(2) {
         return arity_error(args);
     }
     let pairs: Vec<(Bytes, Bytes)> = args[1..]

@@ -25,13 +25,18 @@
 //! | `INFO [section]` | a short bulk string (`redis_version`, `ringkv_version`, `node_id`, clients) |
 //! | `GET key` | nil if absent or deleted; the value if there is one; with siblings the error `-CONFLICT n siblings, use GETCTX` |
 //! | `SET key value` | a blind overwrite: the write supersedes every version the coordinating node has seen; `+OK`. Options (`EX`, `PX`, `NX`, `XX`, `KEEPTTL`, `GET`) answer `-ERR syntax error`: ringkv has no expiry and no conditional write |
-//! | `DEL key [key ...]` | each key is read (R), then deleted blindly (a tombstone superseding what the coordinating node has seen); answers how many of the keys had a live value (siblings count as one key) |
+//! | `DEL key [key ...]` | each key is read (R), then deleted blindly: a tombstone superseding what the coordinating node has seen, and also what the read found if the coordinator had not received all of it yet. Answers how many of the keys had a live value (a key with siblings counts once) |
 //! | `EXISTS key [key ...]` | how many of the keys have a live value; a key named twice counts twice, as in Redis |
 //! | `MGET key [key ...]` | an array with, per key, what `GET` answers: the value, nil, or the `CONFLICT` error *as that element* (see below) |
 //! | `MSET key value [key value ...]` | a `SET` of each pair; `+OK` |
 //! | `GETCTX key` | `[context, value1, value2, ...]`: every sibling and the context covering them all; `[nil]` if nothing is stored; a deleted key answers its tombstone's context and no value |
 //! | `PUTCTX key context value` | a write with the client's context (API.md §2): it supersedes what the context covers, and concurrent versions survive as siblings. Answers the new context as a bulk string. An empty context is a write concurrent with everything stored |
 //! | `DELCTX key context` | (an addition) a delete with the client's context; answers the new context |
+//!
+//! `SET` through two different nodes in quick succession can leave siblings: the second
+//! coordinator supersedes only what it has seen, and the first write may still be on its way
+//! to it. `GET` then answers `CONFLICT`, as the contract says; `PUTCTX` with `GETCTX`'s context
+//! (or another `SET` through a node that has both) resolves it.
 //!
 //! A multi-key command validates every key (and value) before running any of them, then runs
 //! the keys with at most `commands::MULTI_KEY_CONCURRENCY` in flight. It is not atomic: if one
@@ -63,7 +68,8 @@
 //! - Replies are written at least every `OUTPUT_FLUSH_BYTES`, and no more input is read
 //!   while a write is blocked, so a client that sends without reading holds at most about
 //!   one read chunk, one partial request and `OUTPUT_FLUSH_BYTES` of replies. A write blocked
-//!   for `WRITE_TIMEOUT` closes the connection. Idle connections may stay open.
+//!   for `WRITE_TIMEOUT` closes the connection. Idle connections may stay open; they hold
+//!   no input or output buffer (`READ_CHUNK_BYTES` are read at once, then parsed).
 //!
 //! # Metrics
 //!
@@ -79,7 +85,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -219,8 +225,7 @@ async fn connection(
 ) -> End {
     let _ = stream.set_nodelay(true);
     let mut parser = Parser::new(limits);
-    let mut out = BytesMut::with_capacity(4096);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut out = BytesMut::new();
     loop {
         while !shutdown.is_cancelled() {
             let args = match parser.next_command() {
@@ -248,13 +253,21 @@ async fn connection(
         if let Err(end) = flush(&mut stream, &mut out).await {
             return end;
         }
-        let read = tokio::select! {
+        // An idle connection holds no buffer: wait for readiness, then read into a chunk
+        // that lives only until it is fed to the parser.
+        parser.release_idle_memory();
+        let readable = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
-            read = stream.read(&mut chunk) => read,
+            readable = stream.readable() => readable,
         };
-        match read {
+        if let Err(e) = readable {
+            return End::Io(e);
+        }
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        match stream.try_read(&mut chunk) {
             Ok(0) => return End::Closed,
             Ok(n) => parser.feed(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return End::Io(e),
         }
     }
@@ -267,7 +280,9 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), End> {
     }
     match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(out)).await {
         Ok(Ok(())) => {
-            out.clear();
+            // Dropped rather than cleared, so a burst does not pin its buffer for the
+            // connection's lifetime.
+            *out = BytesMut::new();
             Ok(())
         }
         Ok(Err(e)) => Err(End::Io(e)),

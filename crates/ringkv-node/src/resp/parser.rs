@@ -140,6 +140,14 @@ impl Parser {
         self.buf.extend_from_slice(data);
     }
 
+    /// Frees the input buffer if it holds nothing, so that an idle connection costs no
+    /// buffer memory.
+    pub fn release_idle_memory(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Unparsed bytes held (a partial element or line, and anything fed after it).
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
