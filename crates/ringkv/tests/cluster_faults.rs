@@ -75,6 +75,46 @@ async fn read_repair_brings_a_stale_replica_up_to_date() {
     .await;
 }
 
+/// The brief's variant with SIGSTOP: n3 is frozen and seen `down` by the others before the
+/// W=2 write, so no replica write to it is queued on its socket (with N=3 on 3 nodes there is
+/// no fallback either, so no hint). After SIGCONT it is stale until a read with R=3 repairs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_repair_after_a_sigstopped_replica_resumes() {
+    let c = Cluster::start_with(3, &["--anti-entropy-interval-ms", "3600000"]).await;
+    let key = b"repaired-after-stop";
+    let old = c.put(0, key, b"old", None, "w=3").await;
+    assert_eq!(old.status, 204, "{old:?}");
+    c.stop(2);
+    c.wait_status_within(0, 2, "down", Duration::from_secs(10))
+        .await;
+    c.wait_status_within(1, 2, "down", Duration::from_secs(10))
+        .await;
+    let new = c.put(0, key, b"new", old.ctx.as_deref(), "w=2").await;
+    assert_eq!(new.status, 204, "{new:?}");
+    c.cont(2);
+    assert_eq!(
+        c.local(2, key).await,
+        Some(vec![Some(b"old".to_vec())]),
+        "the resumed replica is stale before the read"
+    );
+    let got = poll_until(
+        Duration::from_secs(10),
+        "a GET with r=3 to succeed",
+        || async {
+            let got = c.get(0, key, "r=3").await;
+            (got.status == 200).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got.body, b"new");
+    poll_until(
+        Duration::from_secs(5),
+        "read repair to write the new value to n3",
+        || async { (c.local(2, key).await == Some(vec![Some(b"new".to_vec())])).then_some(()) },
+    )
+    .await;
+}
+
 /// A replica frozen (SIGSTOP) during a W=2 write and an R=2 read: both succeed without it, and
 /// once it resumes it ends up holding the write (from the replication queued to it or from
 /// read repair), so a read with R=3 sees it.
