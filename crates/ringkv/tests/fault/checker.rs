@@ -108,6 +108,57 @@ async fn held(api: &Api, node: usize, key: &str) -> Result<Held, String> {
     }
 }
 
+/// What every node holds for each of `keys` (values decoded, contexts decoded), for a
+/// failure report.
+pub async fn dump_keys(api: &Api, ids: &[String], keys: &[String]) -> String {
+    let mut out = String::new();
+    for key in keys {
+        out.push_str(&format!("--- {key}\n"));
+        for (node, id) in ids.iter().enumerate() {
+            let url = format!("{}/admin/local/{key}", api.urls[node]);
+            let line = match api.client.get(&url).send().await {
+                Ok(r) if r.status().as_u16() == 200 => match r.json::<serde_json::Value>().await {
+                    Ok(j) => {
+                        let values: Vec<String> = j["versions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|v| match v["value"].as_str() {
+                                None => "<tombstone>".to_string(),
+                                Some(b) => {
+                                    use base64::Engine;
+                                    let raw = base64::engine::general_purpose::STANDARD
+                                        .decode(b)
+                                        .unwrap_or_default();
+                                    let items = super::workload::parse_items(&raw);
+                                    if items.len() > 6 {
+                                        format!("[{} items]", items.len())
+                                    } else {
+                                        format!("{items:?}")
+                                    }
+                                }
+                            })
+                            .collect();
+                        let ctx = j["context"].as_str().unwrap_or_default();
+                        let decoded = ringkv_core::Context::decode(ctx)
+                            .map(|c| format!("{c:?}"))
+                            .unwrap_or_else(|e| format!("{ctx} ({e})"));
+                        format!(
+                            "{values:?} context {decoded} hinted_for {}",
+                            j["hinted_for"]
+                        )
+                    }
+                    Err(e) => format!("bad JSON: {e}"),
+                },
+                Ok(r) => format!("{}", r.status()),
+                Err(e) => format!("{e}"),
+            };
+            out.push_str(&format!("{id}: {line}\n"));
+        }
+    }
+    out
+}
+
 /// How the replicas converged.
 #[derive(Debug, Clone)]
 pub struct Convergence {

@@ -272,7 +272,23 @@ pub async fn run(scenario: Scenario) -> Report {
         heal_errors,
     };
     let history_file = cluster.run_dir().join("history.txt");
-    let _ = std::fs::write(&history_file, history.render(&api.urls));
+    let mut text = history.render(&api.urls);
+    let suspect: Vec<String> = report
+        .checked
+        .lost
+        .iter()
+        .chain(&report.checked.phantom)
+        .chain(&report.checked.resurrected)
+        .filter_map(|s| s.split(':').next().map(str::to_string))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !suspect.is_empty() {
+        let dump = checker::dump_keys(&api, &ids, &suspect).await;
+        eprintln!("what every node holds for the failing keys:\n{dump}");
+        text.push_str(&dump);
+    }
+    let _ = std::fs::write(&history_file, text);
     eprintln!("{}", report.summary());
     for f in report.failures() {
         eprintln!("  - {f}");

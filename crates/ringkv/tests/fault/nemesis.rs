@@ -208,6 +208,22 @@ async fn wait_refilled(c: &Cluster, i: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// UTC time of day, to line the schedule up with the nodes' logs.
+fn wall_clock() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
 /// Runs faults from `kinds` one after another for `duration`: inject (in `mixed` mode
 /// sometimes two at once), hold 1–3 s, heal, calm 0.5–1.5 s. Returns errors from healing.
 pub async fn run_schedule(
@@ -237,8 +253,9 @@ pub async fn run_schedule(
         }
         let hold = Duration::from_millis(1000 + rng.below(2000) as u64);
         eprintln!(
-            "fault harness: {:>7.3}s {} for {:.1}s",
+            "fault harness: {:>7.3}s ({}) {} for {:.1}s",
             started.elapsed().as_secs_f64(),
+            wall_clock(),
             what.join(" + "),
             hold.as_secs_f64()
         );
@@ -247,8 +264,9 @@ pub async fn run_schedule(
             errors.push(e);
         }
         eprintln!(
-            "fault harness: {:>7.3}s healed",
-            started.elapsed().as_secs_f64()
+            "fault harness: {:>7.3}s ({}) healed",
+            started.elapsed().as_secs_f64(),
+            wall_clock()
         );
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000) as u64)).await;
     }
