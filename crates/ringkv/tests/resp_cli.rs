@@ -60,7 +60,11 @@ async fn redis_cli_drives_a_cluster() {
     assert_eq!(cli(a, &["ping", "hello"]), "\"hello\"");
     assert_eq!(cli(a, &["ECHO", "hi there"]), "\"hi there\"");
     assert_eq!(cli(a, &["SELECT", "0"]), "OK");
-    assert_eq!(cli(a, &["CONFIG", "GET", "save"]), "(empty array)");
+    assert_eq!(cli(a, &["CONFIG", "GET", "maxmemory"]), "(empty array)");
+    assert_eq!(
+        cli(a, &["CONFIG", "GET", "appendonly"]),
+        "1) \"appendonly\"\n2) \"no\""
+    );
 
     // Written through one node, read through every node (W + R > N).
     assert_eq!(cli(a, &["SET", "k", "v1"]), "OK");
@@ -99,6 +103,20 @@ async fn redis_cli_drives_a_cluster() {
     );
     assert!(cli(a, &["PUTCTX", "k", "not-a-context", "v"]).starts_with("(error) ERR bad context:"));
     assert_eq!(cli(a, &["GET", "k"]), "\"v2\"");
+
+    // Commands are counted by name and outcome; unknown names share one label.
+    let metrics = c.http_get(0, "/metrics").await;
+    let counted = |command: &str, outcome: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("ringkv_resp_commands_total{")
+                && l.contains(&format!("command=\"{command}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+    };
+    assert!(counted("SET", "ok"), "{metrics}");
+    assert!(counted("SET", "error"), "{metrics}");
+    assert!(counted("unknown", "error"), "{metrics}");
+    assert!(metrics.contains("ringkv_resp_connections"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,5 +234,37 @@ async fn redis_cli_pipe_and_one_write_pipelines_answer_in_order() {
         assert_eq!(raw.reply().await, Value::Status("OK".into()));
         assert_eq!(raw.reply().await, Value::bulk(i.to_string()));
         assert_eq!(raw.reply().await, Value::bulk(format!("e{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_runs_clean() {
+    require_redis_cli();
+    let c = RespCluster::start(3, &[]).await;
+    let port = c.resp(2).port().to_string();
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port])
+        .args(["-t", "ping,set,get,mset", "-n", "300", "-c", "4", "--csv"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run redis-benchmark ({e}): install it (Debian/Ubuntu: apt-get install \
+                 -y redis-tools); this test needs the real tool"
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // It reads CONFIG at start and stops at the first error reply.
+    assert!(
+        !stdout.contains("Error") && !stderr.contains("Error"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        !format!("{stdout}{stderr}").contains("Could not fetch server CONFIG"),
+        "{stdout}\n{stderr}"
+    );
+    for test in ["\"PING_MBULK\"", "\"SET\"", "\"GET\"", "\"MSET (10 keys)\""] {
+        assert!(stdout.contains(test), "no {test} line in {stdout}");
     }
 }

@@ -194,12 +194,30 @@ fn select(args: &[Bytes]) -> Reply {
     }
 }
 
-/// `CONFIG GET` answers no parameter (redis-benchmark asks for `save` and `appendonly`);
-/// ringkv is configured by its own flags, so `CONFIG SET` and the rest are refused.
+/// The few parameters `CONFIG GET` answers, for tools that read them at start
+/// (redis-benchmark reads `save` and `appendonly`). ringkv is configured by its own flags.
+const CONFIG_PARAMETERS: &[(&str, &str)] =
+    &[("save", ""), ("appendonly", "no"), ("databases", "1")];
+
+/// `CONFIG GET name [name ...]`: the known parameters named exactly (no glob patterns) as a
+/// flat name/value array, as Redis 7; `CONFIG SET` and the rest are refused.
 fn config(args: &[Bytes]) -> Reply {
     match args.get(1).map(|s| s.to_ascii_uppercase()) {
         Some(sub) if sub == b"GET" => {
-            arity(args, 3, usize::MAX).map_or_else(|e| e, |_| Reply::Array(Vec::new()))
+            if let Err(e) = arity(args, 3, usize::MAX) {
+                return e;
+            }
+            let mut items = Vec::new();
+            for (name, value) in CONFIG_PARAMETERS {
+                if args[2..]
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(name.as_bytes()))
+                {
+                    items.push(Reply::Bulk(Bytes::from_static(name.as_bytes())));
+                    items.push(Reply::Bulk(Bytes::from_static(value.as_bytes())));
+                }
+            }
+            Reply::Array(items)
         }
         Some(_) => Reply::err("CONFIG is limited to CONFIG GET on ringkv"),
         None => arity_error(args),

@@ -19,7 +19,7 @@
 //! | `COMMAND [...]` | an empty array (`COMMAND COUNT`: `0`): ringkv publishes no command table |
 //! | `CLIENT SETNAME n`, `GETNAME`, `ID`, `INFO`, `LIST`, `SETINFO ...` | as Redis (per connection) |
 //! | `SELECT 0` | `+OK`; any other database is an error: there is one keyspace |
-//! | `CONFIG GET x` | an empty array; other `CONFIG` subcommands are errors |
+//! | `CONFIG GET name ...` | `save` (empty), `appendonly` (`no`) and `databases` (`1`) when named exactly, for tools like redis-benchmark; any other name is left out (an empty array); other `CONFIG` subcommands are errors |
 //! | `HELLO ...` | `-NOPROTO`: clients fall back to RESP2 |
 //! | `AUTH ...` | an error: ringkv has no passwords |
 //! | `INFO [section]` | a short bulk string (`redis_version`, `ringkv_version`, `node_id`, clients) |
@@ -114,8 +114,18 @@ const TOO_MANY_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 
 /// Serves RESP2 clients on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    serve_limited(listener, node, shutdown, MAX_CONNECTIONS).await
+}
+
+/// `serve` with at most `max_connections` open connections.
+async fn serve_limited(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+    max_connections: usize,
+) {
     let limits = ParserLimits::for_max_value_bytes(node.settings().max_value_bytes);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     let open = Arc::new(AtomicUsize::new(0));
     let next_id = AtomicU64::new(1);
     let mut tasks = JoinSet::new();
@@ -290,5 +300,136 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), End> {
             metrics::counter!("ringkv_resp_write_timeouts_total").increment(1);
             Err(End::WriteTimeout)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::settings::{ServerArgs, Settings, StorageKind};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port")
+            .port()
+    }
+
+    /// A one-node cluster in this process, with in-memory storage.
+    async fn one_node(shutdown: &CancellationToken) -> Arc<Node> {
+        static DIRS: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ringkv-resp-unit-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let args = ServerArgs {
+            node_id: Some("unit".into()),
+            listen: Some(format!("127.0.0.1:{}", free_port())),
+            http: Some(format!("127.0.0.1:{}", free_port())),
+            data_dir: Some(dir),
+            storage: Some(StorageKind::Memory),
+            n: Some(1),
+            r: Some(1),
+            w: Some(1),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args).expect("valid settings");
+        Node::start(settings, shutdown.child_token())
+            .await
+            .expect("the node starts")
+    }
+
+    /// Sends `request` and reads until `expected` arrived or the connection closed.
+    async fn exchange(stream: &mut TcpStream, request: &[u8], expected: &[u8]) -> Vec<u8> {
+        stream.write_all(request).await.expect("write");
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !got.ends_with(expected) {
+            let mut chunk = [0u8; 256];
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no reply within 5 s; got {got:?}"),
+            }
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_limit_are_told_and_closed_and_slots_come_back() {
+        let shutdown = CancellationToken::new();
+        let node = one_node(&shutdown).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_limited(listener, node, shutdown.clone(), 2));
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        for c in [&mut first, &mut second] {
+            assert_eq!(exchange(c, b"PING\r\n", b"+PONG\r\n").await, b"+PONG\r\n");
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut refused = Vec::new();
+        third.read_to_end(&mut refused).await.unwrap();
+        assert_eq!(refused, TOO_MANY_CLIENTS);
+
+        // A closed connection frees its slot (once its task has ended).
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut next = TcpStream::connect(addr).await.unwrap();
+            let got = exchange(&mut next, b"PING\r\n", b"+PONG\r\n").await;
+            if got == b"+PONG\r\n" {
+                break;
+            }
+            assert_eq!(got, TOO_MANY_CLIENTS);
+            assert!(Instant::now() < deadline, "the slot never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve stops on shutdown")
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_closes_idle_and_half_sent_connections_and_releases_the_node() {
+        let shutdown = CancellationToken::new();
+        let node = one_node(&shutdown).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, node.clone(), shutdown.clone()));
+
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            exchange(&mut idle, b"SET k v\r\nGET k\r\n", b"$1\r\nv\r\n").await,
+            b"+OK\r\n$1\r\nv\r\n"
+        );
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"*2\r\n$3\r\nGET\r\n$1").await.unwrap();
+        exchange(&mut idle, b"PING\r\n", b"+PONG\r\n").await;
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns promptly when its connections are idle")
+            .unwrap();
+        for c in [&mut idle, &mut half] {
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest));
+            assert!(read.await.is_ok(), "the connection was closed");
+        }
+        assert_eq!(
+            Arc::strong_count(&node),
+            1,
+            "no connection task holds the node"
+        );
     }
 }
