@@ -168,7 +168,12 @@ async fn add_item(
         }
         cart.insert(item.to_string());
         match client
-            .put(key, encode(&cart), context.as_deref(), WriteOptions::default())
+            .put(
+                key,
+                encode(&cart),
+                context.as_deref(),
+                WriteOptions::default(),
+            )
             .await
         {
             Ok(_) => return Ok(true),

@@ -157,6 +157,16 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("seeds", &self.inner.seeds)
+            .field("routing", &self.inner.routing)
+            .field("ring_version", &self.ring_version())
+            .finish()
+    }
+}
+
 struct Inner {
     http: reqwest::Client,
     seeds: Vec<String>,
@@ -330,7 +340,9 @@ impl Inner {
                     self.request_refresh();
                     if !e.is_connect() && !is_read {
                         return Err(Error::Unavailable {
-                            message: format!("the answer from {base} was lost ({e}); the write may or may not have been stored"),
+                            message: format!(
+                                "the answer from {base} was lost ({e}); the write may or may not have been stored"
+                            ),
                             stored_on: None,
                         });
                     }
@@ -511,7 +523,9 @@ impl Inner {
             let ring = self.ring();
             for m in cluster["members"].as_array().into_iter().flatten() {
                 let down = m["status"] == "down";
-                if let (true, Some(url)) = (down, m["node_id"].as_str().and_then(|id| ring.url_of(id))) {
+                if let (true, Some(url)) =
+                    (down, m["node_id"].as_str().and_then(|id| ring.url_of(id)))
+                {
                     self.avoid_until(url, Instant::now() + interval);
                 }
             }

@@ -37,7 +37,8 @@ impl RingView {
         let partitions = json["partitions"]
             .as_u64()
             .filter(|q| *q > 0 && q.is_power_of_two() && *q <= u32::MAX as u64)
-            .ok_or_else(|| bad("partitions is not a power of two"))? as u32;
+            .ok_or_else(|| bad("partitions is not a power of two"))?
+            as u32;
         let mut members = BTreeMap::new();
         for m in json["members"]
             .as_array()
