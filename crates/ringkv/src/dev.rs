@@ -1,5 +1,6 @@
 //! `ringkv dev`: a local cluster of real `ringkv server` processes on 127.0.0.1, for trying
-//! ringkv out. Node i listens for HTTP on 8100+i and between nodes on 7100+i; node 1 founds
+//! ringkv out. Node i listens for HTTP on 8100+i, RESP on 6100+i and between nodes on 7100+i;
+//! node 1 founds
 //! the cluster and the others join it. Ctrl-C sends SIGTERM to every node and waits for them.
 
 use std::path::PathBuf;
@@ -29,6 +30,9 @@ pub struct DevArgs {
     /// First inter-node port.
     #[arg(long, default_value_t = 7101)]
     pub listen_base: u16,
+    /// First Redis-protocol port.
+    #[arg(long, default_value_t = 6101)]
+    pub resp_base: u16,
     /// Gossip period of the dev nodes.
     #[arg(long, default_value_t = 200)]
     pub gossip_interval_ms: u64,
@@ -52,6 +56,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .args(["--node-id", &format!("n{}", i + 1)])
             .args(["--listen", &format!("127.0.0.1:{}", args.listen_base + i)])
             .args(["--http", &format!("127.0.0.1:{}", args.http_base + i)])
+            .args(["--resp", &format!("127.0.0.1:{}", args.resp_base + i)])
             .arg("--data-dir")
             .arg(dir.join(format!("n{}", i + 1)))
             .args(["--gossip-interval-ms", &args.gossip_interval_ms.to_string()])
@@ -125,6 +130,7 @@ fn print_banner(args: &DevArgs, dir: &std::path::Path) {
     );
     println!("  curl -s http://127.0.0.1:{h}/status");
     println!("  ringkv status --node http://127.0.0.1:{h}");
+    println!("  redis-cli -p {} SET greeting hello", args.resp_base);
     println!("\nCtrl-C stops the cluster.");
 }
 
