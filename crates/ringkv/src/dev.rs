@@ -1,7 +1,6 @@
 //! `ringkv dev`: a local cluster of real `ringkv server` processes on 127.0.0.1, for trying
 //! ringkv out. Node i listens for HTTP on 8100+i, RESP on 6100+i and between nodes on 7100+i;
-//! node 1 founds
-//! the cluster and the others join it. Ctrl-C sends SIGTERM to every node and waits for them.
+//! node 1 founds the cluster and the others join it. Ctrl-C sends SIGTERM to every node and waits for them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
