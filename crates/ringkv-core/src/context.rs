@@ -218,8 +218,8 @@ fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_BYTES] {
 
 /// Decodes the entry list and exact dots of a version 1 token, enforcing the canonical form.
 fn decode_payload(payload: &[u8]) -> Result<Context, ContextError> {
-    let (entries, rest) = decode_entries(payload)?;
-    let (dots, rest) = decode_entries(rest)?;
+    let (entries, rest) = decode_entries(payload, Order::ReplicaUnique)?;
+    let (dots, rest) = decode_entries(rest, Order::DotAscending)?;
     if !rest.is_empty() {
         return Err(ContextError::TrailingBytes { count: rest.len() });
     }
@@ -240,8 +240,16 @@ fn decode_payload(payload: &[u8]) -> Result<Context, ContextError> {
 /// (replica, counter) pairs, as a token lists them.
 type Entries = Vec<(ReplicaId, u64)>;
 
+/// The order a list of pairs must be in: a vector names each replica once; exact dots may
+/// name a replica several times, in ascending (replica, counter) order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    ReplicaUnique,
+    DotAscending,
+}
+
 /// Decodes one canonical list of (replica, counter) pairs, returning what follows it.
-fn decode_entries(payload: &[u8]) -> Result<(Entries, &[u8]), ContextError> {
+fn decode_entries(payload: &[u8], order: Order) -> Result<(Entries, &[u8]), ContextError> {
     let (count, mut rest) = postcard::take_from_bytes::<u64>(payload)
         .map_err(|_| ContextError::Malformed("entry count is not a varint"))?;
     if count > MAX_CONTEXT_ENTRIES as u64 {
@@ -259,11 +267,15 @@ fn decode_entries(payload: &[u8]) -> Result<(Entries, &[u8]), ContextError> {
             return Err(ContextError::ZeroCounter);
         }
         let replica = ReplicaId::new(node, epoch);
-        if let Some((previous, _)) = entries.last() {
-            match previous.cmp(&replica) {
-                std::cmp::Ordering::Less => {}
-                std::cmp::Ordering::Equal => return Err(ContextError::DuplicateReplica),
-                std::cmp::Ordering::Greater => return Err(ContextError::OutOfOrder),
+        if let Some((previous, previous_counter)) = entries.last() {
+            match (previous.cmp(&replica), order) {
+                (std::cmp::Ordering::Less, _) => {}
+                (std::cmp::Ordering::Equal, Order::DotAscending) if *previous_counter < counter => {
+                }
+                (std::cmp::Ordering::Equal, Order::ReplicaUnique) => {
+                    return Err(ContextError::DuplicateReplica);
+                }
+                _ => return Err(ContextError::OutOfOrder),
             }
         }
         entries.push((replica, counter));
@@ -418,6 +430,23 @@ mod exact_dot_tests {
         );
         let values: Vec<_> = s3.values().cloned().collect();
         assert_eq!(values, vec![Bytes::from("a"), Bytes::from("b2")]);
+    }
+
+    /// A client that keeps writing with the context each PUT answered collects several exact
+    /// dots of one coordinator; the token must carry them and decode.
+    #[test]
+    fn several_exact_dots_of_one_replica_round_trip() {
+        let r = replica("r");
+        let d = |c| Dot {
+            replica: r.clone(),
+            counter: c,
+        };
+        let ctx = Context::with_dots(
+            VersionVector::from_entries([(r.clone(), 2)]),
+            vec![d(4), d(6), d(9)],
+        );
+        assert_eq!(ctx.dots().len(), 3);
+        assert_eq!(Context::decode(&ctx.encode()), Ok(ctx));
     }
 
     #[test]

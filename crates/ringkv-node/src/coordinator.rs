@@ -83,6 +83,9 @@ impl Node {
         }
         let deadline = Instant::now() + timeout;
         let mut last_error = String::from("no home replica is reachable");
+        // Move on to the next home replica only while the request was certainly not delivered
+        // (the connection could not be opened): a forward that may have run must not run twice.
+        let mut maybe_delivered = false;
         for node in home.iter().filter(|n| self.membership.is_live(n)) {
             let Some(addr) = self.membership.address(node) else {
                 continue;
@@ -98,13 +101,25 @@ impl Node {
                 .await
             {
                 Ok(Response::Coordinated(result)) => return result,
-                Ok(other) => last_error = format!("{node} answered {other:?}"),
-                Err(e) => last_error = e.to_string(),
+                Ok(other) => {
+                    last_error = format!("{node} answered {other:?}");
+                    maybe_delivered = true;
+                    break;
+                }
+                Err(e @ TransportError::Unreachable(..)) => last_error = e.to_string(),
+                Err(e) => {
+                    last_error = e.to_string();
+                    maybe_delivered = true;
+                    break;
+                }
             }
         }
+        let is_write = matches!(op, ClientOp::Put { .. });
         Err(ClientError::Unavailable {
             message: format!("could not reach a coordinator for the key: {last_error}"),
-            stored_on: Some(0),
+            // A write that reached no coordinator is stored nowhere; one whose answer was lost
+            // is indeterminate (unknown count). Reads carry no count.
+            stored_on: (is_write && !maybe_delivered).then_some(0),
         })
     }
 
@@ -171,12 +186,27 @@ impl Node {
             .take(MAX_FALLBACKS_PER_REQUEST)
             .cloned()
             .collect();
-        let unreachable = home
+        // Nodes the failure detector suspects are replaced by fallbacks from the start, so a
+        // request does not wait on a dead node. Suspicion is a guess, though: when too few
+        // unsuspected nodes are left to reach the quorum, try everyone rather than fail at once.
+        let suspected: Vec<NodeId> = home
             .iter()
             .chain(&fallbacks)
             .filter(|n| !self.membership.is_live(n))
             .cloned()
             .collect();
+        let candidates = if strict {
+            home.len()
+        } else {
+            home.len() + fallbacks.len()
+        };
+        let enough = candidates.saturating_sub(
+            suspected
+                .iter()
+                .filter(|n| strict_member(n, &home, strict))
+                .count(),
+        ) >= needed.get();
+        let unreachable = if enough { suspected } else { Vec::new() };
         let mode = if strict {
             QuorumMode::Strict
         } else {
@@ -485,6 +515,11 @@ impl Node {
             }
         }
     }
+}
+
+/// Whether `node` is one of the candidates of a plan (home replicas only when strict).
+fn strict_member(node: &NodeId, home: &[NodeId], strict: bool) -> bool {
+    !strict || home.contains(node)
 }
 
 fn not_joined() -> ClientError {

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     /// For a failed write: how many replicas may hold it (indeterminate, not undone).
     pub stored_on: Option<u32>,
+    /// A failed write whose replica count is unknown: answered as `"stored_on": null`.
+    pub stored_on_unknown: bool,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             code: "bad_request",
             message: message.into(),
             stored_on: None,
+            stored_on_unknown: false,
         }
     }
     pub fn too_large(message: impl Into<String>) -> ApiError {
@@ -29,6 +32,7 @@ impl ApiError {
             code: "too_large",
             message: message.into(),
             stored_on: None,
+            stored_on_unknown: false,
         }
     }
     pub fn unavailable(message: impl Into<String>, stored_on: Option<u32>) -> ApiError {
@@ -37,6 +41,7 @@ impl ApiError {
             code: "unavailable",
             message: message.into(),
             stored_on,
+            stored_on_unknown: false,
         }
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
@@ -45,6 +50,7 @@ impl ApiError {
             code: "internal",
             message: message.into(),
             stored_on: None,
+            stored_on_unknown: false,
         }
     }
     pub fn not_found(message: impl Into<String>) -> ApiError {
@@ -53,6 +59,7 @@ impl ApiError {
             code: "not_found",
             message: message.into(),
             stored_on: None,
+            stored_on_unknown: false,
         }
     }
 }

@@ -57,12 +57,17 @@ pub fn router(state: HttpState) -> Router {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(n) = self.stored_on {
-            error["stored_on"] = json!(n);
+        let stored_on = match (self.stored_on, self.stored_on_unknown) {
+            (Some(n), _) => Some(json!(n)),
+            (None, true) => Some(serde_json::Value::Null),
+            (None, false) => None,
+        };
+        if let Some(n) = &stored_on {
+            error["stored_on"] = n.clone();
         }
         let mut body = json!({ "error": error });
-        if let Some(n) = self.stored_on {
-            body["stored_on"] = json!(n);
+        if let Some(n) = stored_on {
+            body["stored_on"] = n;
         }
         (self.status, Json(body)).into_response()
     }
@@ -368,7 +373,14 @@ async fn write(
             },
             params.timeout,
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            let mut e = ApiError::from(e);
+            // A failed write always says how many replicas may hold it; null when unknown.
+            e.stored_on_unknown =
+                e.status == StatusCode::SERVICE_UNAVAILABLE && e.stored_on.is_none();
+            e
+        })?;
     let ClientReply::Written { dot, .. } = reply else {
         return Err(ApiError::internal("unexpected reply to a write"));
     };
@@ -541,5 +553,6 @@ async fn admin_leave() -> ApiError {
         code: "not_implemented",
         message: "leave with data handoff is not implemented yet".into(),
         stored_on: None,
+        stored_on_unknown: false,
     }
 }

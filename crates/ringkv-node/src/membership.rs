@@ -35,8 +35,10 @@ use tracing::{info, warn};
 use crate::settings::Settings;
 pub use crate::wire::RingState;
 
-/// Phi above which chitchat considers a peer dead: about this many silent gossip intervals.
-pub const PHI_THRESHOLD: f64 = 5.0;
+/// Phi above which chitchat considers a peer dead: about this many silent gossip intervals
+/// (chitchat's phi is the time since the last heartbeat over the mean interval). 8 is
+/// chitchat's default; lower values made loaded machines report live nodes down.
+pub const PHI_THRESHOLD: f64 = 8.0;
 /// How long chitchat keeps the state of a dead node before forgetting it.
 const DEAD_NODE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Storage meta key holding the adopted ring.
