@@ -1,6 +1,7 @@
 //! The `ringkv` binary: `server` runs a node, `dev` a local cluster, and `get`, `put`,
 //! `delete`, `status`, `ring` talk to any node's HTTP API. `anyhow` is used here only.
 
+mod bench;
 mod cli;
 mod dev;
 
@@ -35,6 +36,8 @@ enum Command {
     Status(cli::NodeArg),
     /// Show the partition table.
     Ring(cli::NodeArg),
+    /// Run a YCSB-style benchmark against a running cluster.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Delete(args) => runtime.block_on(cli::delete(args)),
         Command::Status(args) => runtime.block_on(cli::status(args)),
         Command::Ring(args) => runtime.block_on(cli::ring(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }
 
