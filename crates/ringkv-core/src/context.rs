@@ -49,7 +49,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
 use crate::ids::{IdError, NodeId, ReplicaId};
-use crate::version::{Dot, VersionVector};
+use crate::version::{Dot, VersionSet, VersionVector};
 
 /// The format version written by `encode`. Bump it (and keep decoding the old one for a
 /// while) whenever the byte layout changes.
@@ -124,6 +124,17 @@ impl Context {
         // Folding may have raised an entry past dots kept earlier for the same replica.
         kept.retain(|d| !vector.covers(d));
         Context { vector, dots: kept }
+    }
+
+    /// The whole causal context of a version set (vector and dot cloud): what a client that
+    /// read the set has seen.
+    pub fn of(set: &VersionSet) -> Context {
+        Context::with_dots(set.context().clone(), set.cloud().to_vec())
+    }
+
+    /// Whether this context has seen no write at all.
+    pub fn is_empty(&self) -> bool {
+        self.vector.is_empty() && self.dots.is_empty()
     }
 
     /// This context plus one more write the client knows of (its own).

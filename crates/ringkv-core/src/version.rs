@@ -7,8 +7,9 @@
 //! concurrency, never multiplied by stale contexts (riak_kv#746).
 //!
 //! Invariants of every `VersionSet` (checked by `is_well_formed`, kept by every operation):
-//! - every sibling's dot is covered by the set's context;
-//! - siblings are sorted by dot and no two share a dot.
+//! - every sibling's dot is covered by the set's causal context (vector or dot cloud);
+//! - siblings are sorted by dot and no two share a dot;
+//! - the dot cloud is canonical: sorted, none covered by the vector or directly after it.
 //!
 //! Laws (property tests in `tests/version_laws.rs`):
 //! - `sync` is commutative, associative and idempotent;
@@ -119,12 +120,20 @@ impl Sibling {
 
 /// The versions of one key: the causal context and the siblings it has not superseded.
 ///
-/// Deserializing goes through `from_parts`, so a set read from a peer or the disk that breaks
-/// the invariants is an error, never a value.
+/// The causal context is a set of dots kept in canonical form: a version vector (the
+/// contiguous prefix of each replica's dots) plus a *dot cloud*, the dots seen beyond it.
+/// The cloud holds the exact dots of client contexts (a write answered to a client names its
+/// own dot, not the writes before it) until the gap below them fills in; then they fold into
+/// the vector. Every dot in a gap is a real write of this key (a replica issues its dots for a
+/// key one after another), so gaps fill as replicas converge and the cloud stays small.
+///
+/// Deserializing goes through `from_parts_with_cloud`, so a set read from a peer or the disk
+/// that breaks the invariants is an error, never a value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawVersionSet")]
 pub struct VersionSet {
     context: VersionVector,
+    cloud: Vec<Dot>,
     siblings: Vec<Sibling>,
 }
 
@@ -134,20 +143,45 @@ impl VersionSet {
         VersionSet::default()
     }
 
-    /// Builds a set from parts received from elsewhere (a peer, the disk), checking the
+    /// Builds a set with an empty dot cloud from parts received from elsewhere, checking the
     /// invariants. Siblings are sorted; a dot that appears twice is an error.
     pub fn from_parts(
         context: VersionVector,
+        siblings: Vec<Sibling>,
+    ) -> Result<VersionSet, VersionSetError> {
+        VersionSet::from_parts_with_cloud(context, Vec::new(), siblings)
+    }
+
+    /// Builds a set from a vector, a dot cloud and siblings, checking the invariants. The
+    /// cloud must be canonical: sorted, no zero counter, no dot the vector covers or that
+    /// directly follows the vector's entry for its replica.
+    pub fn from_parts_with_cloud(
+        context: VersionVector,
+        cloud: Vec<Dot>,
         mut siblings: Vec<Sibling>,
     ) -> Result<VersionSet, VersionSetError> {
         siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
         if siblings.windows(2).any(|w| w[0].dot == w[1].dot) {
             return Err(VersionSetError::DuplicateDot);
         }
-        if siblings.iter().any(|s| !context.covers(&s.dot)) {
+        let canonical = canonical_cloud(&mut context.clone(), cloud.clone());
+        if canonical != cloud || cloud.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(VersionSetError::CloudNotCanonical);
+        }
+        let set = VersionSet {
+            context,
+            cloud,
+            siblings,
+        };
+        if set.siblings.iter().any(|s| !set.covers(&s.dot)) {
             return Err(VersionSetError::DotNotInContext);
         }
-        Ok(VersionSet { context, siblings })
+        Ok(set)
+    }
+
+    /// Whether this set's causal context includes the write `dot`.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.context.covers(dot) || self.cloud.binary_search(dot).is_ok()
     }
 
     /// A coordinator's write: `value` (or a tombstone, `None`) written by a client that had
@@ -166,9 +200,10 @@ impl VersionSet {
 
     /// `update` with a client context that also names exact dots beyond its vector: the
     /// writes a client made itself and was told about (the context a PUT answers). A sibling
-    /// is superseded if the vector covers its dot or its dot is one of `client_dots`. Only
-    /// the vector joins the set's context: an exact dot does not imply the writes before it,
-    /// so folding it into the vector would claim writes this client never saw.
+    /// is superseded if the vector covers its dot or its dot is one of `client_dots`. The
+    /// exact dots join the set's dot cloud, not its vector: a dot does not imply the writes
+    /// before it. Keeping them means a superseded write that reaches this replica later is
+    /// still recognised as superseded (a delete stays a delete).
     pub fn update_exact(
         &self,
         client_context: &VersionVector,
@@ -176,11 +211,11 @@ impl VersionSet {
         value: Option<Bytes>,
         replica: &ReplicaId,
     ) -> (VersionSet, Dot) {
-        let own_dots = client_dots
+        let counter = client_dots
             .iter()
+            .chain(&self.cloud)
             .filter(|d| d.replica == *replica)
-            .map(|d| d.counter);
-        let counter = own_dots
+            .map(|d| d.counter)
             .chain([self.context.get(replica), client_context.get(replica)])
             .max()
             .unwrap_or(0)
@@ -203,13 +238,23 @@ impl VersionSet {
         siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
         let mut context = self.context.clone();
         context.merge(client_context);
-        context.raise(replica, counter);
-        (VersionSet { context, siblings }, dot)
+        let mut cloud = self.cloud.clone();
+        cloud.extend(client_dots.iter().filter(|d| d.counter > 0).cloned());
+        cloud.push(dot.clone());
+        let cloud = canonical_cloud(&mut context, cloud);
+        (
+            VersionSet {
+                context,
+                cloud,
+                siblings,
+            },
+            dot,
+        )
     }
 
     /// Merges what two replicas hold for the same key. A sibling survives if both hold it, or
     /// if the other side has not seen its dot; a sibling the other side has seen but no longer
-    /// holds was superseded there and is dropped.
+    /// holds was superseded there and is dropped. The causal contexts unite.
     pub fn sync(&self, other: &VersionSet) -> VersionSet {
         let mut siblings = Vec::with_capacity(self.siblings.len() + other.siblings.len());
         let (mut i, mut j) = (0, 0);
@@ -229,13 +274,13 @@ impl VersionSet {
                     j += 1;
                 }
                 (Some(a), b) if b.is_none_or(|b| a.dot < b.dot) => {
-                    if !other.context.covers(&a.dot) {
+                    if !other.covers(&a.dot) {
                         siblings.push(a.clone());
                     }
                     i += 1;
                 }
                 (_, Some(b)) => {
-                    if !self.context.covers(&b.dot) {
+                    if !self.covers(&b.dot) {
                         siblings.push(b.clone());
                     }
                     j += 1;
@@ -245,13 +290,26 @@ impl VersionSet {
         }
         let mut context = self.context.clone();
         context.merge(&other.context);
-        VersionSet { context, siblings }
+        let cloud = canonical_cloud(
+            &mut context,
+            self.cloud.iter().chain(&other.cloud).cloned().collect(),
+        );
+        VersionSet {
+            context,
+            cloud,
+            siblings,
+        }
     }
 
-    /// The causal context to hand a client: it covers every sibling, so a write with it
-    /// replaces them all.
+    /// The version vector of the causal context (its contiguous part). The whole context a
+    /// client should get is the vector plus `cloud()`.
     pub fn context(&self) -> &VersionVector {
         &self.context
+    }
+
+    /// The dots of the causal context beyond the vector.
+    pub fn cloud(&self) -> &[Dot] {
+        &self.cloud
     }
 
     pub fn siblings(&self) -> &[Sibling] {
@@ -275,7 +333,7 @@ impl VersionSet {
     }
 
     /// A digest of the whole set, equal on every replica holding the same set (the encoding is
-    /// canonical: sorted siblings, ordered vector). Feeds the Merkle trees.
+    /// canonical: sorted siblings, ordered vector, canonical cloud). Feeds the Merkle trees.
     pub fn digest(&self) -> u64 {
         let bytes = postcard::to_allocvec(self).expect("a VersionSet always serializes");
         xxhash_rust::xxh3::xxh3_64(&bytes)
@@ -284,9 +342,36 @@ impl VersionSet {
     /// Checks the invariants listed in the module documentation.
     pub fn is_well_formed(&self) -> bool {
         self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
-            && self.siblings.iter().all(|s| self.context.covers(&s.dot))
+            && self.siblings.iter().all(|s| self.covers(&s.dot))
             && self.context.entries().all(|(_, c)| c != 0)
+            && self.cloud.windows(2).all(|w| w[0] < w[1])
+            && canonical_cloud(&mut self.context.clone(), self.cloud.clone()) == self.cloud
     }
+}
+
+/// Puts a set of dots beyond `vector` in canonical form: dots the vector covers are dropped,
+/// dots that directly follow the vector's entry for their replica fold into it (repeatedly),
+/// the rest stay, sorted and unique. Two dot sets are equal exactly when their canonical forms
+/// are, which is what keeps `sync` commutative and associative.
+fn canonical_cloud(vector: &mut VersionVector, mut dots: Vec<Dot>) -> Vec<Dot> {
+    dots.sort();
+    dots.dedup();
+    let mut kept: Vec<Dot> = Vec::with_capacity(dots.len());
+    for dot in dots {
+        let seen = vector.get(&dot.replica);
+        if dot.counter == 0 || dot.counter <= seen {
+            continue;
+        }
+        if dot.counter == seen + 1 {
+            vector.raise(&dot.replica, dot.counter);
+        } else {
+            kept.push(dot);
+        }
+    }
+    // Sorted by (replica, counter), folding a replica's dot can only make later dots of the
+    // same replica contiguous, which the loop already handled; earlier kept ones stay beyond.
+    kept.retain(|d| !vector.covers(d));
+    kept
 }
 
 /// The unchecked wire shape of a `VersionVector` (same encoding).
@@ -311,13 +396,14 @@ impl TryFrom<RawVersionVector> for VersionVector {
 #[derive(Deserialize)]
 struct RawVersionSet {
     context: VersionVector,
+    cloud: Vec<Dot>,
     siblings: Vec<Sibling>,
 }
 
 impl TryFrom<RawVersionSet> for VersionSet {
     type Error = VersionSetError;
     fn try_from(raw: RawVersionSet) -> Result<VersionSet, VersionSetError> {
-        VersionSet::from_parts(raw.context, raw.siblings)
+        VersionSet::from_parts_with_cloud(raw.context, raw.cloud, raw.siblings)
     }
 }
 
@@ -329,6 +415,8 @@ pub enum VersionSetError {
     DotNotInContext,
     #[error("a version vector carries a zero counter")]
     ZeroCounter,
+    #[error("the dot cloud is not canonical (unsorted, covered or contiguous dots)")]
+    CloudNotCanonical,
 }
 
 #[cfg(test)]
@@ -425,5 +513,30 @@ mod tests {
         assert!(postcard::from_bytes::<VersionVector>(&bytes).is_err());
         let set_bytes = postcard::to_allocvec(&(raw, Vec::<Sibling>::new())).unwrap();
         assert!(postcard::from_bytes::<VersionSet>(&set_bytes).is_err());
+    }
+
+    /// A client writes through n4 and is answered the exact dot of its write; its delete with
+    /// that context is coordinated by n5, which has not received the write yet. Once n5 and
+    /// n4 sync, the value must stay deleted (fault harness, `del-16`).
+    #[test]
+    fn a_delete_by_exact_dot_supersedes_a_write_that_arrives_later() {
+        let (n4, n5) = (replica("n4"), replica("n5"));
+        let blind = VersionVector::new();
+        let (on_n4, _) = VersionSet::new().update(&blind, value("x"), &n4);
+        let (on_n4, written) = on_n4.update(&blind, value("d16-2"), &n4);
+        assert!(
+            written.counter > 1,
+            "the dot is not contiguous from an empty context"
+        );
+        let (on_n5, _) = VersionSet::new().update_exact(&blind, &[written.clone()], None, &n5);
+        let merged = on_n5.sync(&on_n4);
+        let values: Vec<_> = merged.values().cloned().collect();
+        assert_eq!(
+            values,
+            vec![Bytes::from("x")],
+            "only the write the delete never saw survives"
+        );
+        assert!(merged.covers(&written));
+        assert!(merged.is_well_formed());
     }
 }

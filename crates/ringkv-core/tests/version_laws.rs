@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringkv_core::{Dot, NodeId, ReplicaId, Sibling, VersionSet, VersionVector};
+use ringkv_core::{Context, Dot, NodeId, ReplicaId, Sibling, VersionSet, VersionVector};
 
 const REPLICAS: usize = 4;
 const CLIENTS: usize = 3;
@@ -51,8 +51,8 @@ fn history() -> impl Strategy<Value = Vec<Op>> {
 struct Write {
     dot: Dot,
     value: Bytes,
-    /// The context the client sent with it.
-    context: VersionVector,
+    /// The context the client sent with it (vector and exact dots).
+    context: Context,
 }
 
 /// The result of replaying a history.
@@ -77,12 +77,12 @@ impl World {
             contexts: vec![VersionVector::new()],
             writes: Vec::new(),
         };
-        let mut client_context = vec![VersionVector::new(); CLIENTS];
+        let mut client_context = vec![Context::default(); CLIENTS];
         for op in ops {
             match *op {
                 Op::Read { client, replica } => {
-                    client_context[client] = world.states[replica].context().clone();
-                    world.contexts.push(client_context[client].clone());
+                    client_context[client] = Context::of(&world.states[replica]);
+                    world.contexts.push(client_context[client].vector().clone());
                 }
                 Op::Write {
                     client,
@@ -90,18 +90,24 @@ impl World {
                     blind,
                 } => {
                     let context = if blind {
-                        VersionVector::new()
+                        Context::default()
                     } else {
                         client_context[client].clone()
                     };
                     // Values are unique, so a value names its write.
                     let value = Bytes::from(format!("w{}", world.writes.len()));
-                    let (next, dot) = world.states[replica].update(
-                        &context,
+                    let (next, dot) = world.states[replica].update_exact(
+                        context.vector(),
+                        context.dots(),
                         Some(value.clone()),
                         &replica_id(replica),
                     );
-                    world.contexts.push(context.clone());
+                    world.contexts.push(context.vector().clone());
+                    if !blind {
+                        // Like an HTTP client: it goes on with the context its PUT answered,
+                        // which names its own write as an exact dot.
+                        client_context[client] = context.with_dot(dot.clone());
+                    }
                     world.writes.push(Write {
                         dot,
                         value,
@@ -266,7 +272,7 @@ proptest! {
             for sibling in s.siblings() {
                 for w in &world.writes {
                     prop_assert!(
-                        !(w.context.covers(&sibling.dot) && s.context().covers(&w.dot)),
+                        !(w.context.covers(&sibling.dot) && s.covers(&w.dot)),
                         "{:?} survives in a set that saw {:?}, which superseded it",
                         sibling.dot,
                         w.dot
@@ -274,7 +280,7 @@ proptest! {
                 }
             }
             // So the siblings are at most the writes this set saw and did not see superseded.
-            let seen = |w: &&Write| s.context().covers(&w.dot);
+            let seen = |w: &&Write| s.covers(&w.dot);
             let live = world
                 .writes
                 .iter()

@@ -300,7 +300,12 @@ impl Node {
                         current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica)
                     }
                     // No context: a blind overwrite of what this coordinator holds (RESP SET).
-                    None => current.update(&current.context().clone(), value.clone(), &replica),
+                    None => current.update_exact(
+                        &current.context().clone(),
+                        &current.cloud().to_vec(),
+                        value.clone(),
+                        &replica,
+                    ),
                 };
                 dot = Some(d);
                 Some(next)

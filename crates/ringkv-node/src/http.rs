@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ringkv_core::constants::MAX_KEY_BYTES;
-use ringkv_core::{Context, VersionSet, VersionVector};
+use ringkv_core::{Context, VersionSet};
 
 use crate::wire::ClientContext;
 use serde_json::json;
@@ -192,10 +192,6 @@ fn context_from(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
 }
 
-fn context_header(vector: &VersionVector) -> HeaderValue {
-    HeaderValue::from_str(&Context::new(vector.clone()).encode()).expect("contexts are header-safe")
-}
-
 fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -256,15 +252,15 @@ fn read_response(versions: Option<VersionSet>, json: bool) -> Response {
         .as_ref()
         .map(|v| v.values().cloned().collect())
         .unwrap_or_default();
-    let context = versions
-        .as_ref()
-        .filter(|v| !v.context().is_empty())
-        .map(|v| v.context().clone());
+    let context = versions.as_ref().map(Context::of).filter(|c| !c.is_empty());
+    let ctx_text = context.as_ref().map(Context::encode);
     let mut headers = HeaderMap::new();
-    if let Some(ctx) = &context {
-        headers.insert(CONTEXT_HEADER, context_header(ctx));
+    if let Some(ctx) = &ctx_text {
+        headers.insert(
+            CONTEXT_HEADER,
+            HeaderValue::from_str(ctx).expect("contexts are header-safe"),
+        );
     }
-    let ctx_text = context.as_ref().map(|c| Context::new(c.clone()).encode());
     let encoded: Vec<String> = values.iter().map(|v| BASE64.encode(v)).collect();
     if json {
         let status = if values.is_empty() {
@@ -541,7 +537,7 @@ async fn admin_local(
         .iter()
         .map(|s| json!({"value": s.value.as_ref().map(|v| BASE64.encode(v))}))
         .collect();
-    let context = Context::new(held.context().clone()).encode();
+    let context = Context::of(&held).encode();
     Ok(Json(
         json!({"versions": versions, "context": context, "hinted_for": hinted_for}),
     ))

@@ -336,14 +336,9 @@ async fn delete_key(session: &Session, key: Bytes) -> Result<bool, Reply> {
     let existed = !live_values(&found).is_empty();
     let (stored, _) = write_stored(session, key.clone(), None, None).await?;
     if let Some(found) = found
-        && !stored.context().descends(found.context())
+        && found.siblings().iter().any(|s| !stored.covers(&s.dot))
     {
-        let mut seen = stored.context().clone();
-        seen.merge(found.context());
-        let context = ClientContext {
-            vector: seen,
-            dots: Vec::new(),
-        };
+        let context = ClientContext::from(&Context::of(&stored.sync(&found)));
         write(session, key, Some(context), None).await?;
     }
     Ok(existed)
@@ -488,8 +483,9 @@ async fn getctx(session: &Session, args: &[Bytes]) -> Reply {
     };
     let context = versions
         .as_ref()
-        .filter(|v| !v.context().is_empty())
-        .map(|v| Context::new(v.context().clone()).encode());
+        .map(Context::of)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.encode());
     let mut items = vec![context.map_or(Reply::Nil, |c| Reply::Bulk(Bytes::from(c)))];
     items.extend(live_values(&versions).into_iter().map(Reply::Bulk));
     Reply::Array(items)
