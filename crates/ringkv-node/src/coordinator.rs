@@ -10,6 +10,8 @@
 //! - put/delete: the coordinator applies the DVV update under its own replica id, stores it
 //!   durably, sends the resulting version set to the other targets, and answers after W
 //!   acknowledgements, its own included; the other replications finish in the background.
+//! - A sloppy write that no home replica can take is coordinated by the receiving node as a
+//!   fallback, under a one-off actor id (`coordinate_as_fallback`), and stored as hints.
 //! - get: ask the targets, answer after R replies with their sync. Replies that arrive later
 //!   still count for read repair: once every target answered or the deadline passed, home
 //!   replicas whose set lacks something of the merged set receive it.
@@ -115,6 +117,19 @@ impl Node {
             }
         }
         let is_write = matches!(op, ClientOp::Put { .. });
+        if !maybe_delivered {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match op {
+                // No home replica took the write: always writeable, a fallback coordinates it.
+                ClientOp::Put { strict: false, .. } => {
+                    return self.coordinate_as_fallback(op, deadline).await;
+                }
+                // A sloppy read writes nothing, so any node may coordinate it: the fallbacks
+                // standing in for the home replicas answer with the hints they hold.
+                ClientOp::Get { strict: false, .. } => return self.coordinate(op, remaining).await,
+                _ => {}
+            }
+        }
         Err(ClientError::Unavailable {
             message: format!("could not reach a coordinator for the key: {last_error}"),
             // A write that reached no coordinator is stored nowhere; one whose answer was lost
@@ -230,20 +245,86 @@ impl Node {
         key: Bytes,
         context: Option<ClientContext>,
         value: Option<Bytes>,
-        mut tracker: QuorumTracker<NodeId>,
+        tracker: QuorumTracker<NodeId>,
         timeout: Duration,
     ) -> Result<(VersionSet, Dot), ClientError> {
         let deadline = Instant::now() + timeout;
         let (stored, dot) = self.write_locally(key.clone(), context, value).await?;
+        self.replicate(key, stored, dot, tracker, deadline).await
+    }
+
+    /// A write when no home replica of the key can be reached from here (sloppy mode only):
+    /// this node coordinates as a fallback. It holds no history of the key's dots under its
+    /// own replica id, so it writes as a *one-off actor* (its node id with a fresh epoch that
+    /// no other write ever used), which can never repeat a dot. The versions go to the first
+    /// reachable fallbacks as hints for the unreachable home replicas, itself included.
+    async fn coordinate_as_fallback(
+        self: &Arc<Self>,
+        op: ClientOp,
+        deadline: Instant,
+    ) -> Result<ClientReply, ClientError> {
+        let ClientOp::Put {
+            key,
+            context,
+            value,
+            w,
+            strict: false,
+        } = op
+        else {
+            return Err(ClientError::Internal(
+                "only sloppy writes are coordinated by a fallback".into(),
+            ));
+        };
+        let n = self
+            .membership
+            .ring()
+            .map(|r| r.ring.params().n)
+            .unwrap_or(self.settings.n);
+        let w = Quorum::new(w as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()))?;
+        let tracker = self.plan(&key, w, false)?;
+        let current = self.read_held(key.clone()).await?.unwrap_or_default();
+        let actor = self.one_off_actor().await?;
+        let (vector, dots) = match &context {
+            Some(ctx) => (ctx.vector.clone(), ctx.dots.clone()),
+            None => (current.context().clone(), current.cloud().to_vec()),
+        };
+        let (versions, dot) = current.update_exact(&vector, &dots, value, &actor);
+        metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
+        let (stored, dot) = self
+            .replicate(key, versions, dot, tracker, deadline)
+            .await?;
+        Ok(ClientReply::Written { stored, dot })
+    }
+
+    /// Sends a written version set to the request's targets and waits for W of them. The
+    /// coordinator itself counts as written if it is a home target (it stored the set
+    /// already); as a fallback target it keeps the set as a hint.
+    async fn replicate(
+        self: &Arc<Self>,
+        key: Bytes,
+        stored: VersionSet,
+        dot: Dot,
+        mut tracker: QuorumTracker<NodeId>,
+        deadline: Instant,
+    ) -> Result<(VersionSet, Dot), ClientError> {
         let me = self.membership.me().clone();
         let (tx, mut rx) = mpsc::channel::<TargetReply<()>>(MAX_FALLBACKS_PER_REQUEST + 16);
         let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
         for target in initial {
-            if target.node == me {
-                // The coordinator's own durable write is its acknowledgement.
-                let _ = tracker.record(&me, Reply::Ok);
-            } else {
+            if target.node != me {
                 self.spawn_write(target, key.clone(), stored.clone(), deadline, tx.clone());
+                continue;
+            }
+            let reply = match target.hinted_for {
+                // The coordinator's own durable write is its acknowledgement.
+                None => Reply::Ok,
+                Some(home) => match self.store_hint(home, key.clone(), stored.clone()).await {
+                    Ok(()) => Reply::Ok,
+                    Err(_) => Reply::Failed,
+                },
+            };
+            if let Ok(Some(next)) = tracker.record(&me, reply) {
+                self.spawn_write(next, key.clone(), stored.clone(), deadline, tx.clone());
             }
         }
         loop {

@@ -23,6 +23,11 @@ use crate::settings::{Settings, StorageKind};
 use crate::transport::{Handler, Peers};
 use crate::wire::{ClientError, Identity, Request, Response, RingState};
 
+/// Epochs at or above this are one-off actors of writes coordinated by a fallback.
+pub const FALLBACK_EPOCH_BASE: u32 = 1 << 31;
+/// Storage meta key counting the one-off actors this node has used.
+const ONE_OFF_ACTORS_META_KEY: &str = "one_off_actors";
+
 /// Storage meta key holding this node's identity.
 const IDENTITY_META_KEY: &str = "identity";
 
@@ -35,6 +40,8 @@ pub struct Node {
     pub(crate) peers: Peers,
     pub(crate) shutdown: CancellationToken,
     pub(crate) anti_entropy: crate::anti_entropy::AntiEntropyStats,
+    /// Serialises the allocation of one-off actor ids.
+    pub(crate) one_off_lock: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -71,6 +78,7 @@ impl Node {
             peers,
             shutdown,
             anti_entropy: Default::default(),
+            one_off_lock: tokio::sync::Mutex::new(()),
         });
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
@@ -122,6 +130,32 @@ impl Node {
         .await?
         .map(|stored| stored.unwrap_or_default())
         .map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
+    /// A replica id never used before by any write: this node's id with a fresh epoch from
+    /// the reserved range, the counter persisted before the id is used.
+    pub(crate) async fn one_off_actor(&self) -> Result<ReplicaId, ClientError> {
+        let _guard = self.one_off_lock.lock().await;
+        let used = self
+            .store(|s| -> Result<u32, ringkv_storage::StorageError> {
+                let used = match s.get_meta(ONE_OFF_ACTORS_META_KEY)? {
+                    Some(b) if b.len() == 4 => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                    _ => 0,
+                };
+                s.put_meta(ONE_OFF_ACTORS_META_KEY, &(used + 1).to_be_bytes())?;
+                Ok(used)
+            })
+            .await?
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        if used >= FALLBACK_EPOCH_BASE - 1 {
+            return Err(ClientError::Internal(
+                "one-off actor ids are exhausted".into(),
+            ));
+        }
+        Ok(ReplicaId::new(
+            self.replica.node().clone(),
+            FALLBACK_EPOCH_BASE + used,
+        ))
     }
 
     /// Keeps `versions` for `target`, a home replica that could not take them, until it can.
@@ -362,7 +396,8 @@ fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Re
         );
         return Ok(ReplicaId::new(identity.node_id, identity.epoch));
     }
-    let epoch = rand::random::<u32>().max(1);
+    // Node epochs are drawn below FALLBACK_EPOCH_BASE; one-off actors take the range above.
+    let epoch = (rand::random::<u32>() % FALLBACK_EPOCH_BASE).max(1);
     let identity = Identity {
         node_id: settings.node_id.clone(),
         epoch,
