@@ -528,7 +528,8 @@ mod tests {
             written.counter > 1,
             "the dot is not contiguous from an empty context"
         );
-        let (on_n5, _) = VersionSet::new().update_exact(&blind, &[written.clone()], None, &n5);
+        let (on_n5, _) =
+            VersionSet::new().update_exact(&blind, std::slice::from_ref(&written), None, &n5);
         let merged = on_n5.sync(&on_n4);
         let values: Vec<_> = merged.values().cloned().collect();
         assert_eq!(

@@ -382,8 +382,8 @@ impl Node {
                     }
                     // No context: a blind overwrite of what this coordinator holds (RESP SET).
                     None => current.update_exact(
-                        &current.context().clone(),
-                        &current.cloud().to_vec(),
+                        current.context(),
+                        current.cloud(),
                         value.clone(),
                         &replica,
                     ),
