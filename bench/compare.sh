@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# bench/compare.sh: redis and ringkv side by side on this machine, everything on loopback.
+#
+#   1. redis-benchmark -c 50 -r 100000 -d 100 -t set,get against one redis-server
+#      (no persistence) and against a 3-node ringkv cluster (N=3, R=W=2, fjall) via RESP;
+#   2. `ringkv bench` YCSB workload A on the same cluster: closed loop over HTTP and over
+#      the zero-hop client, the client with every request sent to one node, and an open
+#      loop at half of the zero-hop client's maximum throughput;
+#   3. a side-by-side table and the ratios against the targets of docs/benchmarks.md.
+#
+# Settings (environment): BENCH_TARGET_DIR (cargo target dir of the release build, kept
+# apart from target/debug so running tests keep their binary), BENCH_DURATION_SECS (each
+# `ringkv bench` run, default 10), BENCH_REQUESTS (redis-benchmark -n, default 200000),
+# BENCH_CONCURRENCY (`ringkv bench` workers, default 32), BENCH_OUT (where the JSON reports
+# and logs go, default a temporary folder that is kept), BENCH_PERF=1 (profile node n1 with
+# `perf record` during the closed-loop zero-hop run; the top symbols go to $OUT/perf-top.txt).
+# Everything this script starts is stopped on exit (trap); it takes a few minutes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET_DIR=${BENCH_TARGET_DIR:-$ROOT/target/bench}
+DURATION=${BENCH_DURATION_SECS:-10}
+REQUESTS=${BENCH_REQUESTS:-200000}
+CONCURRENCY=${BENCH_CONCURRENCY:-32}
+OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringkv-compare.XXXXXX)}
+WORK=$(mktemp -d /tmp/ringkv-compare-data.XXXXXX)
+# How long a server may take to answer its first request.
+READY_TIMEOUT_SECS=60
+mkdir -p "$OUT"
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+need_tools() {
+    if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+        log "installing redis-server and redis-tools"
+        apt-get install -y redis-server redis-tools >/dev/null ||
+            { apt-get update >/dev/null && apt-get install -y redis-server redis-tools >/dev/null; }
+    fi
+    for tool in redis-server redis-benchmark redis-cli jq curl python3 cargo; do
+        command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+    done
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for DESCRIPTION COMMAND...: polls COMMAND until it succeeds, with a deadline.
+wait_for() {
+    local what=$1; shift
+    local deadline=$((SECONDS + READY_TIMEOUT_SECS))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then
+            echo "timed out waiting for $what" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+# redis_bench NAME PORT: runs the issue's redis-benchmark; prints "SET_RPS GET_RPS ERRORS".
+redis_bench() {
+    local name=$1 port=$2 out="$OUT/redis-benchmark-$1.txt"
+    log "redis-benchmark against $name (port $port)"
+    redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -r 100000 -d 100 -t set,get \
+        -n "$REQUESTS" -q >"$out" 2>&1 || echo "redis-benchmark exited with $?" >>"$out"
+    tr '\r' '\n' <"$out" | grep -E '^(SET|GET):' | tail -n 2 >"$out.summary" || true
+    cat "$out.summary" >&2
+    local set get errors
+    set=$(awk -F'[: ]+' '/^SET:/ {print $2}' "$out.summary")
+    get=$(awk -F'[: ]+' '/^GET:/ {print $2}' "$out.summary")
+    errors=$(grep -ciE 'error|exited' "$out" || true)
+    echo "${set:-0} ${get:-0} $errors"
+}
+
+cluster_formed() {
+    local port
+    for port in "${HTTP_PORTS[@]}"; do
+        curl -sf "http://127.0.0.1:$port/status" |
+            jq -e '[.cluster.members[] | select(.status == "up" and .partitions_owned > 0)] | length == 3' \
+                >/dev/null || return 1
+    done
+}
+
+# ringkv_bench NAME ARGS...: one `ringkv bench` run of workload A, its JSON report in $OUT.
+ringkv_bench() {
+    local name=$1; shift
+    log "ringkv bench: $name"
+    "$RINGKV" bench --workload a --duration-secs "$DURATION" --concurrency "$CONCURRENCY" \
+        --json "$OUT/bench-$name.json" "$@" | tee "$OUT/bench-$name.txt" >&2
+}
+
+field() { jq -r "$2" "$OUT/bench-$1.json"; }
+
+need_tools
+log "building ringkv (release) into $TARGET_DIR"
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p ringkv --bin ringkv -q)
+RINGKV=$TARGET_DIR/release/ringkv
+
+# --- redis -------------------------------------------------------------------------------
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --dir "$WORK" >"$OUT/redis-server.log" 2>&1 &
+PIDS+=($!)
+wait_for "redis-server" redis-cli -p "$REDIS_PORT" ping
+read -r REDIS_SET REDIS_GET REDIS_ERRORS < <(redis_bench redis "$REDIS_PORT")
+kill -TERM "${PIDS[0]}"
+wait "${PIDS[0]}" 2>/dev/null || true
+PIDS=()
+
+# --- ringkv cluster ----------------------------------------------------------------------
+HTTP_PORTS=() RESP_PORTS=() LISTEN_PORTS=()
+for i in 1 2 3; do
+    HTTP_PORTS+=("$(free_port)") RESP_PORTS+=("$(free_port)") LISTEN_PORTS+=("$(free_port)")
+done
+for i in 0 1 2; do
+    args=(server --node-id "n$((i + 1))" --listen "127.0.0.1:${LISTEN_PORTS[i]}"
+        --http "127.0.0.1:${HTTP_PORTS[i]}" --resp "127.0.0.1:${RESP_PORTS[i]}"
+        --data-dir "$WORK/n$((i + 1))" --storage fjall --n 3 --r 2 --w 2)
+    if ((i > 0)); then args+=(--seed "127.0.0.1:${LISTEN_PORTS[0]}"); fi
+    RUST_LOG=warn "$RINGKV" "${args[@]}" >"$OUT/node$((i + 1)).log" 2>&1 &
+    PIDS+=($!)
+    wait_for "node n$((i + 1))" curl -sf "http://127.0.0.1:${HTTP_PORTS[i]}/status"
+done
+wait_for "the cluster to form" cluster_formed
+log "cluster up: HTTP ${HTTP_PORTS[*]}, RESP ${RESP_PORTS[*]}"
+NODES=()
+for port in "${HTTP_PORTS[@]}"; do NODES+=(--node "http://127.0.0.1:$port"); done
+
+read -r RKV_SET RKV_GET RKV_ERRORS < <(redis_bench ringkv "${RESP_PORTS[0]}")
+
+ringkv_bench http-closed --driver http "${NODES[@]}"
+PERF_PID=
+if [[ ${BENCH_PERF:-0} == 1 ]] && command -v perf >/dev/null; then
+    # Covers the run from its first second (the load phase is the same reads and writes).
+    (sleep 1 && perf record -F 499 -g -p "${PIDS[0]}" -o "$OUT/perf.data" -- \
+        sleep "$DURATION" >"$OUT/perf-record.log" 2>&1) &
+    PERF_PID=$!
+fi
+ringkv_bench client-closed --driver client "${NODES[@]}"
+if [[ -n $PERF_PID ]]; then
+    wait "$PERF_PID" || true
+    perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+        grep -E '^ +[0-9]' | head -n 40 >"$OUT/perf-top.txt" || true
+    perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | head -n 60 >"$OUT/perf-children.txt" || true
+fi
+ringkv_bench one-node-closed --driver client-one-node "${NODES[@]}"
+MAX=$(field client-closed .throughput_ops_per_sec)
+HALF=$(awk -v m="$MAX" 'BEGIN { printf "%d", m / 2 }')
+ringkv_bench client-open --driver client "${NODES[@]}" --rate "$HALF"
+
+# --- report ------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+verdict() { awk -v v="$1" -v t="$2" -v dir="$3" 'BEGIN {
+    if (v == "n/a") print "n/a"; else if ((dir == "ge" && v >= t) || (dir == "le" && v <= t)) print "met"; else print "MISSED" }'; }
+
+SET_RATIO=$(ratio "$RKV_SET" "$REDIS_SET")
+GET_RATIO=$(ratio "$RKV_GET" "$REDIS_GET")
+P999=$(field client-open '[.operations[] | .p999_ms] | max')
+ZERO_HOP=$(ratio "$MAX" "$(field one-node-closed .throughput_ops_per_sec)")
+BENCH_ERRORS=0
+for name in http-closed client-closed one-node-closed client-open; do
+    BENCH_ERRORS=$((BENCH_ERRORS + $(field "$name" .errors_total)))
+done
+
+{
+    echo
+    echo "## redis-benchmark -c 50 -r 100000 -d 100 -t set,get -n $REQUESTS"
+    echo
+    echo "| server | SET req/s | GET req/s | errors |"
+    echo "|---|---|---|---|"
+    echo "| redis-server (1 process, no persistence) | $REDIS_SET | $REDIS_GET | $REDIS_ERRORS |"
+    echo "| ringkv 3 nodes N=3 R=W=2, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS |"
+    echo
+    echo "## ringkv bench, workload A, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
+    echo
+    echo "| run | ops/s | read p50 / p99 / p99.9 / max ms | update p50 / p99 / p99.9 / max ms | errors | late |"
+    echo "|---|---|---|---|---|---|"
+    for name in http-closed client-closed one-node-closed client-open; do
+        jq -r --arg name "$name" '
+            def lat(op): if .operations[op] then
+                [.operations[op] | .p50_ms, .p99_ms, .p999_ms, .max_ms] | map(tostring) | join(" / ")
+                else "-" end;
+            "| \($name)\(if .rate_ops_per_sec then " @ \(.rate_ops_per_sec) ops/s" else "" end) | \(.throughput_ops_per_sec | floor) | \(lat("read")) | \(lat("update")) | \(.errors_total) | \(.scheduler.late) |"' \
+            "$OUT/bench-$name.json"
+    done
+    echo
+    echo "## Targets"
+    echo
+    echo "| target | measured | verdict |"
+    echo "|---|---|---|"
+    echo "| ringkv SET >= 1/3 of redis | $SET_RATIO | $(verdict "$SET_RATIO" 0.3333 ge) |"
+    echo "| ringkv GET >= 0.4 of redis | $GET_RATIO | $(verdict "$GET_RATIO" 0.4 ge) |"
+    echo "| redis-benchmark errors against ringkv = 0 | $RKV_ERRORS | $(verdict "$RKV_ERRORS" 0 le) |"
+    echo "| workload A P99.9 <= 10 ms at half max throughput (open loop, $HALF ops/s) | $P999 ms | $(verdict "$P999" 10 le) |"
+    echo "| zero-hop >= 1.3x one node (closed loop) | ${ZERO_HOP}x | $(verdict "$ZERO_HOP" 1.3 ge) |"
+    echo "| ringkv bench errors = 0 | $BENCH_ERRORS | $(verdict "$BENCH_ERRORS" 0 le) |"
+    echo
+    echo "Reports and logs: $OUT"
+} | tee "$OUT/summary.md"
