@@ -49,7 +49,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
 use crate::ids::{IdError, NodeId, ReplicaId};
-use crate::version::{Dot, VersionSet, VersionVector};
+use crate::version::{Dot, VersionSet, VersionVector, canonical_cloud};
 
 /// The format version written by `encode`. Bump it (and keep decoding the old one for a
 /// while) whenever the byte layout changes.
@@ -106,24 +106,10 @@ impl Context {
 
     /// A context of a vector and exact dots, in canonical form: dots the vector covers are
     /// dropped and dots that directly follow the vector's entry are folded into it.
-    pub fn with_dots(mut vector: VersionVector, mut dots: Vec<Dot>) -> Context {
-        dots.sort();
-        dots.dedup();
-        let mut kept = Vec::with_capacity(dots.len());
-        for dot in dots {
-            let seen = vector.get(&dot.replica);
-            if dot.counter == 0 || dot.counter <= seen {
-                continue;
-            }
-            if dot.counter == seen + 1 {
-                vector.raise(&dot.replica, dot.counter);
-            } else {
-                kept.push(dot);
-            }
-        }
-        // Folding may have raised an entry past dots kept earlier for the same replica.
-        kept.retain(|d| !vector.covers(d));
-        Context { vector, dots: kept }
+    /// The same canonical form as a version set's dot cloud.
+    pub fn with_dots(mut vector: VersionVector, dots: Vec<Dot>) -> Context {
+        let dots = canonical_cloud(&mut vector, dots);
+        Context { vector, dots }
     }
 
     /// The whole causal context of a version set (vector and dot cloud): what a client that

@@ -353,7 +353,7 @@ impl VersionSet {
 /// dots that directly follow the vector's entry for their replica fold into it (repeatedly),
 /// the rest stay, sorted and unique. Two dot sets are equal exactly when their canonical forms
 /// are, which is what keeps `sync` commutative and associative.
-fn canonical_cloud(vector: &mut VersionVector, mut dots: Vec<Dot>) -> Vec<Dot> {
+pub(crate) fn canonical_cloud(vector: &mut VersionVector, mut dots: Vec<Dot>) -> Vec<Dot> {
     dots.sort();
     dots.dedup();
     let mut kept: Vec<Dot> = Vec::with_capacity(dots.len());
