@@ -77,12 +77,12 @@ redis_bench() {
     log "redis-benchmark against $name (port $port)"
     redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -r 100000 -d 100 -t set,get \
         -n "$REQUESTS" -q >"$out" 2>&1 || echo "redis-benchmark exited with $?" >>"$out"
-    tr '\r' '\n' <"$out" | grep -E '^(SET|GET):' | tail -n 2 >"$out.summary" || true
+    tr '\r' '\n' <"$out" | grep -E '^(SET|GET): [0-9.]+ requests per second' >"$out.summary" || true
     cat "$out.summary" >&2
     local set get errors
     set=$(awk -F'[: ]+' '/^SET:/ {print $2}' "$out.summary")
     get=$(awk -F'[: ]+' '/^GET:/ {print $2}' "$out.summary")
-    errors=$(grep -ciE 'error|exited' "$out" || true)
+    errors=$(tr '\r' '\n' <"$out" | grep -ciE 'error|exited' || true)
     echo "${set:-0} ${get:-0} $errors"
 }
 
