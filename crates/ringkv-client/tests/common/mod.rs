@@ -45,19 +45,22 @@ where
     }
 }
 
-/// The `ringkv` binary, built by `cargo build -p ringkv --bin ringkv` on first use.
+/// The `ringkv` binary, built on first use by `cargo build --workspace --bins`: the same
+/// package set as `cargo nextest run --workspace`, so dependency features unify the same way
+/// and an up-to-date binary is not rebuilt (a `-p ringkv` build would relink it under other
+/// tests' running clusters).
 pub fn ringkv_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ringkv", "--bin", "ringkv"])
+            .args(["build", "--workspace", "--bins"])
             .current_dir(&workspace)
             .status()
-            .expect("running `cargo build -p ringkv --bin ringkv`");
+            .expect("running `cargo build --workspace --bins`");
         assert!(
             status.success(),
-            "`cargo build -p ringkv --bin ringkv` failed ({status}); the client tests need the server binary"
+            "`cargo build --workspace --bins` failed ({status}); the client tests need the server binary"
         );
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
