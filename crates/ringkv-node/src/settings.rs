@@ -150,6 +150,8 @@ pub struct Limits {
     pub peer_inflight_max: usize,
     /// Requests served concurrently on one inbound inter-node connection.
     pub inbound_inflight_max: usize,
+    /// Inbound inter-node connections open at once; more are closed on accept.
+    pub inbound_connections_max: usize,
     /// Concurrent client HTTP requests per node.
     pub http_concurrency_max: usize,
     /// Timeout for establishing an inter-node connection.
@@ -166,6 +168,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024 * 1024,
             peer_inflight_max: 1024,
             inbound_inflight_max: 1024,
+            inbound_connections_max: 1024,
             http_concurrency_max: 4096,
             connect_timeout: Duration::from_millis(500),
             reconnect_backoff_max: Duration::from_secs(2),

@@ -1,8 +1,9 @@
 //! Inter-node transport: persistent TCP connections carrying length-delimited postcard
 //! frames, many requests multiplexed on one connection by request id.
 //!
-//! Bounds: one connection per peer; at most `peer_inflight_max` requests in flight to a peer
-//! (a request waits for a slot only until its deadline); at most `inbound_inflight_max`
+//! Bounds: one outbound connection per peer; at most `inbound_connections_max` inbound
+//! connections (more are closed on accept); at most `peer_inflight_max` requests in flight
+//! to a peer (a request waits for a slot only until its deadline); at most `inbound_inflight_max`
 //! requests served at once per inbound connection; frames over `max_frame_bytes` are
 //! refused. A frame that does not decode closes that connection with a logged error; the
 //! node keeps running. Reconnection after a failure backs off exponentially, capped at
@@ -62,6 +63,7 @@ pub async fn serve<H: Handler>(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let connections = Arc::new(Semaphore::new(limits.inbound_connections_max));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -69,14 +71,17 @@ pub async fn serve<H: Handler>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(slot) = connections.clone().try_acquire_owned() else {
+                    warn!(%peer, max = limits.inbound_connections_max, "too many inter-node connections; closing this one");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    handler.clone(),
-                    limits.clone(),
-                    shutdown.clone(),
-                ));
+                let (handler, limits, shutdown) =
+                    (handler.clone(), limits.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, handler, limits, shutdown).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 warn!(error = %e, "inter-node accept failed");
