@@ -9,15 +9,15 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::future::Future;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // each test binary uses a subset
+pub use ringkv_testkit::{encode_key, free_port, poll_until, stderr_tail};
 use serde_json::Value;
 
 /// Deadline for a cluster to form or a node to become ready.
@@ -25,25 +25,6 @@ pub const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two polls.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const STDERR_TAIL_BYTES: u64 = 4000;
-
-/// Polls `check` until it returns `Some`, or panics with `what` when `timeout` passes.
-pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
 
 /// The `ringkv` binary, built on first use by `cargo build --workspace --bins`: the same
 /// package set as `cargo nextest run --workspace`, so dependency features unify the same way
@@ -109,18 +90,6 @@ fn fresh_root() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("creating the test dir");
     dir
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
 }
 
 impl Cluster {
@@ -358,18 +327,6 @@ impl Cluster {
     }
 }
 
-fn encode_key(key: &[u8]) -> String {
-    key.iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn spawn(binary: &Path, spec: &NodeSpec) -> Child {
     let log = |name: &str| {
         File::options()
@@ -389,17 +346,6 @@ fn spawn(binary: &Path, spec: &NodeSpec) -> Child {
         .stderr(log("stderr.log"))
         .spawn()
         .expect("spawning ringkv server")
-}
-
-fn stderr_tail(dir: &Path) -> String {
-    let Ok(mut f) = File::open(dir.join("stderr.log")) else {
-        return String::from("(no stderr.log)");
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 impl Drop for Cluster {

@@ -7,16 +7,17 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::future::Future;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+#[allow(unused_imports)] // each test binary uses a subset
+pub use ringkv_testkit::{Rng, encode_key, free_port, poll_until, stderr_tail};
 use serde_json::Value;
 
 /// Default deadline for a cluster to form or a node to become ready.
@@ -27,49 +28,6 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How many stderr bytes of each node to print when a test fails.
 const STDERR_TAIL_BYTES: u64 = 4000;
-
-/// Polls `check` until it returns `Some`, or panics with `what` when `timeout` passes.
-pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// A small deterministic RNG (SplitMix64), so runs are replayable from the printed seed.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
-    }
-}
 
 /// A seed from the clock, printed so that a failing run can be replayed.
 pub fn seed_from_env_or_clock(test: &str) -> u64 {
@@ -84,19 +42,6 @@ pub fn seed_from_env_or_clock(test: &str) -> u64 {
         });
     eprintln!("{test}: seed {seed} (replay with RINGKV_TEST_SEED={seed})");
     seed
-}
-
-/// Percent-encodes `key` as one path segment (everything but unreserved characters).
-pub fn encode_key(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len() * 3);
-    for &b in key {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// An HTTP answer, as the tests look at it.
@@ -228,18 +173,6 @@ fn fresh_root() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("creating the test dir");
     dir
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -806,17 +739,6 @@ fn spawn(spec: &NodeSpec) -> Child {
         .stderr(stderr)
         .spawn()
         .expect("spawning ringkv server")
-}
-
-fn stderr_tail(dir: &Path) -> String {
-    let Ok(mut f) = File::open(dir.join("stderr.log")) else {
-        return String::from("(no stderr.log)");
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// `GET /status` over a plain socket, for failure reports from `Drop` (no runtime there).

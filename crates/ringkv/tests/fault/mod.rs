@@ -15,12 +15,13 @@ pub mod nemesis;
 pub mod net;
 pub mod workload;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use checker::{Checked, Convergence};
 use cluster::Cluster;
 use nemesis::Fault;
+#[allow(unused_imports)] // each test binary uses a subset
+pub use ringkv_testkit::{Rng, try_poll_until as poll_until};
 use workload::{Api, CARTS, Workload};
 
 /// Pause between two polls.
@@ -34,45 +35,6 @@ pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(20);
 const LOAD_AFTER_HEAL: Duration = Duration::from_secs(2);
 /// Fewest acknowledged adds a scenario must see for its checks to mean something.
 pub const MIN_ACKED_ADDS: usize = 20;
-
-/// Polls `check` until it returns `Some`, or fails with `what` when `timeout` passes.
-pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T, String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// A small deterministic RNG (SplitMix64): the fault schedule replays from the printed seed.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
 
 fn seed(scenario: &str) -> u64 {
     let seed = std::env::var("RINGKV_FAULT_SEED")

@@ -7,13 +7,14 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // each test binary uses a subset
+pub use ringkv_testkit::{free_port, poll_until, stderr_tail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,18 +24,6 @@ pub const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two polls.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
-}
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -256,17 +245,6 @@ fn spawn(dir: &std::path::Path, args: &[String]) -> Child {
         .expect("spawning ringkv server")
 }
 
-fn stderr_tail(dir: &std::path::Path) -> String {
-    let Ok(mut f) = File::open(dir.join("stderr.log")) else {
-        return "(no stderr.log)".into();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4000)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 impl Drop for RespCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
@@ -426,24 +404,5 @@ fn parse_at(buf: &[u8], at: usize) -> Option<(Value, usize)> {
             Some((Value::Array(items), at))
         }
         other => panic!("not a RESP2 reply type: {:?}", other as char),
-    }
-}
-
-/// Polls `check` until it answers `Some`, or panics naming `what` after `timeout`.
-pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
