@@ -16,6 +16,7 @@ pub mod ids;
 pub mod merkle;
 pub mod quorum;
 pub mod ring;
+pub mod topology;
 pub mod version;
 
 pub use context::{Context, ContextError};

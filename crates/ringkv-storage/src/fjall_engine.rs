@@ -255,9 +255,24 @@ impl FjallEngine {
         key: &[u8],
         decide: &mut dyn FnMut(Option<&VersionSet>) -> Change,
     ) -> Result<Option<VersionSet>, StorageError> {
+        let (ticket, stored) = self.modify_staged(partition, key, decide)?;
+        if let Some(ticket) = ticket {
+            self.shared.commit.wait_durable(ticket)?;
+        }
+        Ok(stored)
+    }
+
+    /// `modify` up to the journal: returns the ticket to wait for (`None` if nothing changed)
+    /// and what is stored afterwards.
+    fn modify_staged(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        decide: &mut dyn FnMut(Option<&VersionSet>) -> Change,
+    ) -> Result<(Option<u64>, Option<VersionSet>), StorageError> {
         check_key(key)?;
         let encoded = record_key(partition, key);
-        let key_guard = self.key_lock(&encoded);
+        let _key_guard = self.key_lock(&encoded);
         let part = self.partition_state(partition);
         // Optimistic: read without the partition lock, then check no drop happened since.
         let generation = lock(&part).generation;
@@ -268,22 +283,24 @@ impl FjallEngine {
             current = self.read_record(partition, &encoded)?;
             change = decide(current.as_ref());
         }
-        let (ticket, stored) = match change {
-            Change::Keep => return Ok(current),
-            Change::Put(new) => (
-                self.append_change(&mut state, partition, key, current.as_ref(), Some(&new))?,
+        match change {
+            Change::Keep => Ok((None, current)),
+            Change::Put(new) => Ok((
+                Some(self.append_change(
+                    &mut state,
+                    partition,
+                    key,
+                    current.as_ref(),
+                    Some(&new),
+                )?),
                 Some(new),
-            ),
-            Change::Delete if current.is_none() => return Ok(None),
-            Change::Delete => (
-                self.append_change(&mut state, partition, key, current.as_ref(), None)?,
+            )),
+            Change::Delete if current.is_none() => Ok((None, None)),
+            Change::Delete => Ok((
+                Some(self.append_change(&mut state, partition, key, current.as_ref(), None)?),
                 None,
-            ),
-        };
-        drop(state);
-        drop(key_guard);
-        self.shared.commit.wait_durable(ticket)?;
-        Ok(stored)
+            )),
+        }
     }
 
     /// Deletes up to `DROP_BATCH_KEYS` records of the partition with their leaf changes.
@@ -404,6 +421,47 @@ impl StorageEngine for FjallEngine {
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
         self.modify(partition, key, &mut |_| Change::Delete)
             .map(|_| ())
+    }
+
+    fn remove_if(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        digest: u64,
+    ) -> Result<bool, StorageError> {
+        let mut removed = false;
+        self.modify(partition, key, &mut |current| match current {
+            Some(v) if v.digest() == digest => {
+                removed = true;
+                Change::Delete
+            }
+            _ => {
+                removed = false;
+                Change::Keep
+            }
+        })?;
+        Ok(removed)
+    }
+
+    fn update_many(
+        &self,
+        partition: PartitionId,
+        entries: &[(Key, VersionSet)],
+        f: &mut dyn FnMut(Option<&VersionSet>, &VersionSet) -> Option<VersionSet>,
+    ) -> Result<(), StorageError> {
+        let mut last = None;
+        for (key, incoming) in entries {
+            let (ticket, _) =
+                self.modify_staged(partition, key, &mut |current| match f(current, incoming) {
+                    Some(new) => Change::Put(new),
+                    None => Change::Keep,
+                })?;
+            last = ticket.or(last);
+        }
+        match last {
+            Some(ticket) => self.shared.commit.wait_durable(ticket),
+            None => Ok(()),
+        }
     }
 
     fn scan(

@@ -9,7 +9,7 @@
 //!   `put_meta` and every hint store write fsync the journal before they return. Concurrent
 //!   writers share fsyncs (group commit, see `group_commit`): a writer waits until a sync
 //!   that *started after its write reached the journal* has completed, so no write is
-//!   acknowledged before the sync covering it. A read may see a write that is not yet
+//!   acknowledged before the sync covering it. `update_many` stages every key, then waits once. A read may see a write that is not yet
 //!   acknowledged (it is in the journal, waiting for its sync); if the process dies before
 //!   that sync, the write may be lost, but it was never acknowledged.
 //! - **Every stored value carries a checksum.** Values are framed as
@@ -100,6 +100,27 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// Removes a key (tombstone purge, or data this node no longer replicates), updating the
     /// Merkle leaf in the same batch. Removing an absent key is not an error.
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;
+
+    /// Removes a key only if its stored versions still have `digest` (`VersionSet::digest`),
+    /// so a write that arrived since the caller looked is never lost. Returns whether it
+    /// removed the key. Durable before it returns.
+    fn remove_if(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        digest: u64,
+    ) -> Result<bool, StorageError>;
+
+    /// `update` of many keys of one partition with one durability wait at the end (a handoff
+    /// chunk): `f` gets each key's current set and the incoming one and returns the set to
+    /// store, or `None` to leave the key unchanged. Keys are applied in order; if an error
+    /// stops it, the keys before may be stored, the rest are not.
+    fn update_many(
+        &self,
+        partition: PartitionId,
+        entries: &[(Key, VersionSet)],
+        f: &mut dyn FnMut(Option<&VersionSet>, &VersionSet) -> Option<VersionSet>,
+    ) -> Result<(), StorageError>;
 
     /// Up to `limit` keys of `partition` in storage order (leaf, then key bytes), starting
     /// strictly after the key `after`. Feed the last key returned back as `after` to resume.

@@ -104,6 +104,40 @@ impl StorageEngine for MemoryEngine {
         Ok(())
     }
 
+    fn remove_if(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        digest: u64,
+    ) -> Result<bool, StorageError> {
+        check_key(key)?;
+        let mut guard = self.write();
+        let state = &mut *guard;
+        let encoded = record_key(partition, key);
+        if state.records.get(&encoded).map(VersionSet::digest) != Some(digest) {
+            return Ok(false);
+        }
+        state.records.remove(&encoded);
+        state
+            .trees
+            .entry(partition)
+            .or_default()
+            .update(key, Some(digest), None);
+        Ok(true)
+    }
+
+    fn update_many(
+        &self,
+        partition: PartitionId,
+        entries: &[(Key, VersionSet)],
+        f: &mut dyn FnMut(Option<&VersionSet>, &VersionSet) -> Option<VersionSet>,
+    ) -> Result<(), StorageError> {
+        for (key, incoming) in entries {
+            self.update(partition, key, &mut |current| f(current, incoming))?;
+        }
+        Ok(())
+    }
+
     fn scan(
         &self,
         partition: PartitionId,

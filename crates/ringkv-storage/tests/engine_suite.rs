@@ -246,6 +246,53 @@ fn writes_racing_drops_keep_the_tree_consistent(engine: &dyn StorageEngine) {
     assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
 }
 
+fn remove_if_keeps_a_key_that_changed(engine: &dyn StorageEngine) {
+    let p = partition(5);
+    let first = put(engine, p, b"k", "v1");
+    let second = put(engine, p, b"k", "v2");
+    assert!(
+        !engine.remove_if(p, b"k", first.digest()).unwrap(),
+        "the key changed since its digest was taken"
+    );
+    assert_eq!(engine.get(p, b"k").unwrap(), Some(second.clone()));
+    assert!(engine.remove_if(p, b"k", second.digest()).unwrap());
+    assert_eq!(engine.get(p, b"k").unwrap(), None);
+    assert!(!engine.remove_if(p, b"k", second.digest()).unwrap());
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+}
+
+fn update_many_applies_each_key(engine: &dyn StorageEngine) {
+    let p = partition(6);
+    let held = put(engine, p, b"a", "mine");
+    let elsewhere = MemoryEngine::new();
+    let theirs_a = put(&elsewhere, p, b"a", "theirs");
+    let theirs_b = put(&elsewhere, p, b"b", "new");
+    let entries = vec![
+        (Bytes::from_static(b"a"), theirs_a.clone()),
+        (Bytes::from_static(b"b"), theirs_b.clone()),
+    ];
+    let mut calls = 0;
+    engine
+        .update_many(p, &entries, &mut |current, incoming| {
+            calls += 1;
+            Some(match current {
+                Some(c) => c.sync(incoming),
+                None => incoming.clone(),
+            })
+        })
+        .unwrap();
+    assert_eq!(calls, 2);
+    assert_eq!(engine.get(p, b"a").unwrap(), Some(held.sync(&theirs_a)));
+    assert_eq!(engine.get(p, b"b").unwrap(), Some(theirs_b));
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+    engine.update_many(p, &entries, &mut |_, _| None).unwrap();
+    assert_eq!(
+        scan_all(engine, p, 10).len(),
+        2,
+        "None leaves keys unchanged"
+    );
+}
+
 macro_rules! engine_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -259,6 +306,14 @@ macro_rules! engine_suite {
             #[test]
             fn get_update_remove() {
                 run(super::get_update_remove)
+            }
+            #[test]
+            fn remove_if_keeps_a_key_that_changed() {
+                run(super::remove_if_keeps_a_key_that_changed)
+            }
+            #[test]
+            fn update_many_applies_each_key() {
+                run(super::update_many_applies_each_key)
             }
             #[test]
             fn scan_paginates() {
