@@ -44,6 +44,8 @@ pub struct Transition {
     /// Each pending partition (by index) with the gaining nodes that have not yet confirmed
     /// they hold its data. Never holds an empty list.
     pending: BTreeMap<u32, Vec<NodeId>>,
+    /// Partition-receiver transfers when the transition opened.
+    transfers: usize,
 }
 
 impl Transition {
@@ -57,6 +59,10 @@ impl Transition {
     /// Partition-receiver pairs still expected.
     pub fn pending_transfers(&self) -> usize {
         self.pending.values().map(Vec::len).sum()
+    }
+    /// Partition-receiver pairs when the transition opened.
+    pub fn transfers(&self) -> usize {
+        self.transfers
     }
 }
 
@@ -266,9 +272,14 @@ impl Topology {
             .filter(|c| !c.gained().is_empty())
             .map(|c| (c.partition().index(), c.gained().to_vec()))
             .collect();
+        let transfers = pending.values().map(Vec::len).sum();
         let mut next = Topology {
             committed: self.committed.clone(),
-            transition: Some(Transition { target, pending }),
+            transition: Some(Transition {
+                target,
+                pending,
+                transfers,
+            }),
             leaving: self.leaving.clone(),
         };
         next.finish_if_done();
@@ -491,6 +502,7 @@ mod tests {
                 transition: Some(Transition {
                     target: target.clone(),
                     pending,
+                    transfers: 1,
                 }),
                 leaving: BTreeSet::new(),
             };

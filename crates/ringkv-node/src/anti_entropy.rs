@@ -83,20 +83,19 @@ impl Node {
         let me = self.membership.me().clone();
         let pass = self.anti_entropy.passes.fetch_add(1, Ordering::Relaxed);
         let mut budget = Budget::new();
-        let q = ring.ring.params().partitions;
+        let q = ring.topology.params().partitions;
         for index in 0..q {
             if self.shutdown.is_cancelled() {
                 return;
             }
             let partition = PartitionId::new(index, q).expect("in range");
             let peers: Vec<NodeId> = ring
-                .ring
-                .preference_list(partition)
-                .home()
-                .filter(|n| **n != me)
-                .cloned()
+                .topology
+                .home(partition)
+                .into_iter()
+                .filter(|n| *n != me)
                 .collect();
-            if !ring.ring.is_home(partition, &me) || peers.is_empty() {
+            if !ring.topology.is_home(partition, &me) || peers.is_empty() {
                 continue;
             }
             let peer = &peers[(pass as usize + index as usize) % peers.len()];
@@ -117,7 +116,7 @@ impl Node {
         metrics::counter!("ringkv_anti_entropy_passes_total").increment(1);
     }
 
-    async fn ask(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
+    pub(crate) async fn ask(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
         let addr = self
             .membership
             .address(peer)

@@ -147,7 +147,7 @@ impl Node {
         let n = self
             .membership
             .ring()
-            .map(|r| r.ring.params().n)
+            .map(|r| r.topology.params().n)
             .unwrap_or(self.settings.n);
         let quorum =
             |q: u8| Quorum::new(q as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()));
@@ -175,13 +175,8 @@ impl Node {
 
     fn home_replicas(&self, key: &[u8]) -> Result<Vec<NodeId>, ClientError> {
         let ring = self.membership.ring().ok_or_else(not_joined)?;
-        let partition = ring.ring.partition_of(ringkv_core::key_hash(key));
-        Ok(ring
-            .ring
-            .preference_list(partition)
-            .home()
-            .cloned()
-            .collect())
+        let partition = ring.topology.partition_of(ringkv_core::key_hash(key));
+        Ok(ring.topology.home(partition))
     }
 
     /// The quorum plan of one request on `key`: home replicas, fallbacks, who is down.
@@ -193,8 +188,8 @@ impl Node {
     ) -> Result<QuorumTracker<NodeId>, ClientError> {
         let ring = self.membership.ring().ok_or_else(not_joined)?;
         let list = ring
-            .ring
-            .preference_list(ring.ring.partition_of(ringkv_core::key_hash(key)));
+            .topology
+            .preference_list(ring.topology.partition_of(ringkv_core::key_hash(key)));
         let home: Vec<NodeId> = list.home().cloned().collect();
         let fallbacks: Vec<NodeId> = list
             .fallbacks()
@@ -250,6 +245,7 @@ impl Node {
     ) -> Result<(VersionSet, Dot), ClientError> {
         let deadline = Instant::now() + timeout;
         let (stored, dot) = self.write_locally(key.clone(), context, value).await?;
+        self.write_incoming(&key, &stored);
         self.replicate(key, stored, dot, tracker, deadline).await
     }
 
@@ -278,7 +274,7 @@ impl Node {
         let n = self
             .membership
             .ring()
-            .map(|r| r.ring.params().n)
+            .map(|r| r.topology.params().n)
             .unwrap_or(self.settings.n);
         let w = Quorum::new(w as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()))?;
         let tracker = self.plan(&key, w, false)?;
@@ -290,6 +286,7 @@ impl Node {
         };
         let (versions, dot) = current.update_exact(&vector, &dots, value, &actor);
         metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
+        self.write_incoming(&key, &versions);
         let (stored, dot) = self
             .replicate(key, versions, dot, tracker, deadline)
             .await?;
@@ -360,6 +357,35 @@ impl Node {
                 debug!(fallback = %next.node, hinted_for = ?next.hinted_for, "sloppy quorum: using a fallback");
                 self.spawn_write(next, key.clone(), stored.clone(), deadline, tx.clone());
             }
+        }
+    }
+
+    /// During a transition, sends a written set to the nodes gaining the key's partition as
+    /// well (they do not count toward W: reads do not reach them yet). A copy that fails is
+    /// kept as a hint for that node, so the receiver never misses a write it did not copy.
+    fn write_incoming(self: &Arc<Self>, key: &Bytes, versions: &VersionSet) {
+        let Some(ring) = self.membership.ring() else {
+            return;
+        };
+        let partition = ring.topology.partition_of(ringkv_core::key_hash(key));
+        for node in ring.topology.incoming(partition) {
+            let me = self.clone();
+            let (key, versions) = (key.clone(), versions.clone());
+            tokio::spawn(async move {
+                metrics::counter!("ringkv_handoff_forwarded_writes_total").increment(1);
+                if node == *me.membership.me() {
+                    let _ = me.merge_local(key, versions).await;
+                    return;
+                }
+                let deadline = Instant::now() + me.settings.request_timeout;
+                let sent = me
+                    .send_write(&node, key.clone(), versions.clone(), None, deadline)
+                    .await;
+                if let Err(e) = sent {
+                    debug!(%node, error = %e, "write to a gaining node failed; keeping a hint");
+                    let _ = me.store_hint(node, key, versions).await;
+                }
+            });
         }
     }
 

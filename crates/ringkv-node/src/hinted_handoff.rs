@@ -8,6 +8,10 @@
 //! target that fails a delivery is left until the next round. The batch bound throttles
 //! delivery so a returning node is not flooded: at most HINT_DELIVERY_BATCH hints per target
 //! per interval.
+//!
+//! A hint whose target is no longer a member (it left the cluster) is delivered instead to
+//! the partition's current home replicas and the nodes gaining it, and deleted once every one
+//! of them acknowledged it: a departed node never strands a write.
 
 use std::sync::Arc;
 
@@ -34,9 +38,17 @@ impl Node {
                 return;
             }
         };
+        let ring = self.membership.ring();
         for target in targets {
-            if target != *self.membership.me() && self.membership.is_live(&target) {
+            let departed = ring
+                .as_ref()
+                .is_some_and(|r| !r.topology.is_member(&target));
+            if departed {
+                self.rehome(&target).await;
+            } else if target != *self.membership.me() && self.membership.is_live(&target) {
                 self.deliver_to(&target).await;
+            } else if self.membership.has_left() {
+                self.pass_on(&target).await;
             }
         }
         metrics::gauge!("ringkv_hints_pending").set(self.hints.len() as f64);
@@ -87,6 +99,87 @@ impl Node {
         }
         if delivered > 0 {
             info!(%target, delivered, "delivered hinted writes");
+        }
+    }
+
+    /// Delivers the hints held for a node that left to the partitions' current holders.
+    async fn rehome(self: &Arc<Self>, departed: &ringkv_core::NodeId) {
+        let Some(ring) = self.membership.ring() else {
+            return;
+        };
+        let hints = self.hints.clone();
+        let t = departed.clone();
+        let Ok(Ok(batch)) =
+            tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await
+        else {
+            return;
+        };
+        let mut delivered = 0usize;
+        for hint in batch {
+            let mut holders = ring.topology.home(hint.partition);
+            holders.extend(ring.topology.incoming(hint.partition));
+            let mut all = true;
+            for holder in holders {
+                let ok = if holder == *self.membership.me() {
+                    self.merge_local(hint.key.clone(), hint.versions.clone())
+                        .await
+                        .is_ok()
+                } else {
+                    let request = Request::Write {
+                        key: hint.key.clone(),
+                        versions: hint.versions.clone(),
+                        hinted_for: None,
+                    };
+                    matches!(self.ask(&holder, request).await, Ok(Response::Ok))
+                };
+                all &= ok;
+            }
+            if !all {
+                debug!(%departed, "re-homing a hint failed; retrying next round");
+                break;
+            }
+            let hints = self.hints.clone();
+            let _ = tokio::task::spawn_blocking(move || hints.acknowledge(&hint)).await;
+            delivered += 1;
+        }
+        if delivered > 0 {
+            info!(%departed, delivered, "re-homed the hints of a departed node");
+        }
+    }
+
+    /// A node that left hands the hints it keeps for a down member to a live member.
+    async fn pass_on(self: &Arc<Self>, target: &ringkv_core::NodeId) {
+        let Some(ring) = self.membership.ring() else {
+            return;
+        };
+        let hints = self.hints.clone();
+        let t = target.clone();
+        let Ok(Ok(batch)) =
+            tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await
+        else {
+            return;
+        };
+        for hint in batch {
+            let keeper = ring
+                .topology
+                .preference_list(hint.partition)
+                .fallbacks()
+                .chain(ring.topology.preference_list(hint.partition).home())
+                .find(|n| *n != target && self.membership.is_live(n))
+                .cloned();
+            let Some(keeper) = keeper else {
+                return;
+            };
+            let request = Request::Write {
+                key: hint.key.clone(),
+                versions: hint.versions.clone(),
+                hinted_for: Some(target.clone()),
+            };
+            if !matches!(self.ask(&keeper, request).await, Ok(Response::Ok)) {
+                return;
+            }
+            let hints = self.hints.clone();
+            let _ = tokio::task::spawn_blocking(move || hints.acknowledge(&hint)).await;
         }
     }
 }

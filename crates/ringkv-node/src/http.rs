@@ -25,7 +25,6 @@ use crate::wire::ClientContext;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::membership::Status;
 use crate::node::Node;
 use crate::wire::{ClientOp, ClientReply};
 
@@ -44,11 +43,12 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/kv/", get(empty_key).put(empty_key).delete(empty_key))
-        .route("/status", get(status))
-        .route("/ring", get(ring))
+        .route("/status", get(crate::admin::status))
+        .route("/ring", get(crate::admin::ring))
         .route("/metrics", get(render_metrics))
         .route("/admin/local/{key}", get(admin_local))
-        .route("/admin/leave", post(admin_leave))
+        .route("/admin/leave", post(crate::admin::leave))
+        .route("/admin/plan", get(crate::admin::plan))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
         .with_state(state)
@@ -93,7 +93,7 @@ fn key_from_uri(uri: &Uri, prefix: &str) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(key))
 }
 
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -125,7 +125,7 @@ fn data_params(uri: &Uri, node: &Node) -> Result<DataParams, ApiError> {
     let n = node
         .membership()
         .ring()
-        .map(|r| r.ring.params().n)
+        .map(|r| r.topology.params().n)
         .unwrap_or(settings.n);
     let mut params = DataParams {
         r: None,
@@ -394,119 +394,6 @@ async fn empty_key() -> ApiError {
     ApiError::bad_request("the key must not be empty")
 }
 
-async fn status(State(state): State<HttpState>) -> Json<serde_json::Value> {
-    Json(status_json(&state.node))
-}
-
-/// `/status` as this node sees it.
-pub fn status_json(node: &Node) -> serde_json::Value {
-    let membership = node.membership();
-    let view = membership.view();
-    let ring = membership.ring();
-    let mut members = Vec::new();
-    let ring_members: Vec<_> = ring
-        .as_ref()
-        .map(|r| r.ring.members().to_vec())
-        .unwrap_or_default();
-    let mut ids: Vec<_> = ring_members.iter().map(|m| m.id.clone()).collect();
-    for p in view.peers.values() {
-        if !ids.contains(&p.id) {
-            ids.push(p.id.clone());
-        }
-    }
-    if !ids.contains(membership.me()) {
-        ids.push(membership.me().clone());
-    }
-    ids.sort();
-    for id in ids {
-        let peer = view.peers.get(&id);
-        let me = id == *membership.me();
-        let live = me || peer.is_some_and(|p| p.live);
-        let published = peer.map(|p| p.status).unwrap_or(Status::Joining);
-        let in_ring = ring_members.iter().any(|m| m.id == id);
-        let status = match (live, published) {
-            (false, _) => "down",
-            (true, Status::Leaving) => "leaving",
-            (true, _) if in_ring => "up",
-            (true, _) => "joining",
-        };
-        let settings = node.settings();
-        let (listen, http, zone) = match (me, peer) {
-            (true, _) => (
-                settings.listen.to_string(),
-                settings.http.to_string(),
-                settings.zone.clone(),
-            ),
-            (false, Some(p)) => (p.listen.to_string(), p.http.to_string(), p.zone.clone()),
-            (false, None) => (
-                String::new(),
-                String::new(),
-                ring_members
-                    .iter()
-                    .find(|m| m.id == id)
-                    .map(|m| m.zone.clone())
-                    .unwrap_or_default(),
-            ),
-        };
-        let owned = ring
-            .as_ref()
-            .map(|r| r.ring.partitions_owned(&id))
-            .unwrap_or(0);
-        members.push(json!({"node_id": id, "listen": listen, "http": http, "zone": zone, "status": status, "partitions_owned": owned}));
-    }
-    let (n, partitions, version) = match &ring {
-        Some(r) => (r.ring.params().n, r.ring.params().partitions, r.version),
-        None => (node.settings().n, node.settings().partitions, 0),
-    };
-    let ae = &node.anti_entropy;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    json!({
-        "node_id": membership.me(),
-        "cluster": {"n": n, "partitions": partitions, "ring_version": version, "members": members},
-        "hints_pending": node.hints.len(),
-        "anti_entropy": {
-            "passes": load(&ae.passes),
-            "partitions_compared": load(&ae.partitions_compared),
-            "keys_repaired": load(&ae.keys_repaired),
-            "last_full_pass_unix_ms": load(&ae.last_full_pass_unix_ms),
-        },
-    })
-}
-
-async fn ring(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let ring = state
-        .node
-        .membership()
-        .ring()
-        .ok_or_else(|| ApiError::unavailable("this node has not joined a cluster yet", None))?;
-    let params = ring.ring.params();
-    let view = state.node.membership().view();
-    let partitions: Vec<_> = (0..params.partitions)
-        .map(|i| {
-            let p = ringkv_core::PartitionId::new(i, params.partitions).expect("in range");
-            let owners: Vec<_> = ring.ring.preference_list(p).home().map(|n| n.as_str()).collect();
-            json!({"partition": i, "first_hash": format!("{:032x}", p.first_hash(params.partitions).0), "owners": owners})
-        })
-        .collect();
-    let members: Vec<_> = ring
-        .ring
-        .members()
-        .iter()
-        .map(|m| {
-            let peer = view.peers.get(&m.id);
-            let http = if m.id == *state.node.membership().me() {
-                Some(state.node.settings().http.to_string())
-            } else {
-                peer.map(|p| p.http.to_string())
-            };
-            json!({"node_id": m.id, "zone": m.zone, "weight": m.weight, "http": http})
-        })
-        .collect();
-    Ok(Json(
-        json!({"version": ring.version, "n": params.n, "partitions": params.partitions, "members": members, "table": partitions}),
-    ))
-}
-
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -541,14 +428,4 @@ async fn admin_local(
     Ok(Json(
         json!({"versions": versions, "context": context, "hinted_for": hinted_for}),
     ))
-}
-
-async fn admin_leave() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_IMPLEMENTED,
-        code: "not_implemented",
-        message: "leave with data handoff is not implemented yet".into(),
-        stored_on: None,
-        stored_on_unknown: false,
-    }
 }

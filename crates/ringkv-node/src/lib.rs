@@ -16,9 +16,11 @@
 //! bound (see `settings::Limits`); bad input from a client or a peer is an error answered or
 //! a connection closed, never a panic.
 
+pub mod admin;
 pub mod anti_entropy;
 pub mod coordinator;
 pub mod error;
+pub mod handoff;
 pub mod hinted_handoff;
 pub mod http;
 pub mod membership;

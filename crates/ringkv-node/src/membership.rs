@@ -30,6 +30,7 @@ use chitchat::{
 };
 use ringkv_core::NodeId;
 use ringkv_core::ring::{Member, Ring, RingParams};
+use ringkv_core::topology::{Topology, TopologyError};
 use tracing::{info, warn};
 
 use crate::settings::Settings;
@@ -57,9 +58,14 @@ mod keys {
 /// A member's lifecycle status, as it publishes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Not a member of the committed ring yet (waiting to be claimed, or receiving data).
     Joining,
     Up,
+    /// Asked to leave; hands its partitions over.
     Leaving,
+    /// Left: owns nothing; never claimed again (a node id that left rejoins with a wiped
+    /// data directory).
+    Left,
 }
 
 impl Status {
@@ -68,6 +74,7 @@ impl Status {
             Status::Joining => "joining",
             Status::Up => "up",
             Status::Leaving => "leaving",
+            Status::Left => "left",
         }
     }
     fn parse(s: &str) -> Option<Status> {
@@ -75,6 +82,7 @@ impl Status {
             "joining" => Some(Status::Joining),
             "up" => Some(Status::Up),
             "leaving" => Some(Status::Leaving),
+            "left" => Some(Status::Left),
             _ => None,
         }
     }
@@ -115,11 +123,22 @@ pub struct Membership {
     ring: RwLock<Option<Arc<RingState>>>,
     /// Addresses of nodes seen at least once, kept after chitchat forgets a dead node.
     known: RwLock<HashMap<NodeId, PeerInfo>>,
+    /// Whether this node was a member and left (persisted by the node).
+    left: std::sync::atomic::AtomicBool,
+    /// Serialises the making of new ring versions on this node (claimant rounds, leaves).
+    claim_lock: tokio::sync::Mutex<()>,
+    /// Handoff confirmations received as claimant: per node, the target digest and the
+    /// partitions it holds. Folded into the next ring version.
+    received: std::sync::Mutex<BTreeMap<NodeId, (u64, Vec<u32>)>>,
 }
 
 impl Membership {
     /// Starts gossip. `ring` is the ring this node persisted before, if any.
-    pub async fn start(settings: &Settings, ring: Option<RingState>) -> anyhow::Result<Membership> {
+    pub async fn start(
+        settings: &Settings,
+        ring: Option<RingState>,
+        left: bool,
+    ) -> anyhow::Result<Membership> {
         let me = settings.node_id.clone();
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -170,6 +189,9 @@ impl Membership {
             view: RwLock::new(Arc::new(ClusterView::default())),
             ring: RwLock::new(None),
             known: RwLock::new(HashMap::new()),
+            left: std::sync::atomic::AtomicBool::new(left),
+            claim_lock: tokio::sync::Mutex::new(()),
+            received: std::sync::Mutex::new(BTreeMap::new()),
         };
         if let Some(ring) = ring {
             membership.adopt(ring).await;
@@ -196,7 +218,10 @@ impl Membership {
             n = params.n,
             "founding a new cluster"
         );
-        Ok(RingState { version: 1, ring })
+        Ok(RingState {
+            version: 1,
+            topology: Topology::settled(ring),
+        })
     }
 
     pub fn me(&self) -> &NodeId {
@@ -233,21 +258,43 @@ impl Membership {
             }
             info!(
                 version = state.version,
-                members = state.ring.members().len(),
+                members = state.topology.committed().members().len(),
+                pending = state.topology.transition().map(|t| t.pending_transfers()),
                 "adopting ring"
             );
+            let was_member = ring
+                .as_ref()
+                .is_some_and(|r| r.topology.is_member(&self.me));
+            if was_member && !state.topology.is_member(&self.me) {
+                info!("this node left the cluster: it owns no partition any more");
+                self.left.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             *ring = Some(Arc::new(state));
         }
         self.publish_status().await;
         true
     }
 
+    /// Whether this node was a member and has left.
+    pub fn has_left(&self) -> bool {
+        self.left.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// This node's own status, from the ring it holds.
+    pub fn own_status(&self) -> Status {
+        let ring = self.ring();
+        let topology = ring.as_ref().map(|r| &r.topology);
+        match topology {
+            _ if self.has_left() => Status::Left,
+            Some(t) if t.leaving().contains(&self.me) => Status::Leaving,
+            Some(t) if t.committed().member(&self.me).is_some() => Status::Up,
+            _ => Status::Joining,
+        }
+    }
+
     async fn publish_status(&self) {
         let ring = self.ring();
-        let status = match &ring {
-            Some(r) if r.ring.members().iter().any(|m| m.id == self.me) => Status::Up,
-            _ => Status::Joining,
-        };
+        let status = self.own_status();
         let ring_key = ring
             .map(|r| format!("{}:{:016x}", r.version, r.digest()))
             .unwrap_or_default();
@@ -304,46 +351,109 @@ impl Membership {
             .map(|p| (p.id.clone(), p.listen, p.ring_version))
     }
 
-    /// If this node is the claimant and live nodes wait to join, makes the next ring.
-    pub fn next_ring_as_claimant(&self) -> Option<RingState> {
+    /// The claimant: the live member of the committed ring with the smallest id.
+    pub fn claimant(&self) -> Option<NodeId> {
         let current = self.ring()?;
-        let view = self.view();
-        let members = current.ring.members();
-        let claimant = members
+        current
+            .topology
+            .committed()
+            .members()
             .iter()
             .map(|m| &m.id)
             .filter(|id| self.is_live(id))
-            .min()?;
-        if *claimant != self.me {
+            .min()
+            .cloned()
+    }
+
+    /// Takes a node's handoff confirmation (this node being the claimant).
+    pub fn record_received(&self, node: NodeId, target: u64, partitions: Vec<u32>) {
+        let mut received = self.received.lock().unwrap();
+        let entry = received.entry(node).or_insert((target, Vec::new()));
+        if entry.0 != target {
+            *entry = (target, Vec::new());
+        }
+        entry.1.extend(partitions);
+        entry.1.sort_unstable();
+        entry.1.dedup();
+    }
+
+    /// If this node is the claimant, the next ring version: confirmed handoffs folded in,
+    /// a finished transition committed, or a new transition for live joining nodes and
+    /// leaving members. `None` when nothing changes. Holds the claim lock while the caller
+    /// adopts the result.
+    pub async fn next_ring_as_claimant(
+        &self,
+    ) -> Option<(RingState, tokio::sync::MutexGuard<'_, ()>)> {
+        let guard = self.claim_lock.lock().await;
+        if self.claimant()? != self.me {
             return None;
         }
+        let current = self.ring()?;
+        let mut topology = current.topology.clone();
+        if let Some(target) = current.target_digest() {
+            let received = std::mem::take(&mut *self.received.lock().unwrap());
+            for (node, (digest, partitions)) in received {
+                if digest == target {
+                    topology.record_received(&node, &partitions);
+                }
+            }
+        }
+        topology.finish_if_done();
+        let view = self.view();
         let joiners: Vec<Member> = view
             .peers
             .values()
-            .filter(|p| {
-                p.live && p.status == Status::Joining && !members.iter().any(|m| m.id == p.id)
-            })
+            .filter(|p| p.live && p.status == Status::Joining && !topology.is_member(&p.id))
             .map(|p| Member {
                 id: p.id.clone(),
                 weight: p.weight,
                 zone: p.zone.clone(),
             })
             .collect();
-        if joiners.is_empty() {
+        match topology.begin_transition(&joiners) {
+            Ok(Some(next)) => {
+                info!(
+                    joining = joiners.len(),
+                    leaving = next.leaving().len(),
+                    transfers = next.transition().map(|t| t.pending_transfers()),
+                    "claimant: starting a transition"
+                );
+                topology = next;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "claim failed; membership stays as it is"),
+        }
+        if topology == current.topology {
             return None;
         }
-        let mut next_members = members.to_vec();
-        next_members.extend(joiners);
-        match Ring::claim(Some(&current.ring), &next_members, current.ring.params()) {
-            Ok(ring) => Some(RingState {
+        Some((
+            RingState {
                 version: current.version + 1,
-                ring,
-            }),
-            Err(e) => {
-                warn!(error = %e, "claim failed; the joining nodes stay out of the ring");
-                None
-            }
+                topology,
+            },
+            guard,
+        ))
+    }
+
+    /// As claimant, marks `node` as leaving in a new ring version and adopts it.
+    pub async fn leave_as_claimant(&self, node: &NodeId) -> Result<Option<RingState>, String> {
+        let _guard = self.claim_lock.lock().await;
+        if self.claimant().as_ref() != Some(&self.me) {
+            return Err("this node is not the claimant".into());
         }
+        let current = self.ring().ok_or("this node has no ring")?;
+        let mut topology = current.topology.clone();
+        match topology.request_leave(node) {
+            Ok(()) => {}
+            Err(TopologyError::AlreadyLeaving(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }
+        let next = RingState {
+            version: current.version + 1,
+            topology,
+        };
+        self.adopt(next.clone()).await;
+        Ok(Some(next))
     }
 
     pub async fn shutdown(self) {

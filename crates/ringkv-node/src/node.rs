@@ -30,6 +30,8 @@ const ONE_OFF_ACTORS_META_KEY: &str = "one_off_actors";
 
 /// Storage meta key holding this node's identity.
 const IDENTITY_META_KEY: &str = "identity";
+/// Storage meta key set once this node has left the cluster.
+const LEFT_META_KEY: &str = "left";
 
 pub struct Node {
     pub(crate) settings: Settings,
@@ -40,6 +42,7 @@ pub struct Node {
     pub(crate) peers: Peers,
     pub(crate) shutdown: CancellationToken,
     pub(crate) anti_entropy: crate::anti_entropy::AntiEntropyStats,
+    pub(crate) handoff: crate::handoff::HandoffState,
     /// Serialises the allocation of one-off actor ids.
     pub(crate) one_off_lock: tokio::sync::Mutex<()>,
 }
@@ -67,7 +70,10 @@ impl Node {
             ),
             None => None,
         };
-        let membership = Membership::start(&settings, ring).await?;
+        let left = storage.get_meta(LEFT_META_KEY)?.is_some();
+        let handoff =
+            crate::handoff::HandoffState::load(storage.get_meta(crate::handoff::HANDOFF_META_KEY)?);
+        let membership = Membership::start(&settings, ring, left).await?;
         let peers = Peers::new(settings.node_id.clone(), settings.limits.clone());
         let node = Arc::new(Node {
             settings,
@@ -78,6 +84,7 @@ impl Node {
             peers,
             shutdown,
             anti_entropy: Default::default(),
+            handoff,
             one_off_lock: tokio::sync::Mutex::new(()),
         });
         node.persist_ring().await;
@@ -108,7 +115,7 @@ impl Node {
         let q = self
             .membership
             .ring()
-            .map(|r| r.ring.params().partitions)
+            .map(|r| r.topology.params().partitions)
             .unwrap_or(self.settings.partitions);
         PartitionId::of(key_hash(key), q)
     }
@@ -258,21 +265,27 @@ impl Node {
                 .call(addr, Request::FetchRing, self.settings.request_timeout)
                 .await
             {
-                Ok(Response::Ring { version: v, ring }) if v >= version => {
-                    if self.membership.adopt(RingState { version: v, ring }).await {
+                Ok(Response::Ring(state)) if state.version >= version => {
+                    if self.membership.adopt(state).await {
                         self.persist_ring().await;
                     }
                 }
                 other => warn!(%holder, ?other, "could not fetch the newer ring"),
             }
         }
-        if let Some(next) = self.membership.next_ring_as_claimant() {
+        if let Some((next, _claiming)) = self.membership.next_ring_as_claimant().await {
             info!(
                 version = next.version,
-                "claimant: publishing a ring with the joining nodes"
+                "claimant: publishing a new ring version"
             );
             if self.membership.adopt(next).await {
                 self.persist_ring().await;
+            }
+        }
+        if self.membership.has_left() {
+            let stored = self.store(|s| s.get_meta(LEFT_META_KEY)).await;
+            if !matches!(stored, Ok(Ok(Some(_)))) {
+                let _ = self.store(|s| s.put_meta(LEFT_META_KEY, b"1")).await;
             }
         }
         metrics::gauge!("ringkv_peers_up").set(
@@ -312,7 +325,12 @@ impl Node {
                 .boxed()
             },
         ));
-        let _ = tokio::join!(membership, hints, anti_entropy);
+        let handoff = tokio::spawn(self.clone().every(
+            self.settings.handoff_interval,
+            "handoff",
+            |n| async move { n.handoff_round().await }.boxed(),
+        ));
+        let _ = tokio::join!(membership, hints, anti_entropy, handoff);
     }
 
     /// Runs `round` every `period` until shutdown. Each round is its own task, so a bug in one
@@ -364,12 +382,42 @@ impl Node {
             | Request::MerkleLeaves { .. }
             | Request::LeafDigests { .. }) => self.serve_anti_entropy(ae).await,
             Request::FetchRing => match self.membership.ring() {
-                Some(r) => Response::Ring {
-                    version: r.version,
-                    ring: r.ring.clone(),
-                },
+                Some(r) => Response::Ring((*r).clone()),
                 None => Response::Error("this node has no ring yet".into()),
             },
+            Request::HandoffChunk {
+                partition,
+                after,
+                max_bytes,
+            } => self.serve_chunk(partition, after, max_bytes).await,
+            Request::HandoffReceived {
+                node,
+                target,
+                partitions,
+            } => {
+                if self.membership.claimant().as_ref() != Some(self.membership.me()) {
+                    return Response::Error("this node is not the claimant".into());
+                }
+                self.membership.record_received(node, target, partitions);
+                Response::Ok
+            }
+            Request::Leave { .. }
+                if self.membership.claimant().as_ref() != Some(self.membership.me()) =>
+            {
+                Response::Error("this node is not the claimant".into())
+            }
+            Request::Leave { node } => match self.membership.leave_as_claimant(&node).await {
+                Ok(next) => {
+                    if next.is_some() {
+                        self.persist_ring().await;
+                    }
+                    Response::Ok
+                }
+                Err(e) => Response::Error(format!("{}{e}", crate::handoff::REFUSED_PREFIX)),
+            },
+            Request::SameVersions { partition, keys } => {
+                self.serve_same_versions(partition, keys).await
+            }
         }
     }
 }

@@ -81,6 +81,16 @@ pub struct ServerArgs {
     /// Most hints kept for unreachable replicas (an addition to API.md §1).
     #[arg(long, env = "RINGKV_HINT_BACKLOG_MAX")]
     pub hint_backlog_max: Option<usize>,
+    /// Most bytes per second this node receives by partition handoff (an addition to
+    /// API.md §1).
+    #[arg(long, env = "RINGKV_HANDOFF_BYTES_PER_SECOND")]
+    pub handoff_bytes_per_second: Option<u64>,
+    /// Partitions this node receives at once during a join or leave (an addition).
+    #[arg(long, env = "RINGKV_HANDOFF_CONCURRENCY")]
+    pub handoff_concurrency: Option<usize>,
+    /// How often handoff work (receiving, confirming, dropping handed-over data) is checked.
+    #[arg(long, env = "RINGKV_HANDOFF_INTERVAL_MS")]
+    pub handoff_interval_ms: Option<u64>,
     /// FOR TESTS ONLY: turn off hinted handoff delivery, anti-entropy and read repair, so
     /// that the fault harness can show it detects the losses this causes.
     #[arg(long, hide = true)]
@@ -111,6 +121,9 @@ struct FileSettings {
     request_timeout_ms: Option<u64>,
     max_value_bytes: Option<usize>,
     hint_backlog_max: Option<usize>,
+    handoff_bytes_per_second: Option<u64>,
+    handoff_concurrency: Option<usize>,
+    handoff_interval_ms: Option<u64>,
 }
 
 /// Everything a node needs to know about itself, validated.
@@ -136,6 +149,11 @@ pub struct Settings {
     pub max_value_bytes: usize,
     /// Most hints held for unreachable replicas; past it new hints are refused and counted.
     pub hint_backlog_max: usize,
+    /// Handoff throttle: most record bytes received per second.
+    pub handoff_bytes_per_second: u64,
+    /// Partitions received at once.
+    pub handoff_concurrency: usize,
+    pub handoff_interval: Duration,
     /// Tests only: no hinted handoff delivery, anti-entropy or read repair.
     pub disable_repair: bool,
     pub limits: Limits,
@@ -291,6 +309,18 @@ impl Settings {
                 .hint_backlog_max
                 .or(file.hint_backlog_max)
                 .unwrap_or(100_000),
+            handoff_bytes_per_second: args
+                .handoff_bytes_per_second
+                .or(file.handoff_bytes_per_second)
+                .unwrap_or(32 * 1024 * 1024),
+            handoff_concurrency: args
+                .handoff_concurrency
+                .or(file.handoff_concurrency)
+                .unwrap_or(2),
+            handoff_interval: ms(args
+                .handoff_interval_ms
+                .or(file.handoff_interval_ms)
+                .unwrap_or(1000)),
             disable_repair: args.test_disable_repair,
             limits: Limits::default(),
         };
@@ -333,10 +363,17 @@ impl Settings {
             ("hint_interval_ms", self.hint_interval),
             ("request_timeout_ms", self.request_timeout),
             ("anti_entropy_interval_ms", self.anti_entropy_interval),
+            ("handoff_interval_ms", self.handoff_interval),
         ] {
             if d.is_zero() {
                 return Err(invalid(name, "must be at least 1"));
             }
+        }
+        if self.handoff_bytes_per_second < 1024 {
+            return Err(invalid("handoff_bytes_per_second", "must be at least 1024"));
+        }
+        if self.handoff_concurrency == 0 || self.handoff_concurrency > 64 {
+            return Err(invalid("handoff_concurrency", "must be 1..=64"));
         }
         if self.max_value_bytes == 0 || self.max_value_bytes >= self.limits.max_frame_bytes / 4 {
             return Err(invalid(

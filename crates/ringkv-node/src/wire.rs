@@ -9,8 +9,10 @@
 //! (postcard encodes an enum variant by its index). `PROTOCOL_VERSION` is exchanged in
 //! `Hello`, the first frame on every connection.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use bytes::Bytes;
-use ringkv_core::ring::Ring;
+use ringkv_core::topology::Topology;
 use ringkv_core::{Context, Dot, NodeId, PartitionId, VersionSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +68,30 @@ pub enum Request {
         partition: PartitionId,
         leaves: Vec<u16>,
     },
+    /// Handoff: the next records of a partition in storage order, strictly after `after`,
+    /// about `max_bytes` of them (at least one record if any is left).
+    HandoffChunk {
+        partition: PartitionId,
+        after: Option<Bytes>,
+        max_bytes: u32,
+    },
+    /// Handoff, to the claimant: `node` holds the data of these partitions for the
+    /// transition to the target ring with this digest.
+    HandoffReceived {
+        node: NodeId,
+        target: u64,
+        partitions: Vec<u32>,
+    },
+    /// To the claimant: mark this member as leaving.
+    Leave {
+        node: NodeId,
+    },
+    /// Ownership sweep: for each (key, version digest), whether the receiver holds exactly
+    /// that version set for the key.
+    SameVersions {
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+    },
 }
 
 /// A client operation as a coordinator runs it.
@@ -112,10 +138,7 @@ pub enum Response {
     Ok,
     Versions(Option<VersionSet>),
     Coordinated(Result<ClientReply, ClientError>),
-    Ring {
-        version: u64,
-        ring: Ring,
-    },
+    Ring(RingState),
     /// The request could not be served; the text says why.
     Error(String),
     Merkle {
@@ -125,6 +148,13 @@ pub enum Response {
     /// Leaf hashes, one list of `MERKLE_FANOUT` per requested group, in request order.
     Leaves(Vec<Vec<u64>>),
     Digests(Vec<(Bytes, u64)>),
+    /// Records of a partition in storage order; `done` when none is left after them.
+    Chunk {
+        entries: Vec<(Bytes, VersionSet)>,
+        done: bool,
+    },
+    /// One answer per key asked, in order.
+    Same(Vec<bool>),
 }
 
 /// What a coordinator answers for a client operation.
@@ -150,17 +180,27 @@ pub enum ClientError {
     Internal(String),
 }
 
-/// A ring and its version. Version 0 never exists: a node without a ring has none.
-/// Stored in the node's meta store and sent in answer to `FetchRing`.
+/// The topology (committed ring, transition, leaving members) and its version. Version 0
+/// never exists: a node without a ring has none. Stored in the node's meta store and sent in
+/// answer to `FetchRing`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RingState {
     pub version: u64,
-    pub ring: Ring,
+    pub topology: Topology,
 }
 
 impl RingState {
     pub fn digest(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(&self.ring).expect("rings serialize"))
+        xxhash_rust::xxh3::xxh3_64(
+            &postcard::to_allocvec(&self.topology).expect("topologies serialize"),
+        )
+    }
+    /// The digest of the transition's target ring (what handoff progress is recorded
+    /// against), if a transition is open.
+    pub fn target_digest(&self) -> Option<u64> {
+        self.topology.target().map(|t| {
+            xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(t).expect("rings serialize"))
+        })
     }
     pub(crate) fn rank(&self) -> (u64, u64) {
         (self.version, self.digest())
@@ -173,4 +213,18 @@ impl RingState {
 pub struct Identity {
     pub node_id: NodeId,
     pub epoch: u32,
+}
+
+/// A receiving node's handoff progress, stored in its meta store after every chunk so a
+/// restart resumes where it stopped instead of starting over.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HandoffProgress {
+    /// Digest of the target ring these partitions are received for (`RingState::target_digest`).
+    pub target: u64,
+    /// Partitions fully received for that target.
+    pub done: BTreeSet<u32>,
+    /// For partitions in progress, the last key stored (the next chunk starts after it).
+    pub cursors: BTreeMap<u32, Bytes>,
+    /// Bytes of records received by handoff since the node was created, over all transitions.
+    pub bytes_received: u64,
 }

@@ -1,4 +1,5 @@
-//! The command-line face of the HTTP API (API.md §3): `get`, `put`, `delete`, `status`, `ring`.
+//! The command-line face of the HTTP API (API.md §3): `get`, `put`, `delete`, `status`, `ring`,
+//! `ring plan`, `leave`.
 
 use anyhow::{Context as _, bail};
 use base64::Engine;
@@ -14,6 +15,49 @@ pub struct NodeArg {
     /// HTTP address of any node.
     #[arg(long, default_value = DEFAULT_NODE, env = "RINGKV_NODE")]
     pub node: String,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// Keep showing handoff progress until no transfer is pending.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args)]
+pub struct RingArgs {
+    #[command(subcommand)]
+    pub action: Option<RingAction>,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RingAction {
+    /// Print what a join or leave would move, without changing anything.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// A node that would join: ID[:WEIGHT[:ZONE]].
+    #[arg(long)]
+    pub join: Option<String>,
+    /// A member that would leave.
+    #[arg(long)]
+    pub leave: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+#[derive(Args)]
+pub struct LeaveArgs {
+    /// The member to leave (default: the node addressed by --node).
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArg,
 }
 
 #[derive(Args)]
@@ -209,8 +253,8 @@ async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     Ok(response.json().await?)
 }
 
-pub async fn status(args: NodeArg) -> anyhow::Result<()> {
-    let body = get_json(&args.node, "/status").await?;
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let body = get_json(&args.node.node, "/status").await?;
     let cluster = &body["cluster"];
     println!(
         "node {}  N={}  Q={}  ring version {}",
@@ -232,16 +276,158 @@ pub async fn status(args: NodeArg) -> anyhow::Result<()> {
             m["node_id"].as_str().unwrap_or("?"),
             m["status"].as_str().unwrap_or("?"),
             m["zone"].as_str().unwrap_or("?"),
-            m["partitions_owned"],
+            m["partitions_owned"].to_string(),
             m["listen"].as_str().unwrap_or(""),
             m["http"].as_str().unwrap_or("")
+        );
+    }
+    let handoff = &body["handoff"];
+    println!(
+        "this node: {} partitions moving, {} waiting, {} received; {} bytes received, {} sent, {} keys dropped",
+        handoff["partitions_moving"],
+        handoff["partitions_pending"],
+        handoff["partitions_done"],
+        handoff["bytes_received"],
+        handoff["bytes_sent"],
+        handoff["keys_dropped"]
+    );
+    let Some((done, total)) = transfer_progress(&body) else {
+        println!("no join or leave in progress");
+        return Ok(());
+    };
+    if !args.watch {
+        println!(
+            "handoff {} {done}/{total} partition transfers",
+            text_bar(done, total, 30)
+        );
+        return Ok(());
+    }
+    watch_handoff(&args.node.node, total).await
+}
+
+/// (done, total) partition transfers of the open transition, if any.
+fn transfer_progress(status: &serde_json::Value) -> Option<(u64, u64)> {
+    let t = status["cluster"]["transition"].as_object()?;
+    let total = t.get("transfers_total")?.as_u64()?;
+    let pending = t.get("transfers_pending")?.as_u64()?;
+    Some((total.saturating_sub(pending), total))
+}
+
+fn text_bar(done: u64, total: u64, width: usize) -> String {
+    let filled = (done as usize * width)
+        .checked_div(total as usize)
+        .unwrap_or(width);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        "-".repeat(width - filled.min(width))
+    )
+}
+
+/// A live progress bar of the cluster's partition transfers, until none is pending.
+async fn watch_handoff(node: &str, total: u64) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "handoff {bar:40} {pos}/{len} partition transfers ({elapsed}) {msg}",
+        )
+        .expect("a valid template"),
+    );
+    loop {
+        let body = get_json(node, "/status").await?;
+        match transfer_progress(&body) {
+            Some((done, total)) => {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(format!(
+                    "{} bytes received here",
+                    body["handoff"]["bytes_received"]
+                ));
+            }
+            None => {
+                bar.finish_with_message("done");
+                return Ok(());
+            }
+        }
+        // Polling interval of a progress display.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn leave(args: LeaveArgs) -> anyhow::Result<()> {
+    let query = args
+        .id
+        .as_deref()
+        .map(|id| format!("?node={}", encode_key(id.as_bytes())))
+        .unwrap_or_default();
+    let url = format!(
+        "{}/admin/leave{query}",
+        args.node.node.trim_end_matches('/')
+    );
+    let response = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return Err(error_of(response).await);
+    }
+    let body: serde_json::Value = response.json().await?;
+    println!(
+        "{} is leaving (ring version {}); follow the handoff with `ringkv status --watch`",
+        body["node_id"].as_str().unwrap_or("?"),
+        body["ring_version"]
+    );
+    Ok(())
+}
+
+async fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(join) = &args.join {
+        query.push(format!("join={}", encode_key(join.as_bytes())));
+    }
+    if let Some(leave) = &args.leave {
+        query.push(format!("leave={}", encode_key(leave.as_bytes())));
+    }
+    if query.is_empty() {
+        bail!("say what would change: --join ID[:WEIGHT[:ZONE]] and/or --leave ID");
+    }
+    let body = get_json(&args.node.node, &format!("/admin/plan?{}", query.join("&"))).await?;
+    println!(
+        "plan from ring version {}: {} partition replicas move (optimum {}, ratio {:.2}); about {} keys and {} bytes per partition",
+        body["ring_version"],
+        body["replicas_moved"],
+        body["replicas_moved_optimal"],
+        body["movement_ratio"].as_f64().unwrap_or(0.0),
+        body["keys_per_partition_estimate"],
+        body["bytes_per_partition_estimate"]
+    );
+    println!(
+        "{:<20} {:<10} {:>6} {:>9} {:>9} {:>8} {:>8} {:>12} {:>14}",
+        "NODE", "ZONE", "WEIGHT", "OWNED", "->", "GAINS", "LOSES", "KEYS IN/OUT", "BYTES IN/OUT"
+    );
+    for n in body["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<10} {:>6} {:>9} {:>9} {:>8} {:>8} {:>12} {:>14}",
+            n["node_id"].as_str().unwrap_or("?"),
+            n["zone"].as_str().unwrap_or("?"),
+            n["weight"].to_string(),
+            n["owned_before"].to_string(),
+            n["owned_after"].to_string(),
+            n["replicas_gained"].to_string(),
+            n["replicas_lost"].to_string(),
+            format!("{}/{}", n["est_keys_in"], n["est_keys_out"]),
+            format!("{}/{}", n["est_bytes_in"], n["est_bytes_out"]),
         );
     }
     Ok(())
 }
 
-pub async fn ring(args: NodeArg) -> anyhow::Result<()> {
-    let body = get_json(&args.node, "/ring").await?;
+pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
+    if let Some(RingAction::Plan(plan_args)) = args.action {
+        return plan(plan_args).await;
+    }
+    let body = get_json(&args.node.node, "/ring").await?;
     println!(
         "ring version {}  N={}  Q={}",
         body["version"], body["n"], body["partitions"]

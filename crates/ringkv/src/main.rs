@@ -1,5 +1,5 @@
 //! The `ringkv` binary: `server` runs a node, `dev` a local cluster, and `get`, `put`,
-//! `delete`, `status`, `ring` talk to any node's HTTP API. `anyhow` is used here only.
+//! `delete`, `status`, `ring`, `leave` talk to any node's HTTP API. `anyhow` is used here only.
 
 mod bench;
 mod cli;
@@ -32,10 +32,12 @@ enum Command {
     Put(cli::PutArgs),
     /// Delete a key.
     Delete(cli::DeleteArgs),
-    /// Show the cluster as a node sees it.
-    Status(cli::NodeArg),
-    /// Show the partition table.
-    Ring(cli::NodeArg),
+    /// Show the cluster as a node sees it, with handoff progress.
+    Status(cli::StatusArgs),
+    /// Show the partition table, or plan a join or leave (`ring plan`).
+    Ring(cli::RingArgs),
+    /// Hand a node's partitions to the other members; then it can be stopped.
+    Leave(cli::LeaveArgs),
     /// Run a YCSB-style benchmark against a running cluster.
     Bench(Box<bench::BenchArgs>),
 }
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Delete(args) => runtime.block_on(cli::delete(args)),
         Command::Status(args) => runtime.block_on(cli::status(args)),
         Command::Ring(args) => runtime.block_on(cli::ring(args)),
+        Command::Leave(args) => runtime.block_on(cli::leave(args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }

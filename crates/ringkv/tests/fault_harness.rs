@@ -126,3 +126,21 @@ async fn harness_reports_divergence_when_repair_is_disabled() {
         report.convergence.differing
     );
 }
+
+/// Issue 5: a member leaves and (wiped) joins again while partitions cut the network and nodes
+/// are killed, under the cart workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_and_leave_mixed_with_partitions_and_kills() {
+    let report = fault::run(faults(
+        "join-leave",
+        &[
+            Fault::LeaveRejoin,
+            Fault::PartitionMajority,
+            Fault::PartitionHalves,
+            Fault::Kill,
+        ],
+        true,
+    ))
+    .await;
+    assert_passed(&report);
+}

@@ -223,13 +223,31 @@ impl Cluster {
             api,
         };
         for i in 0..n {
-            c.add_node(i).await;
+            c.add_node(i, &[]).await;
         }
         c
     }
 
+    /// Starts nodes with flags of their own besides the common `extra` (zones, weights), and
+    /// waits until each answers `/status`.
+    pub async fn launch_each(per_node: &[&[&str]], extra: &[&str]) -> Cluster {
+        let mut c = Cluster::launch(0, extra).await;
+        for own in per_node {
+            c.join_node(own).await;
+        }
+        c
+    }
+
+    /// Starts one more node, seeded from node 0, with flags of its own; returns its index.
+    /// It answers `/status` when this returns; it joins the ring through the claimant.
+    pub async fn join_node(&mut self, own: &[&str]) -> usize {
+        let i = self.nodes.len();
+        self.add_node(i, own).await;
+        i
+    }
+
     /// Adds node `i` (seeded from node 0), retrying with fresh ports if it cannot bind.
-    async fn add_node(&mut self, i: usize) {
+    async fn add_node(&mut self, i: usize, own: &[&str]) {
         let id = format!("n{}", i + 1);
         let dir = self.root.join(&id);
         for attempt in 0..5 {
@@ -257,6 +275,7 @@ impl Cluster {
                 args.push(self.nodes[0].spec.listen.to_string());
             }
             args.extend(self.extra.iter().cloned());
+            args.extend(own.iter().map(|s| s.to_string()));
             let spec = NodeSpec {
                 id: id.clone(),
                 listen,

@@ -7,6 +7,8 @@ use super::{Rng, poll_until};
 
 /// Deadline for a wiped node to complete its anti-entropy refill passes after it restarted.
 pub const REFILL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for a leave, or the rejoin after it, to complete once the network is healed.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(90);
 /// Full anti-entropy passes a wiped node must complete (with every peer up) before another
 /// fault: two passes visit each of its partitions with both other home replicas.
 const REFILL_PASSES: u64 = 2;
@@ -25,6 +27,9 @@ pub enum Fault {
     Pause,
     /// SIGKILL one node, wipe its data dir, restart it empty.
     Wipe,
+    /// Ask one node to leave (its partitions are handed over under the other faults); at heal,
+    /// once it has left, wipe it and start it again: it joins as a new member.
+    LeaveRejoin,
 }
 
 impl Fault {
@@ -52,6 +57,8 @@ pub struct Active {
     pub wiped: Vec<usize>,
     pub paused: Vec<usize>,
     pub partitioned: bool,
+    /// A node asked to leave, to rejoin at heal.
+    pub left: Option<usize>,
 }
 
 fn shuffled(rng: &mut Rng, n: usize) -> Vec<usize> {
@@ -75,7 +82,7 @@ fn names(c: &Cluster, nodes: &[usize]) -> String {
 
 /// Injects `fault` on top of `active` (nodes already down are not chosen again); returns a
 /// description.
-pub fn inject(c: &mut Cluster, rng: &mut Rng, fault: Fault, active: &mut Active) -> String {
+pub async fn inject(c: &mut Cluster, rng: &mut Rng, fault: Fault, active: &mut Active) -> String {
     let n = c.len();
     let order = shuffled(rng, n);
     let healthy: Vec<usize> = order
@@ -114,6 +121,21 @@ pub fn inject(c: &mut Cluster, rng: &mut Rng, fault: Fault, active: &mut Active)
                 c.id(bridge),
                 names(c, b)
             )
+        }
+        Fault::LeaveRejoin => {
+            let Some((&leaver, asked)) = healthy.split_first() else {
+                return "leave skipped: no healthy node".into();
+            };
+            let asked = asked.first().copied().unwrap_or(leaver);
+            let url = format!("{}/admin/leave?node={}", c.url(asked), c.id(leaver));
+            match c.client.post(&url).send().await {
+                Ok(r) if r.status().as_u16() == 202 => {
+                    active.left = Some(leaver);
+                    format!("leave {} (asked {})", c.id(leaver), c.id(asked))
+                }
+                Ok(r) => format!("leave {} not taken: {}", c.id(leaver), r.status()),
+                Err(e) => format!("leave {} not taken: {e}", c.id(leaver)),
+            }
         }
         Fault::Kill | Fault::Pause | Fault::Wipe => {
             let count = if fault == Fault::Wipe {
@@ -169,6 +191,42 @@ pub async fn heal(c: &mut Cluster, active: &mut Active) -> Result<(), String> {
     for i in wiped {
         wait_refilled(c, i).await?;
     }
+    if let Some(i) = active.left.take() {
+        rejoin(c, i).await?;
+    }
+    Ok(())
+}
+
+/// Waits until node `i` has left (it owns nothing and no transition is open), then wipes it
+/// and starts it again, and waits until it has joined back and every node is up.
+async fn rejoin(c: &mut Cluster, i: usize) -> Result<(), String> {
+    let started = Instant::now();
+    let what = format!("{} to leave", c.id(i));
+    poll_until(MEMBERSHIP_TIMEOUT, &what, || async {
+        let s = c.status(i).await?;
+        (s["handoff"]["left"] == true && s["cluster"]["transition"].is_null()).then_some(())
+    })
+    .await?;
+    c.kill_and_wipe(i);
+    c.restart(i).await;
+    let what = format!("{} to join again", c.id(i));
+    poll_until(MEMBERSHIP_TIMEOUT, &what, || async {
+        if !c.all_up().await {
+            return None;
+        }
+        for j in 0..c.len() {
+            if !c.status(j).await?["cluster"]["transition"].is_null() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    eprintln!(
+        "fault harness: {} left and joined again in {:.1}s",
+        c.id(i),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -239,16 +297,17 @@ pub async fn run_schedule(
     while Instant::now() < until {
         let mut active = Active::default();
         let first = kinds[rng.below(kinds.len())];
-        let mut what = vec![inject(c, rng, first, &mut active)];
+        let mut what = vec![inject(c, rng, first, &mut active).await];
         if mixed && rng.below(3) == 0 {
             // A second fault of another family; wipes stay alone.
             let second = kinds[rng.below(kinds.len())];
             if second != Fault::Wipe
                 && first != Fault::Wipe
+                && second != Fault::LeaveRejoin
                 && second.is_partition() != first.is_partition()
                 && second != first
             {
-                what.push(inject(c, rng, second, &mut active));
+                what.push(inject(c, rng, second, &mut active).await);
             }
         }
         let hold = Duration::from_millis(1000 + rng.below(2000) as u64);

@@ -1,0 +1,595 @@
+//! Handoff: moving partitions to the nodes that gain them when nodes join or leave, and
+//! dropping the data a node no longer replicates (Dynamo §4.9, Riak's ownership handoff).
+//!
+//! The claimant opens a transition (`ringkv_core::topology`); from then on every write of a
+//! pending partition also goes to the nodes gaining it (`coordinator`). Every
+//! `--handoff-interval-ms` each node:
+//!
+//! 1. **Receives.** For each partition it awaits, up to `--handoff-concurrency` at once, it
+//!    pulls the partition from a live committed home replica (a node that loses the partition
+//!    first), in chunks of about `CHUNK_BYTES` in storage order (`HandoffChunk`), syncs each
+//!    chunk into its own store with one durability wait, and stores its progress (the last key
+//!    of the chunk) in its meta store. A restart of either side resumes after that key; bytes
+//!    are throttled to `--handoff-bytes-per-second`.
+//! 2. **Confirms.** A partition fully received is reported to the claimant
+//!    (`HandoffReceived`), again every round until the ring shows it, so a lost message or a
+//!    new claimant costs one round. When every gaining node of a partition confirmed, the
+//!    claimant switches the partition to the target ring in the next ring version.
+//! 3. **Drops.** For each partition it holds but no longer replicates (`Topology::holds`), it
+//!    asks the home replicas which of its keys they hold identically (`SameVersions`), sends
+//!    them the others (a replica write; they sync it in), and only then removes each key if it
+//!    did not change meanwhile (`remove_if`). Data is dropped only after every home replica
+//!    confirmed it, and only while all of them are up.
+//!
+//! Laws: a partition's reads switch only after its data arrived; a node deletes a key only
+//! after every new home replica holds what it deletes; progress survives restarts; every loop
+//! has a bound (chunk bytes and keys, partitions and keys swept per round).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::{NodeId, PartitionId, VersionSet};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+use crate::wire::{HandoffProgress, Request, Response, RingState};
+
+/// Storage meta key of the receiving side's progress.
+pub const HANDOFF_META_KEY: &str = "handoff";
+/// Most record bytes in one chunk (a chunk holds at least one record).
+pub const CHUNK_BYTES: u32 = 256 * 1024;
+/// Most records in one chunk.
+pub const CHUNK_KEYS: usize = 512;
+/// Keys compared and dropped per batch of the ownership sweep.
+pub const SWEEP_BATCH_KEYS: usize = 256;
+/// Most keys the sweep examines per round, over all partitions.
+pub const SWEEP_KEYS_PER_ROUND: usize = 8192;
+
+/// Handoff progress and counters, as `/status` and `/metrics` report them.
+#[derive(Debug, Default)]
+pub struct HandoffState {
+    progress: Mutex<HandoffProgress>,
+    /// Partitions being received now.
+    active: Mutex<BTreeSet<u32>>,
+    /// Receive workers running.
+    workers: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub keys_received: AtomicU64,
+    pub keys_dropped: AtomicU64,
+    throttle: Mutex<Option<Throttle>>,
+}
+
+/// What `/status` shows of this node's handoff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandoffReport {
+    /// Partition transfers to any node still pending in the ring this node holds.
+    pub cluster_pending: usize,
+    /// Partitions this node still waits for.
+    pub awaiting: usize,
+    /// Partitions being received now.
+    pub moving: usize,
+    /// Partitions received for the open transition.
+    pub done: usize,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub keys_dropped: u64,
+}
+
+/// A byte-rate limiter: `take` waits until the bytes fit in the rate.
+#[derive(Debug)]
+struct Throttle {
+    rate: f64,
+    /// When the bytes taken so far are paid off.
+    free_at: Instant,
+}
+
+impl Throttle {
+    /// The instant the caller may go on after taking `bytes`.
+    fn take(&mut self, bytes: u64) -> Instant {
+        let now = Instant::now();
+        let start = self.free_at.max(now);
+        self.free_at = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+        start
+    }
+}
+
+impl HandoffState {
+    pub(crate) fn load(stored: Option<Vec<u8>>) -> HandoffState {
+        let progress = stored
+            .and_then(|b| postcard::from_bytes::<HandoffProgress>(&b).ok())
+            .unwrap_or_default();
+        HandoffState {
+            progress: Mutex::new(progress),
+            ..HandoffState::default()
+        }
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.progress.lock().unwrap().bytes_received
+    }
+}
+
+/// The size of a record as handoff counts it: key, values, and 16 bytes per sibling.
+pub(crate) fn record_bytes(key: &[u8], versions: &VersionSet) -> u64 {
+    key.len() as u64
+        + versions
+            .siblings()
+            .iter()
+            .map(|s| s.value.as_ref().map_or(0, |v| v.len() as u64) + 16)
+            .sum::<u64>()
+}
+
+impl Node {
+    /// One round: receive, confirm, drop.
+    pub(crate) async fn handoff_round(self: &Arc<Self>) {
+        let Some(ring) = self.membership.ring() else {
+            return;
+        };
+        self.receive_partitions(&ring).await;
+        self.sweep(&ring).await;
+        let report = self.handoff_report();
+        metrics::gauge!("ringkv_handoff_partitions_pending").set(report.cluster_pending as f64);
+        metrics::gauge!("ringkv_handoff_partitions_awaiting").set(report.awaiting as f64);
+        metrics::gauge!("ringkv_handoff_partitions_moving").set(report.moving as f64);
+        metrics::gauge!("ringkv_handoff_partitions_done").set(report.done as f64);
+    }
+
+    pub fn handoff_report(&self) -> HandoffReport {
+        let ring = self.membership.ring();
+        let me = self.membership.me();
+        let awaiting = ring
+            .as_ref()
+            .map(|r| r.topology.awaiting(me).len())
+            .unwrap_or(0);
+        let target = ring.as_ref().and_then(|r| r.target_digest());
+        let progress = self.handoff.progress.lock().unwrap().clone();
+        HandoffReport {
+            cluster_pending: ring
+                .as_ref()
+                .and_then(|r| r.topology.transition().map(|t| t.pending_transfers()))
+                .unwrap_or(0),
+            awaiting,
+            moving: self.handoff.active.lock().unwrap().len(),
+            done: if target == Some(progress.target) {
+                progress.done.len()
+            } else {
+                0
+            },
+            bytes_received: progress.bytes_received,
+            bytes_sent: self.handoff.bytes_sent.load(Ordering::Relaxed),
+            keys_dropped: self.handoff.keys_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts transfers of awaited partitions and confirms the received ones.
+    async fn receive_partitions(self: &Arc<Self>, ring: &RingState) {
+        let Some(target) = ring.target_digest() else {
+            return;
+        };
+        let awaiting = ring.topology.awaiting(self.membership.me());
+        if awaiting.is_empty() {
+            return;
+        }
+        let received: Vec<u32> = {
+            let mut progress = self.handoff.progress.lock().unwrap();
+            if progress.target != target {
+                progress.target = target;
+                progress.done.clear();
+                progress.cursors.clear();
+            }
+            awaiting
+                .iter()
+                .map(|p| p.index())
+                .filter(|p| progress.done.contains(p))
+                .collect()
+        };
+        if !received.is_empty() {
+            self.confirm(target, received).await;
+        }
+        let workers = self.handoff.workers.load(Ordering::SeqCst);
+        for _ in workers..self.settings.handoff_concurrency as u64 {
+            self.handoff.workers.fetch_add(1, Ordering::SeqCst);
+            let node = self.clone();
+            tokio::spawn(async move {
+                node.receive_worker(target).await;
+                node.handoff.workers.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Receives awaited partitions one after the other until none is left to start, or the
+    /// transition changes, or a transfer fails (the next round starts a worker again).
+    async fn receive_worker(self: &Arc<Self>, target: u64) {
+        loop {
+            let Some(ring) = self.membership.ring() else {
+                return;
+            };
+            if ring.target_digest() != Some(target) || self.shutdown.is_cancelled() {
+                return;
+            }
+            let next = {
+                let mut active = self.handoff.active.lock().unwrap();
+                let progress = self.handoff.progress.lock().unwrap();
+                let next = ring
+                    .topology
+                    .awaiting(self.membership.me())
+                    .into_iter()
+                    .find(|p| !progress.done.contains(&p.index()) && !active.contains(&p.index()));
+                if let Some(p) = next {
+                    active.insert(p.index());
+                }
+                next
+            };
+            let Some(partition) = next else {
+                return;
+            };
+            let result = self.receive(partition, target).await;
+            self.handoff
+                .active
+                .lock()
+                .unwrap()
+                .remove(&partition.index());
+            if let Err(e) = result {
+                debug!(partition = partition.index(), error = %e, "handoff paused; resuming next round");
+                return;
+            }
+        }
+    }
+
+    /// Tells the claimant which partitions this node holds for the transition to `target`.
+    async fn confirm(&self, target: u64, partitions: Vec<u32>) {
+        let Some(claimant) = self.membership.claimant() else {
+            return;
+        };
+        let me = self.membership.me().clone();
+        if claimant == me {
+            self.membership.record_received(me, target, partitions);
+            return;
+        }
+        let request = Request::HandoffReceived {
+            node: me,
+            target,
+            partitions,
+        };
+        if let Err(e) = self.ask(&claimant, request).await {
+            debug!(%claimant, error = %e, "could not confirm received partitions");
+        }
+    }
+
+    /// Pulls one partition, chunk by chunk, resuming after the stored cursor.
+    async fn receive(self: &Arc<Self>, partition: PartitionId, target: u64) -> Result<(), String> {
+        let index = partition.index();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err("shutting down".into());
+            }
+            let ring = self.membership.ring().ok_or("no ring")?;
+            if ring.target_digest() != Some(target) || !ring.topology.is_pending(partition) {
+                return Err("the transition changed".into());
+            }
+            let after = self
+                .handoff
+                .progress
+                .lock()
+                .unwrap()
+                .cursors
+                .get(&index)
+                .cloned();
+            let (entries, done) = self.fetch_chunk(&ring, partition, after).await?;
+            let bytes: u64 = entries.iter().map(|(k, v)| record_bytes(k, v)).sum();
+            let wait_until = self.throttle(bytes);
+            tokio::time::sleep_until(wait_until).await;
+            let last = entries.last().map(|(k, _)| k.clone());
+            let count = entries.len() as u64;
+            self.store(move |s| {
+                s.update_many(
+                    partition,
+                    &entries,
+                    &mut |current, incoming| match current {
+                        Some(c) if c.includes(incoming) => None,
+                        Some(c) => Some(c.sync(incoming)),
+                        None => Some(incoming.clone()),
+                    },
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            self.handoff
+                .keys_received
+                .fetch_add(count, Ordering::Relaxed);
+            metrics::counter!("ringkv_handoff_bytes_received_total").increment(bytes);
+            let snapshot = {
+                let mut progress = self.handoff.progress.lock().unwrap();
+                if progress.target != target {
+                    return Err("the transition changed".into());
+                }
+                progress.bytes_received += bytes;
+                if done {
+                    progress.done.insert(index);
+                    progress.cursors.remove(&index);
+                } else if let Some(last) = last {
+                    progress.cursors.insert(index, last);
+                }
+                postcard::to_allocvec(&*progress).expect("progress serializes")
+            };
+            self.store(move |s| s.put_meta(HANDOFF_META_KEY, &snapshot))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if done {
+                info!(partition = index, "handoff: partition received");
+                self.confirm(target, vec![index]).await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// The instant a transfer of `bytes` may go on, by the node's handoff rate.
+    fn throttle(&self, bytes: u64) -> Instant {
+        let mut throttle = self.handoff.throttle.lock().unwrap();
+        throttle
+            .get_or_insert_with(|| Throttle {
+                rate: self.settings.handoff_bytes_per_second as f64,
+                free_at: Instant::now(),
+            })
+            .take(bytes)
+    }
+
+    /// The next chunk of `partition` after `after`, from the first committed home replica
+    /// that answers (nodes losing the partition first: they have nothing else to do with it).
+    async fn fetch_chunk(
+        &self,
+        ring: &RingState,
+        partition: PartitionId,
+        after: Option<Bytes>,
+    ) -> Result<(Vec<(Bytes, VersionSet)>, bool), String> {
+        let me = self.membership.me();
+        let target = ring.topology.target().ok_or("no transition")?;
+        let mut sources: Vec<NodeId> = ring
+            .topology
+            .committed()
+            .preference_list(partition)
+            .home()
+            .filter(|n| *n != me && self.membership.is_live(n))
+            .cloned()
+            .collect();
+        sources.sort_by_key(|n| target.is_home(partition, n));
+        let max_bytes = CHUNK_BYTES.min((self.settings.handoff_bytes_per_second / 4) as u32);
+        let mut last_error = String::from("no live source");
+        for source in sources {
+            let request = Request::HandoffChunk {
+                partition,
+                after: after.clone(),
+                max_bytes,
+            };
+            match self.ask(&source, request).await {
+                Ok(Response::Chunk { entries, done }) => return Ok((entries, done)),
+                Ok(other) => last_error = format!("{source} answered {other:?}"),
+                Err(e) => last_error = format!("{source}: {e}"),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Serves a chunk of a partition to a receiving node.
+    pub(crate) async fn serve_chunk(
+        &self,
+        partition: PartitionId,
+        after: Option<Bytes>,
+        max_bytes: u32,
+    ) -> Response {
+        let scanned = match self
+            .store(move |s| s.scan(partition, after.as_deref(), CHUNK_KEYS))
+            .await
+        {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => return Response::Error(e.to_string()),
+            Err(e) => return Response::Error(e.to_string()),
+        };
+        let complete = scanned.len() < CHUNK_KEYS;
+        let mut entries = Vec::new();
+        let mut bytes = 0u64;
+        let total = scanned.len();
+        for (key, versions) in scanned {
+            if !entries.is_empty() && bytes >= u64::from(max_bytes) {
+                break;
+            }
+            bytes += record_bytes(&key, &versions);
+            entries.push((key, versions));
+        }
+        let done = complete && entries.len() == total;
+        self.handoff.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        metrics::counter!("ringkv_handoff_bytes_sent_total").increment(bytes);
+        Response::Chunk { entries, done }
+    }
+
+    /// Hands over and drops the data of partitions this node no longer replicates.
+    async fn sweep(self: &Arc<Self>, ring: &RingState) {
+        let me = self.membership.me().clone();
+        let held = match self.store(|s| s.partitions()).await {
+            Ok(Ok(p)) => p,
+            other => {
+                debug!(?other, "could not list partitions");
+                return;
+            }
+        };
+        let mut budget = SWEEP_KEYS_PER_ROUND;
+        for partition in held {
+            if budget == 0 || self.shutdown.is_cancelled() {
+                return;
+            }
+            if ring.topology.holds(partition, &me) {
+                continue;
+            }
+            let mut homes = ring.topology.home(partition);
+            homes.extend(ring.topology.incoming(partition));
+            if let Some(down) = homes.iter().find(|n| !self.membership.is_live(n)) {
+                debug!(partition = partition.index(), %down, "keeping handed-over data until every home replica is up");
+                continue;
+            }
+            match self.sweep_partition(partition, &homes, &mut budget).await {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    info!(
+                        partition = partition.index(),
+                        dropped, "dropped data this node no longer replicates"
+                    )
+                }
+                Err(e) => debug!(partition = partition.index(), error = %e, "sweep paused"),
+            }
+        }
+    }
+
+    /// Confirms each key of `partition` with every home replica and removes it locally.
+    /// Returns the keys removed.
+    async fn sweep_partition(
+        &self,
+        partition: PartitionId,
+        homes: &[NodeId],
+        budget: &mut usize,
+    ) -> Result<u64, String> {
+        let mut after: Option<Bytes> = None;
+        let mut dropped = 0;
+        while *budget > 0 {
+            let limit = SWEEP_BATCH_KEYS.min(*budget);
+            let cursor = after.clone();
+            let batch = self
+                .store(move |s| s.scan(partition, cursor.as_deref(), limit))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                break;
+            }
+            *budget -= batch.len().min(*budget);
+            after = batch.last().map(|(k, _)| k.clone());
+            for home in homes {
+                self.hand_over(partition, home, &batch).await?;
+            }
+            for (key, versions) in batch {
+                let digest = versions.digest();
+                let removed = self
+                    .store(move |s| s.remove_if(partition, &key, digest))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if removed {
+                    dropped += 1;
+                }
+            }
+        }
+        self.handoff
+            .keys_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+        metrics::counter!("ringkv_handoff_keys_dropped_total").increment(dropped);
+        Ok(dropped)
+    }
+
+    /// Makes sure `home` holds every record of `batch`: asks which it holds identically and
+    /// sends it the others.
+    async fn hand_over(
+        &self,
+        partition: PartitionId,
+        home: &NodeId,
+        batch: &[(Bytes, VersionSet)],
+    ) -> Result<(), String> {
+        let keys = batch.iter().map(|(k, v)| (k.clone(), v.digest())).collect();
+        let same = match self
+            .ask(home, Request::SameVersions { partition, keys })
+            .await?
+        {
+            Response::Same(same) if same.len() == batch.len() => same,
+            other => return Err(format!("{home} answered {other:?}")),
+        };
+        for ((key, versions), same) in batch.iter().zip(same) {
+            if same {
+                continue;
+            }
+            let request = Request::Write {
+                key: key.clone(),
+                versions: versions.clone(),
+                hinted_for: None,
+            };
+            match self.ask(home, request).await? {
+                Response::Ok => {}
+                other => return Err(format!("{home} answered {other:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// For each key asked, whether this node holds exactly that version set.
+    pub(crate) async fn serve_same_versions(
+        &self,
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+    ) -> Response {
+        let keys: Vec<(Bytes, u64)> = keys.into_iter().take(SWEEP_BATCH_KEYS).collect();
+        match self
+            .store(
+                move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                    keys.iter()
+                        .map(|(k, d)| Ok(s.get(partition, k)?.is_some_and(|v| v.digest() == *d)))
+                        .collect()
+                },
+            )
+            .await
+        {
+            Ok(Ok(same)) => Response::Same(same),
+            Ok(Err(e)) => Response::Error(e.to_string()),
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    /// Serves a leave request: the claimant records it; others pass it to the claimant.
+    pub async fn request_leave(&self, node: NodeId) -> Result<u64, LeaveError> {
+        let claimant = self
+            .membership
+            .claimant()
+            .ok_or_else(|| LeaveError::Unavailable("this node has no ring yet".into()))?;
+        if claimant == *self.membership.me() {
+            let next = self
+                .membership
+                .leave_as_claimant(&node)
+                .await
+                .map_err(LeaveError::Refused)?;
+            if next.is_some() {
+                self.persist_ring().await;
+                warn!(%node, "leaving: its partitions will be handed over");
+            }
+            return Ok(self.membership.ring().map(|r| r.version).unwrap_or(0));
+        }
+        match self.ask(&claimant, Request::Leave { node }).await {
+            Ok(Response::Ok) => Ok(self.membership.ring().map(|r| r.version).unwrap_or(0)),
+            Ok(Response::Error(e)) => Err(LeaveError::Refused(e)),
+            Ok(other) => Err(LeaveError::Unavailable(format!(
+                "claimant answered {other:?}"
+            ))),
+            Err(e) if e.starts_with(REFUSED_PREFIX) => {
+                Err(LeaveError::Refused(e[REFUSED_PREFIX.len()..].to_string()))
+            }
+            Err(e) => Err(LeaveError::Unavailable(format!(
+                "could not reach the claimant {claimant}: {e}"
+            ))),
+        }
+    }
+}
+
+/// Prefix of a claimant's answer refusing a leave (the request was wrong, not the network).
+pub const REFUSED_PREFIX: &str = "refused: ";
+
+/// Why a leave was not recorded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LeaveError {
+    /// The request cannot be granted (unknown node, too few members would remain).
+    #[error("{0}")]
+    Refused(String),
+    /// The claimant could not be reached; try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
