@@ -411,6 +411,46 @@ async fn weights_and_zones_shape_the_ring_and_a_join_moves_little() {
         moved as f64 <= 1.1 * optimal.ceil(),
         "moved {moved}, optimum {optimal:.0}"
     );
+
+    // The receiver counted what it received, in /status and /metrics.
+    let metrics = api.get_path(joined, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("ringkv_handoff_partitions_pending"),
+        "no handoff gauges in /metrics"
+    );
+
+    // The command line: plan a change without making it, and a refused leave.
+    let url = api.http(0);
+    let plan = ringkv(&["ring", "plan", "--join", "n9:2:z3", "--node", &url]);
+    assert!(plan.status.success(), "{plan:?}");
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(out.contains("n9") && out.contains("optimum"), "{out}");
+    let version_after = api.status(0).await["cluster"]["ring_version"].clone();
+    let plan = ringkv(&["ring", "plan", "--leave", "n2", "--node", &url]);
+    assert!(plan.status.success(), "{plan:?}");
+    assert_eq!(
+        api.status(0).await["cluster"]["ring_version"],
+        version_after,
+        "a plan changes nothing"
+    );
+    let refused = ringkv(&["leave", "nobody", "--node", &url]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a member"),
+        "{refused:?}"
+    );
+    let r = api
+        .send(api.client.post(format!("{url}/admin/leave?node=nobody")))
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+}
+
+fn ringkv(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(args)
+        .output()
+        .expect("running ringkv")
 }
 
 /// The record bytes handoff counts for a key (key, value, 16 bytes per version).

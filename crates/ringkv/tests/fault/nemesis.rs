@@ -294,9 +294,16 @@ pub async fn run_schedule(
 ) -> Vec<String> {
     let mut errors = Vec::new();
     let until = Instant::now() + duration;
+    let mut round = 0;
     while Instant::now() < until {
         let mut active = Active::default();
-        let first = kinds[rng.below(kinds.len())];
+        // A membership change is slow to complete: make sure a short run has one.
+        let first = if round == 0 && kinds.contains(&Fault::LeaveRejoin) {
+            Fault::LeaveRejoin
+        } else {
+            kinds[rng.below(kinds.len())]
+        };
+        round += 1;
         let mut what = vec![inject(c, rng, first, &mut active).await];
         if mixed && rng.below(3) == 0 {
             // A second fault of another family; wipes stay alone.
