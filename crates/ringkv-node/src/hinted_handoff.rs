@@ -54,21 +54,26 @@ impl Node {
         metrics::gauge!("ringkv_hints_pending").set(self.hints.len() as f64);
     }
 
+    /// The next `HINT_DELIVERY_BATCH` hints held for `target` (`None` if they cannot be read).
+    async fn hint_batch(&self, target: &ringkv_core::NodeId) -> Option<Vec<ringkv_storage::Hint>> {
+        let hints = self.hints.clone();
+        let t = target.clone();
+        match tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await {
+            Ok(Ok(batch)) => Some(batch),
+            other => {
+                debug!(?other, "could not read hints");
+                None
+            }
+        }
+    }
+
     async fn deliver_to(self: &Arc<Self>, target: &ringkv_core::NodeId) {
         let Some(addr) = self.membership.address(target) else {
             return;
         };
-        let hints = self.hints.clone();
-        let t = target.clone();
-        let batch =
-            match tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await
-            {
-                Ok(Ok(batch)) => batch,
-                other => {
-                    debug!(?other, "could not read hints");
-                    return;
-                }
-            };
+        let Some(batch) = self.hint_batch(target).await else {
+            return;
+        };
         let mut delivered = 0usize;
         for hint in batch {
             let request = Request::Write {
@@ -107,11 +112,7 @@ impl Node {
         let Some(ring) = self.membership.ring() else {
             return;
         };
-        let hints = self.hints.clone();
-        let t = departed.clone();
-        let Ok(Ok(batch)) =
-            tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await
-        else {
+        let Some(batch) = self.hint_batch(departed).await else {
             return;
         };
         let mut delivered = 0usize;
@@ -152,11 +153,7 @@ impl Node {
         let Some(ring) = self.membership.ring() else {
             return;
         };
-        let hints = self.hints.clone();
-        let t = target.clone();
-        let Ok(Ok(batch)) =
-            tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await
-        else {
+        let Some(batch) = self.hint_batch(target).await else {
             return;
         };
         for hint in batch {
