@@ -133,7 +133,12 @@ pub fn run(
     )?;
     let mut rows = Vec::with_capacity(config.gossip.sizes.len());
     let mut chitchat_seconds = Vec::new();
-    for &nodes in &config.gossip.sizes {
+    let sizes: &[usize] = if config.gossip.engine == GossipEngine::None {
+        &[]
+    } else {
+        &config.gossip.sizes
+    };
+    for &nodes in sizes {
         let (row, seconds) = gossip_row(nodes, config, progress)?;
         rows.push(row);
         chitchat_seconds.extend(seconds.map(|s| (nodes, s)));

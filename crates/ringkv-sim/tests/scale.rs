@@ -158,3 +158,15 @@ fn the_binary_rejects_bad_arguments_with_a_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn without_gossip_only_the_ring_is_reported() {
+    let mut ring_only = config(1);
+    ring_only.gossip.engine = GossipEngine::None;
+    let (r, t) = scale::run(&ring_only, &mut |_| {}).unwrap();
+    assert!(r.gossip.is_empty());
+    assert!(!report::tables(&r, &t).contains("Gossip:"));
+    let charts = report::charts(&r);
+    assert_eq!(charts.len(), 1);
+    assert_eq!(charts[0].0, "partitions-per-node.svg");
+}
