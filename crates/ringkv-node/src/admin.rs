@@ -111,6 +111,10 @@ pub fn status_json(node: &Node) -> serde_json::Value {
             })),
         },
         "hints_pending": node.hints.len(),
+        "gossip": match membership.gossip_failure() {
+            None => "running".to_string(),
+            Some(why) => format!("stopped: {why}"),
+        },
         "anti_entropy": {
             "passes": load(&ae.passes),
             "partitions_compared": load(&ae.partitions_compared),

@@ -130,6 +130,9 @@ pub struct Membership {
     /// Handoff confirmations received as claimant: per node, the target digest and the
     /// partitions it holds. Folded into the next ring version.
     received: std::sync::Mutex<BTreeMap<NodeId, (u64, Vec<u32>)>>,
+    /// Why the gossip task ended, if it did (chitchat's task can panic, for one when its
+    /// digest no longer fits a datagram: about 1,400 members with short ids).
+    gossip_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Membership {
@@ -182,6 +185,16 @@ impl Membership {
             initial.push((keys::RESP.to_string(), resp.to_string()));
         }
         let chitchat = spawn_chitchat(config, initial, &UdpTransport).await?;
+        let gossip_failure = Arc::new(std::sync::Mutex::new(None));
+        let watcher = chitchat.termination_watcher();
+        let failure = gossip_failure.clone();
+        tokio::spawn(async move {
+            if let Err(e) = watcher.await {
+                tracing::error!(error = %e, "gossip stopped: this node's view of the cluster is frozen; restart it");
+                metrics::gauge!("ringkv_gossip_stopped").set(1.0);
+                *failure.lock().unwrap() = Some(e.to_string());
+            }
+        });
         let membership = Membership {
             me,
             settings: settings.clone(),
@@ -192,6 +205,7 @@ impl Membership {
             left: std::sync::atomic::AtomicBool::new(left),
             claim_lock: tokio::sync::Mutex::new(()),
             received: std::sync::Mutex::new(BTreeMap::new()),
+            gossip_failure,
         };
         if let Some(ring) = ring {
             membership.adopt(ring).await;
@@ -273,6 +287,11 @@ impl Membership {
         }
         self.publish_status().await;
         true
+    }
+
+    /// Why gossip stopped, if it did (`None` while it runs).
+    pub fn gossip_failure(&self) -> Option<String> {
+        self.gossip_failure.lock().unwrap().clone()
     }
 
     /// Whether this node was a member and has left.
