@@ -593,3 +593,41 @@ pub enum LeaveError {
     #[error("{0}")]
     Unavailable(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_spaces_transfers_by_their_bytes() {
+        let start = Instant::now();
+        let mut throttle = Throttle {
+            rate: 1000.0,
+            free_at: start,
+        };
+        let first = throttle.take(500);
+        let second = throttle.take(250);
+        let third = throttle.take(0);
+        assert!(first >= start && first - start < Duration::from_millis(50));
+        assert_eq!(
+            second - first,
+            Duration::from_millis(500),
+            "500 bytes at 1000 B/s"
+        );
+        assert_eq!(third - second, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn record_bytes_counts_key_values_and_versions() {
+        let mut set = VersionSet::default();
+        let replica = ringkv_core::ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+        let (one, _) = set.update_exact(
+            set.context(),
+            set.cloud(),
+            Some(Bytes::from_static(b"hello")),
+            &replica,
+        );
+        set = one;
+        assert_eq!(record_bytes(b"key", &set), 3 + 5 + 16);
+    }
+}
