@@ -589,3 +589,35 @@ async fn target_table(api: &Api) -> Table {
     }
     t
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_is_down_for_good_is_removed_with_leave() {
+    let common = ["--partitions", Q, "--handoff-interval-ms", "200"];
+    let mut c = Cluster::start_with(4, &common).await;
+    let api = c.api();
+    let mut acked = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("k{i}").into_bytes();
+        let value = format!("v{i}").into_bytes();
+        let r = api.put(i % 4, &key, &value, None, "w=3").await;
+        assert_eq!(r.status, 204, "{r:?}");
+        acked.insert(key, value);
+    }
+    c.kill(3);
+    // Down is not gone: nothing removes it by itself.
+    poll_until(STATUS_TIMEOUT, "n4 to be seen down", || async {
+        (api.member_status(0, 3).await.as_deref() == Some("down")).then_some(())
+    })
+    .await;
+    assert_eq!(api.ring(0).await["members"].as_array().unwrap().len(), 4);
+    // Removing it explicitly hands its partitions over from the other replicas.
+    let r = api
+        .send(
+            api.client
+                .post(format!("{}/admin/leave?node=n4", api.http(1))),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    wait_transition_done(&api, &[0, 1, 2], 3).await;
+    assert_every_key_home(&api, &[0, 1, 2], &acked).await;
+}
