@@ -57,6 +57,8 @@ pub struct HandoffState {
     active: Mutex<BTreeSet<u32>>,
     /// Receive workers running.
     workers: AtomicU64,
+    /// Leave requests taken by this node, until the node asked to leave is no longer a member.
+    pending_leaves: Mutex<BTreeSet<NodeId>>,
     pub bytes_sent: AtomicU64,
     pub keys_received: AtomicU64,
     pub keys_dropped: AtomicU64,
@@ -130,6 +132,7 @@ impl Node {
             return;
         };
         self.receive_partitions(&ring).await;
+        self.retry_leaves(&ring).await;
         self.sweep(&ring).await;
         let report = self.handoff_report();
         metrics::gauge!("ringkv_handoff_partitions_pending").set(report.cluster_pending as f64);
@@ -546,8 +549,40 @@ impl Node {
         }
     }
 
-    /// Serves a leave request: the claimant records it; others pass it to the claimant.
+    /// Serves a leave request: the claimant records it; others pass it to the claimant. Once
+    /// taken, the request is sent again every round while the ring this node holds does not
+    /// list `node` as leaving, until `node` is no longer a member: a leave recorded only in a
+    /// ring version that loses a tie between two claimants (a partition) is not forgotten.
     pub async fn request_leave(&self, node: NodeId) -> Result<u64, LeaveError> {
+        let version = self.send_leave(node.clone()).await?;
+        self.handoff.pending_leaves.lock().unwrap().insert(node);
+        Ok(version)
+    }
+
+    /// Re-sends the leave requests taken here that the ring does not show yet.
+    async fn retry_leaves(&self, ring: &RingState) {
+        let pending: Vec<NodeId> = {
+            let mut pending = self.handoff.pending_leaves.lock().unwrap();
+            pending.retain(|n| ring.topology.is_member(n));
+            pending
+                .iter()
+                .filter(|n| !ring.topology.leaving().contains(*n))
+                .cloned()
+                .collect()
+        };
+        for node in pending {
+            match self.send_leave(node.clone()).await {
+                Ok(_) => debug!(%node, "leave request sent again"),
+                Err(LeaveError::Refused(why)) => {
+                    warn!(%node, %why, "a leave request taken earlier is now refused");
+                    self.handoff.pending_leaves.lock().unwrap().remove(&node);
+                }
+                Err(LeaveError::Unavailable(why)) => debug!(%node, %why, "leave not sent yet"),
+            }
+        }
+    }
+
+    async fn send_leave(&self, node: NodeId) -> Result<u64, LeaveError> {
         let claimant = self
             .membership
             .claimant()

@@ -125,6 +125,10 @@ pub struct Membership {
     known: RwLock<HashMap<NodeId, PeerInfo>>,
     /// Whether this node was a member and left (persisted by the node).
     left: std::sync::atomic::AtomicBool,
+    /// Whether this incarnation of the node (this data directory) was ever made a member: it
+    /// held a ring listing it and not leaving. Only such a node can leave; a wiped node that
+    /// restarts under the id of a member being removed is a newcomer, not a leaver.
+    made_member: std::sync::atomic::AtomicBool,
     /// Serialises the making of new ring versions on this node (claimant rounds, leaves).
     claim_lock: tokio::sync::Mutex<()>,
     /// Handoff confirmations received as claimant: per node, the target digest and the
@@ -203,6 +207,10 @@ impl Membership {
             ring: RwLock::new(None),
             known: RwLock::new(HashMap::new()),
             left: std::sync::atomic::AtomicBool::new(left),
+            made_member: std::sync::atomic::AtomicBool::new(
+                ring.as_ref()
+                    .is_some_and(|r| r.topology.is_member(&settings.node_id)),
+            ),
             claim_lock: tokio::sync::Mutex::new(()),
             received: std::sync::Mutex::new(BTreeMap::new()),
             gossip_failure,
@@ -279,7 +287,12 @@ impl Membership {
             let was_member = ring
                 .as_ref()
                 .is_some_and(|r| r.topology.is_member(&self.me));
-            if was_member && !state.topology.is_member(&self.me) {
+            let member = state.topology.is_member(&self.me);
+            if member && !state.topology.leaving().contains(&self.me) {
+                self.made_member
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if was_member && !member && self.made_member.load(std::sync::atomic::Ordering::SeqCst) {
                 info!("this node left the cluster: it owns no partition any more");
                 self.left.store(true, std::sync::atomic::Ordering::SeqCst);
             }
