@@ -490,6 +490,13 @@ async fn killed_receiver_and_source_resume_the_transfer_where_it_stopped() {
         api.ring(0).await["pending"].as_array().map(|_| ())
     })
     .await;
+    // `ringkv status` shows the transfers in progress with a bar.
+    let status = ringkv(&["status", "--node", &api.http(0)]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && out.contains("handoff [") && out.contains("partition transfers"),
+        "{status:?}"
+    );
     // The bytes n4 must receive: every key of the partitions it gains.
     let before = table(&api, 0).await;
     let target = target_table(&api).await;
