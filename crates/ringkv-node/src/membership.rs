@@ -240,10 +240,7 @@ impl Membership {
             n = params.n,
             "founding a new cluster"
         );
-        Ok(RingState {
-            version: 1,
-            topology: Topology::settled(ring),
-        })
+        Ok(RingState::new(1, Topology::settled(ring)))
     }
 
     pub fn me(&self) -> &NodeId {
@@ -458,13 +455,7 @@ impl Membership {
         if topology == current.topology {
             return None;
         }
-        Some((
-            RingState {
-                version: current.version + 1,
-                topology,
-            },
-            guard,
-        ))
+        Some((RingState::new(current.version + 1, topology), guard))
     }
 
     /// As claimant, marks `node` as leaving in a new ring version and adopts it.
@@ -480,10 +471,7 @@ impl Membership {
             Err(TopologyError::AlreadyLeaving(_)) => return Ok(None),
             Err(e) => return Err(e.to_string()),
         }
-        let next = RingState {
-            version: current.version + 1,
-            topology,
-        };
+        let next = RingState::new(current.version + 1, topology);
         self.adopt(next.clone()).await;
         Ok(Some(next))
     }

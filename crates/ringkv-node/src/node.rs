@@ -266,7 +266,7 @@ impl Node {
                 .await
             {
                 Ok(Response::Ring(state)) if state.version >= version => {
-                    if self.membership.adopt(state).await {
+                    if self.membership.adopt(*state).await {
                         self.persist_ring().await;
                     }
                 }
@@ -382,7 +382,7 @@ impl Node {
             | Request::MerkleLeaves { .. }
             | Request::LeafDigests { .. }) => self.serve_anti_entropy(ae).await,
             Request::FetchRing => match self.membership.ring() {
-                Some(r) => Response::Ring((*r).clone()),
+                Some(r) => Response::Ring(Box::new((*r).clone())),
                 None => Response::Error("this node has no ring yet".into()),
             },
             Request::HandoffChunk {

@@ -138,7 +138,7 @@ pub enum Response {
     Ok,
     Versions(Option<VersionSet>),
     Coordinated(Result<ClientReply, ClientError>),
-    Ring(RingState),
+    Ring(Box<RingState>),
     /// The request could not be served; the text says why.
     Error(String),
     Merkle {
@@ -182,25 +182,42 @@ pub enum ClientError {
 
 /// The topology (committed ring, transition, leaving members) and its version. Version 0
 /// never exists: a node without a ring has none. Stored in the node's meta store and sent in
-/// answer to `FetchRing`.
+/// answer to `FetchRing`. Never changed once built (it is shared as `Arc<RingState>`), so its
+/// digests are computed once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RingState {
     pub version: u64,
     pub topology: Topology,
+    #[serde(skip)]
+    digests: std::sync::OnceLock<(u64, Option<u64>)>,
 }
 
 impl RingState {
+    pub fn new(version: u64, topology: Topology) -> RingState {
+        RingState {
+            version,
+            topology,
+            digests: std::sync::OnceLock::new(),
+        }
+    }
+    fn digests(&self) -> (u64, Option<u64>) {
+        *self.digests.get_or_init(|| {
+            let hash = |bytes: Vec<u8>| xxhash_rust::xxh3::xxh3_64(&bytes);
+            (
+                hash(postcard::to_allocvec(&self.topology).expect("topologies serialize")),
+                self.topology
+                    .target()
+                    .map(|t| hash(postcard::to_allocvec(t).expect("rings serialize"))),
+            )
+        })
+    }
     pub fn digest(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(
-            &postcard::to_allocvec(&self.topology).expect("topologies serialize"),
-        )
+        self.digests().0
     }
     /// The digest of the transition's target ring (what handoff progress is recorded
     /// against), if a transition is open.
     pub fn target_digest(&self) -> Option<u64> {
-        self.topology.target().map(|t| {
-            xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(t).expect("rings serialize"))
-        })
+        self.digests().1
     }
     pub(crate) fn rank(&self) -> (u64, u64) {
         (self.version, self.digest())
