@@ -2,7 +2,8 @@
 # bench/compare.sh: redis and ringkv side by side on this machine, everything on loopback.
 #
 #   1. redis-benchmark -c 50 -r 100000 -d 100 -t set,get against one redis-server
-#      (no persistence) and against a 3-node ringkv cluster (N=3, R=W=2, fjall) via RESP;
+#      (no persistence) and against a ringkv cluster of BENCH_NODES nodes (default 3; N=3,
+#      R=W=2, fjall) via RESP;
 #   2. `ringkv bench` YCSB workload A on the same cluster: closed loop over HTTP and over
 #      the zero-hop client, the client with every request sent to one node, and an open
 #      loop at half of the zero-hop client's maximum throughput;
@@ -11,7 +12,8 @@
 # Settings (environment): BENCH_TARGET_DIR (cargo target dir of the release build, kept
 # apart from target/debug so running tests keep their binary), BENCH_DURATION_SECS (each
 # `ringkv bench` run, default 10), BENCH_REQUESTS (redis-benchmark -n, default 200000),
-# BENCH_CONCURRENCY (`ringkv bench` workers, default 32), BENCH_OUT (where the JSON reports
+# BENCH_CONCURRENCY (`ringkv bench` workers, default 32), BENCH_NODES (cluster size, default 3;
+# zero-hop routing can only save a hop when the cluster is larger than N), BENCH_OUT (where the JSON reports
 # and logs go, default a temporary folder that is kept), BENCH_PERF=1 (profile node n1 with
 # `perf record` during the closed-loop zero-hop run; the top symbols go to $OUT/perf-top.txt).
 # Everything this script starts is stopped on exit (trap); it takes a few minutes.
@@ -22,6 +24,7 @@ TARGET_DIR=${BENCH_TARGET_DIR:-$ROOT/target/bench}
 DURATION=${BENCH_DURATION_SECS:-10}
 REQUESTS=${BENCH_REQUESTS:-200000}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
+NODE_COUNT=${BENCH_NODES:-3}
 OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringkv-compare.XXXXXX)}
 WORK=$(mktemp -d /tmp/ringkv-compare-data.XXXXXX)
 # How long a server may take to answer its first request.
@@ -90,7 +93,7 @@ cluster_formed() {
     local port
     for port in "${HTTP_PORTS[@]}"; do
         curl -sf "http://127.0.0.1:$port/status" |
-            jq -e '[.cluster.members[] | select(.status == "up" and .partitions_owned > 0)] | length == 3' \
+            jq -e '[.cluster.members[] | select(.status == "up" and .partitions_owned > 0)] | length == '"$NODE_COUNT" \
                 >/dev/null || return 1
     done
 }
@@ -123,10 +126,10 @@ PIDS=()
 
 # --- ringkv cluster ----------------------------------------------------------------------
 HTTP_PORTS=() RESP_PORTS=() LISTEN_PORTS=()
-for i in 1 2 3; do
+for ((i = 0; i < NODE_COUNT; i++)); do
     HTTP_PORTS+=("$(free_port)") RESP_PORTS+=("$(free_port)") LISTEN_PORTS+=("$(free_port)")
 done
-for i in 0 1 2; do
+for ((i = 0; i < NODE_COUNT; i++)); do
     args=(server --node-id "n$((i + 1))" --listen "127.0.0.1:${LISTEN_PORTS[i]}"
         --http "127.0.0.1:${HTTP_PORTS[i]}" --resp "127.0.0.1:${RESP_PORTS[i]}"
         --data-dir "$WORK/n$((i + 1))" --storage fjall --n 3 --r 2 --w 2)
@@ -184,7 +187,7 @@ done
     echo "| server | SET req/s | GET req/s | errors |"
     echo "|---|---|---|---|"
     echo "| redis-server (1 process, no persistence) | $REDIS_SET | $REDIS_GET | $REDIS_ERRORS |"
-    echo "| ringkv 3 nodes N=3 R=W=2, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS |"
+    echo "| ringkv $NODE_COUNT nodes N=3 R=W=2, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS |"
     echo
     echo "## ringkv bench, workload A, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
     echo
