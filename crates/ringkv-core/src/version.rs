@@ -301,6 +301,44 @@ impl VersionSet {
         }
     }
 
+    /// The same set with `replica`'s entry of the vector raised to at least `floor`: it
+    /// declares every write of `replica` numbered up to `floor` seen. Sound only when called
+    /// by `replica` itself, which knows that no such write of this key survives outside this
+    /// set (the node's *dot floor*, raised when tombstones are purged: see
+    /// `highest_counter`). The next `update` by `replica` then issues a counter above
+    /// `floor`, which no context handed out before the purge can cover.
+    pub fn raise_floor(&self, replica: &ReplicaId, floor: u64) -> VersionSet {
+        if floor <= self.context.get(replica) {
+            return self.clone();
+        }
+        let mut context = self.context.clone();
+        context.raise(replica, floor);
+        let cloud = canonical_cloud(&mut context, self.cloud.clone());
+        VersionSet {
+            context,
+            cloud,
+            siblings: self.siblings.clone(),
+        }
+    }
+
+    /// The highest counter of `replica` this set has seen (vector or cloud): the floor its
+    /// writes must stay above once this set is forgotten.
+    pub fn highest_counter(&self, replica: &ReplicaId) -> u64 {
+        self.cloud
+            .iter()
+            .filter(|d| d.replica == *replica)
+            .map(|d| d.counter)
+            .chain([self.context.get(replica)])
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether the set holds only tombstones (at least one): a deleted key whose tombstone
+    /// may be purged once it is causally stable.
+    pub fn is_tombstone_only(&self) -> bool {
+        !self.siblings.is_empty() && self.siblings.iter().all(Sibling::is_tombstone)
+    }
+
     /// The version vector of the causal context (its contiguous part). The whole context a
     /// client should get is the vector plus `cloud()`.
     pub fn context(&self) -> &VersionVector {

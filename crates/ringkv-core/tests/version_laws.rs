@@ -346,6 +346,54 @@ proptest! {
     }
 
     #[test]
+    fn after_a_purge_no_old_context_covers_a_new_write(
+        ops in history(),
+        coordinator in 0..REPLICAS,
+        writes_after in 1..4usize,
+    ) {
+        // Every replica converges, the key is deleted with the full context, and the tombstone
+        // is purged: each replica raises its dot floor to the highest counter of its own id
+        // in the tombstone, then forgets the key.
+        let world = World::replay(&ops);
+        let converged = world.converged();
+        let (tombstone, _) = converged.update(
+            converged.context(),
+            None,
+            &replica_id(coordinator),
+        );
+        prop_assert!(tombstone.is_tombstone_only());
+        let floors: Vec<u64> = (0..REPLICAS)
+            .map(|r| tombstone.highest_counter(&replica_id(r)))
+            .collect();
+        // New blind writes through the coordinator on the forgotten key.
+        let mut state = VersionSet::new();
+        let mut new_dots = Vec::new();
+        for _ in 0..writes_after {
+            let id = replica_id(coordinator);
+            let floored = state.raise_floor(&id, floors[coordinator]);
+            prop_assert!(floored.is_well_formed());
+            let (next, dot) = floored.update(&VersionVector::new(), value("new"), &id);
+            prop_assert!(next.is_well_formed());
+            new_dots.push(dot);
+            state = next;
+        }
+        // No context anybody held before the purge covers a write made after it.
+        let old_contexts = world
+            .writes
+            .iter()
+            .map(|w| w.context.clone())
+            .chain(world.snapshots.iter().map(Context::of))
+            .chain([Context::of(&tombstone)]);
+        for context in old_contexts {
+            for dot in &new_dots {
+                prop_assert!(!context.covers(dot), "{:?} covers the new write {:?}", context, dot);
+            }
+        }
+        // Blind writes remove nothing: every new write is a live sibling.
+        prop_assert_eq!(state.values().count(), writes_after);
+    }
+
+    #[test]
     fn postcard_round_trip_is_identity(ops in history(), s: prop::sample::Index) {
         let world = World::replay(&ops);
         let s = world.snapshot(s);
@@ -424,4 +472,23 @@ fn replay_is_deterministic() {
         converged.values().collect::<Vec<_>>(),
         vec![&Bytes::from("w2")]
     );
+}
+
+#[test]
+fn without_the_floor_a_forgotten_key_reissues_an_old_dot() {
+    // Why purging needs the dot floor: a replica that forgot a key counts from zero again,
+    // and a client still holding a context from before the delete covers the new write.
+    let id = replica_id(0);
+    let (first, _) = VersionSet::new().update(&VersionVector::new(), value("old"), &id);
+    let old_context = Context::of(&first);
+    let (tombstone, _) = first.update(first.context(), None, &id);
+    let (_, reissued) = VersionSet::new().update(&VersionVector::new(), value("new"), &id);
+    assert!(
+        old_context.covers(&reissued),
+        "the unfloored dot is {reissued:?}"
+    );
+    let floored = VersionSet::new().raise_floor(&id, tombstone.highest_counter(&id));
+    let (_, fresh) = floored.update(&VersionVector::new(), value("new"), &id);
+    assert!(!old_context.covers(&fresh), "the floored dot is {fresh:?}");
+    assert!(!Context::of(&tombstone).covers(&fresh));
 }

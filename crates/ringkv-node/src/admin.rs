@@ -121,6 +121,12 @@ pub fn status_json(node: &Node) -> serde_json::Value {
             "keys_repaired": load(&ae.keys_repaired),
             "last_full_pass_unix_ms": load(&ae.last_full_pass_unix_ms),
         },
+        "tombstones": {
+            "purge_candidates": node.tombstones.candidates(),
+            "purged": load(&node.tombstones.purged),
+            "purges_deferred": load(&node.tombstones.deferred),
+            "dot_floor": node.tombstones.dot_floor(),
+        },
         "handoff": {
             "cluster_transfers_pending": handoff.cluster_pending,
             "partitions_pending": handoff.awaiting.saturating_sub(handoff.moving),

@@ -99,12 +99,12 @@ impl Node {
                 continue;
             }
             let peer = &peers[(pass as usize + index as usize) % peers.len()];
-            if !self.membership.is_live(peer) {
-                continue;
-            }
-            if let Err(e) = self.exchange(partition, peer, &mut budget).await {
+            if self.membership.is_live(peer)
+                && let Err(e) = self.exchange(partition, peer, &mut budget).await
+            {
                 debug!(partition = index, %peer, error = %e, "anti-entropy exchange failed");
             }
+            self.purge_tombstones(&ring, partition).await;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

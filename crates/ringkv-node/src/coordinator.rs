@@ -398,10 +398,16 @@ impl Node {
     ) -> Result<(VersionSet, Dot), ClientError> {
         let partition = self.partition_of(&key);
         let replica = self.replica.clone();
+        let floor = self.tombstones.dot_floor.clone();
         self.store(move |s| {
             let mut dot = None;
             let stored = s.update(partition, &key, &mut |current| {
-                let current = current.cloned().unwrap_or_default();
+                // Read inside the key's lock: a purge raises the floor before it removes.
+                let floor = floor.load(std::sync::atomic::Ordering::SeqCst);
+                let current = current
+                    .cloned()
+                    .unwrap_or_default()
+                    .raise_floor(&replica, floor);
                 let (next, d) = match &context {
                     Some(ctx) => {
                         current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica)

@@ -8,6 +8,7 @@
 //! - `coordinator`: the read and write paths, sloppy quorum, forwarding, read repair.
 //! - `hinted_handoff`: delivering hints to home replicas that are back.
 //! - `anti_entropy`: Merkle exchanges that repair divergent replicas.
+//! - `tombstones`: purging tombstones once causally stable; the dot floor.
 //! - `http`: the client and admin HTTP API.
 //! - `resp`: the Redis-protocol (RESP2) API.
 //! - `server`: start, serve, shut down.
@@ -28,6 +29,7 @@ pub mod node;
 pub mod resp;
 pub mod server;
 pub mod settings;
+pub mod tombstones;
 pub mod transport;
 pub mod wire;
 

@@ -43,6 +43,7 @@ pub struct Node {
     pub(crate) shutdown: CancellationToken,
     pub(crate) anti_entropy: crate::anti_entropy::AntiEntropyStats,
     pub(crate) handoff: crate::handoff::HandoffState,
+    pub(crate) tombstones: crate::tombstones::TombstoneState,
     /// Serialises the allocation of one-off actor ids.
     pub(crate) one_off_lock: tokio::sync::Mutex<()>,
 }
@@ -73,6 +74,9 @@ impl Node {
         let left = storage.get_meta(LEFT_META_KEY)?.is_some();
         let handoff =
             crate::handoff::HandoffState::load(storage.get_meta(crate::handoff::HANDOFF_META_KEY)?);
+        let tombstones = crate::tombstones::TombstoneState::load(
+            storage.get_meta(crate::tombstones::DOT_FLOOR_META_KEY)?,
+        );
         let membership = Membership::start(&settings, ring, left).await?;
         let peers = Peers::new(settings.node_id.clone(), settings.limits.clone());
         let node = Arc::new(Node {
@@ -85,6 +89,7 @@ impl Node {
             shutdown,
             anti_entropy: Default::default(),
             handoff,
+            tombstones,
             one_off_lock: tokio::sync::Mutex::new(()),
         });
         node.persist_ring().await;
@@ -417,6 +422,9 @@ impl Node {
             },
             Request::SameVersions { partition, keys } => {
                 self.serve_same_versions(partition, keys).await
+            }
+            purge @ (Request::HintedKeys { .. } | Request::Purge { .. }) => {
+                self.serve_purge(purge).await
             }
         }
     }

@@ -91,6 +91,11 @@ pub struct ServerArgs {
     /// How often handoff work (receiving, confirming, dropping handed-over data) is checked.
     #[arg(long, env = "RINGKV_HANDOFF_INTERVAL_MS")]
     pub handoff_interval_ms: Option<u64>,
+    /// How long a deleted key's tombstone must stay identical on every home replica, with
+    /// every member up and no hint for it anywhere, before it is purged (an addition to
+    /// API.md §1). It covers messages still in flight when stability is first seen.
+    #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_MS")]
+    pub tombstone_grace_ms: Option<u64>,
     /// FOR TESTS ONLY: turn off hinted handoff delivery, anti-entropy and read repair, so
     /// that the fault harness can show it detects the losses this causes.
     #[arg(long, hide = true)]
@@ -124,6 +129,7 @@ struct FileSettings {
     handoff_bytes_per_second: Option<u64>,
     handoff_concurrency: Option<usize>,
     handoff_interval_ms: Option<u64>,
+    tombstone_grace_ms: Option<u64>,
 }
 
 /// Everything a node needs to know about itself, validated.
@@ -154,6 +160,8 @@ pub struct Settings {
     /// Partitions received at once.
     pub handoff_concurrency: usize,
     pub handoff_interval: Duration,
+    /// How long a tombstone stays causally stable before it is purged.
+    pub tombstone_grace: Duration,
     /// Tests only: no hinted handoff delivery, anti-entropy or read repair.
     pub disable_repair: bool,
     pub limits: Limits,
@@ -321,6 +329,10 @@ impl Settings {
                 .handoff_interval_ms
                 .or(file.handoff_interval_ms)
                 .unwrap_or(1000)),
+            tombstone_grace: ms(args
+                .tombstone_grace_ms
+                .or(file.tombstone_grace_ms)
+                .unwrap_or(60_000)),
             disable_repair: args.test_disable_repair,
             limits: Limits::default(),
         };
@@ -364,6 +376,7 @@ impl Settings {
             ("request_timeout_ms", self.request_timeout),
             ("anti_entropy_interval_ms", self.anti_entropy_interval),
             ("handoff_interval_ms", self.handoff_interval),
+            ("tombstone_grace_ms", self.tombstone_grace),
         ] {
             if d.is_zero() {
                 return Err(invalid(name, "must be at least 1"));

@@ -92,6 +92,18 @@ pub enum Request {
         partition: PartitionId,
         keys: Vec<(Bytes, u64)>,
     },
+    /// Tombstone purge check: for each key, whether the receiver keeps a hint for it.
+    /// Answered with `Same` (true: a hint is held).
+    HintedKeys {
+        partition: PartitionId,
+        keys: Vec<Bytes>,
+    },
+    /// From a partition's purge leader: raise the dot floor and remove each key whose set
+    /// still has this digest and holds only tombstones. Answered with `Same` (true: removed).
+    Purge {
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+    },
 }
 
 /// A client operation as a coordinator runs it.

@@ -21,7 +21,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of each node's stderr printed when a scenario fails.
 const STDERR_TAIL_BYTES: u64 = 6000;
 
-/// The flags every node gets: fast gossip, hints and anti-entropy; a small ring.
+/// The flags every node gets: fast gossip, hints, anti-entropy and tombstone purge; a small
+/// ring.
 pub const NODE_FLAGS: &[&str] = &[
     "--gossip-interval-ms",
     "100",
@@ -29,6 +30,9 @@ pub const NODE_FLAGS: &[&str] = &[
     "200",
     "--anti-entropy-interval-ms",
     "500",
+    // Deleted carts are purged within the run, so the resurrection check covers purging.
+    "--tombstone-grace-ms",
+    "1000",
     "--request-timeout-ms",
     "1000",
     "--n",

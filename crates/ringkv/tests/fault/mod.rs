@@ -87,6 +87,9 @@ pub struct Report {
     pub convergence: Convergence,
     /// Problems while healing (a wiped node that did not refill in time).
     pub heal_errors: Vec<String>,
+    /// Tombstones the nodes running at the end say they purged (counters restart with a
+    /// process, so this is a lower bound).
+    pub tombstones_purged: u64,
 }
 
 impl Report {
@@ -143,7 +146,7 @@ impl Report {
         format!(
             "fault harness {}: seed {} | adds: {} acked, {} failed, {} unknown ({} of them present) \
              | lost acked adds: {} | items nobody wrote: {} | converged: {} in {:.2}s (bound {}s) \
-             | deletes acked: {}, resurrected items: {} | verdict: {}",
+             | deletes acked: {}, resurrected items: {}, tombstones purged: {} | verdict: {}",
             self.scenario,
             self.seed,
             c.acked_adds,
@@ -157,6 +160,7 @@ impl Report {
             CONVERGENCE_BOUND.as_secs(),
             c.deletes_acked,
             c.resurrected.len(),
+            self.tombstones_purged,
             if self.passed() { "PASS" } else { "FAIL" }
         )
     }
@@ -226,12 +230,19 @@ pub async fn run(scenario: Scenario) -> Report {
     }
     let convergence = checker::wait_converged(&api, &ids, &keys, CONVERGENCE_BOUND).await;
     let checked = checker::check(&api, &history).await;
+    let mut tombstones_purged = 0;
+    for i in 0..cluster.len() {
+        if let Some(status) = cluster.status(i).await {
+            tombstones_purged += status["tombstones"]["purged"].as_u64().unwrap_or(0);
+        }
+    }
     let report = Report {
         scenario: scenario.name,
         seed,
         checked,
         convergence,
         heal_errors,
+        tombstones_purged,
     };
     let history_file = cluster.run_dir().join("history.txt");
     let mut text = history.render(&api.urls);

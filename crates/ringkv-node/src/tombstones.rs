@@ -1,0 +1,501 @@
+//! Purging tombstones once they are causally stable.
+//!
+//! A delete is a tombstone version; keeping tombstones forever is safe but grows without
+//! bound, and purging one early lets an older value come back. A tombstone is purged only
+//! when nothing can bring back what it deleted, checked at two moments at least
+//! `--tombstone-grace-ms` apart, by the first home replica of the key's partition (its
+//! *purge leader*) during its anti-entropy passes:
+//! 1. the leader's own set for the key holds only tombstones and has not changed since it was
+//!    first seen so (the grace covers messages still in flight when stability began);
+//! 2. no membership change is in progress, and every node of the ring and every gossip peer
+//!    is up (any of them could hold a hint or an older copy);
+//! 3. every other home replica holds exactly the same set (`SameVersions` digests);
+//! 4. no node holds a hint for the key (`HintedKeys` to every member).
+//!
+//! Then each home replica (the others on `Purge`, the leader last) raises its *dot floor*
+//! above every counter of its own replica id in the tombstone, persists the floor, and
+//! removes the key only if its set still has the same digest (`remove_if`). A replica that
+//! misses the `Purge` keeps the tombstone; anti-entropy copies it back to the others and the
+//! next round purges it again.
+//!
+//! The dot floor is what makes forgetting safe: a coordinator counts its next dot for a key
+//! from its own history of that key, so without the floor a purged key would reissue `(r,1)`
+//! and a client still holding a context from before the delete would cover, and silently
+//! replace, a new write. Every write this node coordinates raises its replica's vector entry
+//! to the floor first (`VersionSet::raise_floor`), so its dots stay above any counter that a
+//! context handed out before a purge can name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::{NodeId, PartitionId};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::node::Node;
+use crate::wire::{Request, Response, RingState};
+
+/// Storage meta key of the dot floor (a big-endian u64).
+pub const DOT_FLOOR_META_KEY: &str = "dot_floor";
+/// Keys of one partition examined per anti-entropy pass; the scan resumes where it stopped.
+pub const PURGE_SCAN_KEYS: usize = 1024;
+/// Most tombstones purged per partition per pass (one batch per request).
+pub const PURGE_BATCH_KEYS: usize = 256;
+/// Most purge candidates remembered; past it new ones wait for a later scan.
+pub const PURGE_CANDIDATES_MAX: usize = 100_000;
+
+/// Tombstones seen stable, waiting out the grace period, by (partition, key).
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    seen: BTreeMap<(u32, Bytes), (u64, Instant)>,
+}
+
+impl Candidates {
+    /// Records that `key` holds a tombstone-only set with `digest`. A changed digest starts
+    /// the wait again. Returns false if the table is full and the key was not recorded.
+    pub(crate) fn observe(
+        &mut self,
+        partition: u32,
+        key: Bytes,
+        digest: u64,
+        now: Instant,
+    ) -> bool {
+        let slot = (partition, key);
+        let full = self.seen.len() >= PURGE_CANDIDATES_MAX;
+        match self.seen.get_mut(&slot) {
+            Some(entry) if entry.0 == digest => true,
+            Some(entry) => {
+                *entry = (digest, now);
+                true
+            }
+            None if full => false,
+            None => {
+                self.seen.insert(slot, (digest, now));
+                true
+            }
+        }
+    }
+
+    pub(crate) fn forget(&mut self, partition: u32, key: &Bytes) {
+        self.seen.remove(&(partition, key.clone()));
+    }
+
+    /// Up to `limit` candidates of `partition` stable for at least `grace`.
+    pub(crate) fn ripe(
+        &self,
+        partition: u32,
+        now: Instant,
+        grace: Duration,
+        limit: usize,
+    ) -> Vec<(Bytes, u64)> {
+        self.seen
+            .range((partition, Bytes::new())..)
+            .take_while(|((p, _), _)| *p == partition)
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= grace)
+            .take(limit)
+            .map(|((_, key), (digest, _))| (key.clone(), *digest))
+            .collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// Purge progress, as `/status` and `/metrics` report it.
+#[derive(Debug, Default)]
+pub struct TombstoneState {
+    pub(crate) candidates: Mutex<Candidates>,
+    /// Where the next scan of each partition starts (after this key).
+    cursors: Mutex<HashMap<u32, Bytes>>,
+    /// This node's dot floor: every dot it issues from now on is above it.
+    pub(crate) dot_floor: Arc<AtomicU64>,
+    pub purged: AtomicU64,
+    pub deferred: AtomicU64,
+}
+
+impl TombstoneState {
+    pub(crate) fn load(stored: Option<Vec<u8>>) -> TombstoneState {
+        let floor = stored
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        TombstoneState {
+            dot_floor: Arc::new(AtomicU64::new(floor)),
+            ..Default::default()
+        }
+    }
+
+    pub fn dot_floor(&self) -> u64 {
+        self.dot_floor.load(Ordering::SeqCst)
+    }
+
+    pub fn candidates(&self) -> usize {
+        self.candidates.lock().unwrap().len()
+    }
+}
+
+/// Why a partition's ripe tombstones cannot be purged now, if they cannot.
+pub(crate) fn purge_blocker(
+    ring: &RingState,
+    live: impl Fn(&NodeId) -> bool,
+    gossip_peers: &[NodeId],
+) -> Option<String> {
+    if ring.topology.transition().is_some() || !ring.topology.leaving().is_empty() {
+        return Some("a membership change is in progress".into());
+    }
+    let members = ring.topology.members();
+    let down = members
+        .iter()
+        .map(|m| &m.id)
+        .chain(gossip_peers)
+        .find(|n| !live(n));
+    down.map(|n| format!("{n} is not reachable"))
+}
+
+impl Node {
+    /// The leader's purge step for one partition: scan for tombstones, then purge those that
+    /// stayed stable for the grace period while every check holds.
+    pub(crate) async fn purge_tombstones(
+        self: &Arc<Self>,
+        ring: &RingState,
+        partition: PartitionId,
+    ) {
+        if ring.topology.home(partition).first() != Some(self.membership.me()) {
+            return;
+        }
+        if let Err(e) = self.scan_tombstones(partition).await {
+            debug!(partition = partition.index(), error = %e, "tombstone scan failed");
+            return;
+        }
+        let ripe = self.tombstones.candidates.lock().unwrap().ripe(
+            partition.index(),
+            Instant::now(),
+            self.settings.tombstone_grace,
+            PURGE_BATCH_KEYS,
+        );
+        if ripe.is_empty() {
+            return;
+        }
+        let gossip_peers: Vec<NodeId> = self.membership.view().peers.keys().cloned().collect();
+        if let Some(why) = purge_blocker(ring, |n| self.membership.is_live(n), &gossip_peers) {
+            self.defer(ripe.len(), &why);
+            return;
+        }
+        match self.purge_batch(ring, partition, ripe).await {
+            Ok(0) => {}
+            Ok(purged) => info!(
+                partition = partition.index(),
+                purged, "purged stable tombstones"
+            ),
+            Err(e) => {
+                self.defer(1, &e);
+            }
+        }
+    }
+
+    fn defer(&self, keys: usize, why: &str) {
+        self.tombstones
+            .deferred
+            .fetch_add(keys as u64, Ordering::Relaxed);
+        metrics::counter!("ringkv_tombstone_purges_deferred_total").increment(keys as u64);
+        debug!(keys, reason = why, "tombstone purge deferred");
+    }
+
+    /// Examines the next keys of `partition`, recording tombstone-only sets as candidates and
+    /// dropping candidates that were written since.
+    async fn scan_tombstones(&self, partition: PartitionId) -> Result<(), String> {
+        let index = partition.index();
+        let after = self.tombstones.cursors.lock().unwrap().get(&index).cloned();
+        let batch = self
+            .store(move |s| s.scan(partition, after.as_deref(), PURGE_SCAN_KEYS))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let next = match batch.last() {
+            Some((key, _)) if batch.len() == PURGE_SCAN_KEYS => Some(key.clone()),
+            _ => None,
+        };
+        {
+            let now = Instant::now();
+            let mut candidates = self.tombstones.candidates.lock().unwrap();
+            for (key, versions) in batch {
+                if versions.is_tombstone_only() {
+                    candidates.observe(index, key, versions.digest(), now);
+                } else {
+                    candidates.forget(index, &key);
+                }
+            }
+            metrics::gauge!("ringkv_tombstone_purge_candidates").set(candidates.len() as f64);
+        }
+        let mut cursors = self.tombstones.cursors.lock().unwrap();
+        match next {
+            Some(key) => cursors.insert(index, key),
+            None => cursors.remove(&index),
+        };
+        Ok(())
+    }
+
+    /// Checks a batch of ripe candidates against every home replica and every member, then
+    /// purges the ones that pass everywhere. Returns how many this node removed.
+    async fn purge_batch(
+        self: &Arc<Self>,
+        ring: &RingState,
+        partition: PartitionId,
+        ripe: Vec<(Bytes, u64)>,
+    ) -> Result<usize, String> {
+        let index = partition.index();
+        let me = self.membership.me().clone();
+        // 1. Still the same tombstone here.
+        let local = self.same_versions(partition, ripe.clone()).await?;
+        let mut keys: Vec<(Bytes, u64)> = Vec::new();
+        for ((key, digest), same) in ripe.into_iter().zip(local) {
+            if same {
+                keys.push((key, digest));
+            } else {
+                self.tombstones
+                    .candidates
+                    .lock()
+                    .unwrap()
+                    .forget(index, &key);
+            }
+        }
+        // 2. The same set on every other home replica.
+        let others: Vec<NodeId> = ring
+            .topology
+            .home(partition)
+            .into_iter()
+            .filter(|n| *n != me)
+            .collect();
+        for peer in &others {
+            let request = Request::SameVersions {
+                partition,
+                keys: keys.clone(),
+            };
+            let Response::Same(same) = self.ask(peer, request).await? else {
+                return Err(format!("unexpected answer from {peer} to SameVersions"));
+            };
+            keys = keys
+                .into_iter()
+                .zip(same.into_iter().chain(std::iter::repeat(false)))
+                .filter_map(|(k, same)| same.then_some(k))
+                .collect();
+        }
+        // 3. No hint for it anywhere, this node included.
+        let hinted = self.hinted_keys(partition, keys.iter().map(|(k, _)| k.clone()).collect());
+        keys = keys
+            .into_iter()
+            .zip(hinted.await?)
+            .filter_map(|(k, hinted)| (!hinted).then_some(k))
+            .collect();
+        let members: Vec<NodeId> = ring
+            .topology
+            .members()
+            .into_iter()
+            .map(|m| m.id.clone())
+            .filter(|n| *n != me)
+            .collect();
+        for peer in &members {
+            if keys.is_empty() {
+                break;
+            }
+            let request = Request::HintedKeys {
+                partition,
+                keys: keys.iter().map(|(k, _)| k.clone()).collect(),
+            };
+            let Response::Same(hinted) = self.ask(peer, request).await? else {
+                return Err(format!("unexpected answer from {peer} to HintedKeys"));
+            };
+            keys = keys
+                .into_iter()
+                .zip(hinted.into_iter().chain(std::iter::repeat(true)))
+                .filter_map(|(k, hinted)| (!hinted).then_some(k))
+                .collect();
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        // 4. Purge: the other home replicas first, this node last.
+        for peer in &others {
+            let request = Request::Purge {
+                partition,
+                keys: keys.clone(),
+            };
+            if let Err(e) = self.ask(peer, request).await {
+                debug!(%peer, error = %e, "purge request failed; the tombstone will come back");
+            }
+        }
+        let removed = self.purge_local(partition, keys.clone()).await?;
+        let mut candidates = self.tombstones.candidates.lock().unwrap();
+        for (key, _) in &keys {
+            candidates.forget(index, key);
+        }
+        Ok(removed.into_iter().filter(|r| *r).count())
+    }
+
+    /// Whether this node holds exactly these (key, digest) pairs.
+    async fn same_versions(
+        &self,
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+    ) -> Result<Vec<bool>, String> {
+        self.store(
+            move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                keys.iter()
+                    .map(|(k, d)| {
+                        Ok(s.get(partition, k)?
+                            .is_some_and(|v| v.is_tombstone_only() && v.digest() == *d))
+                    })
+                    .collect()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// For each key, whether this node keeps a hint for it (for any target).
+    pub(crate) async fn hinted_keys(
+        &self,
+        partition: PartitionId,
+        keys: Vec<Bytes>,
+    ) -> Result<Vec<bool>, String> {
+        if self.hints.is_empty() {
+            return Ok(vec![false; keys.len()]);
+        }
+        let hints = self.hints.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<bool>, ringkv_storage::StorageError> {
+            let targets = hints.targets()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let mut held = false;
+                for target in &targets {
+                    if hints.get(target, partition, key)?.is_some() {
+                        held = true;
+                        break;
+                    }
+                }
+                out.push(held);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| format!("hint task failed: {e}"))?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Removes the keys whose sets still have the given digests and hold only tombstones,
+    /// after raising and persisting the dot floor above every counter of this node's replica
+    /// id in them. Returns, per key, whether it is gone.
+    pub(crate) async fn purge_local(
+        &self,
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+    ) -> Result<Vec<bool>, String> {
+        let replica = self.replica.clone();
+        let floor = self.tombstones.dot_floor.clone();
+        let removed = self
+            .store(
+                move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                    // The floor first: a write that runs after a removal must see it.
+                    let mut highest = 0;
+                    for (key, digest) in &keys {
+                        if let Some(v) = s.get(partition, key)?
+                            && v.is_tombstone_only()
+                            && v.digest() == *digest
+                        {
+                            highest = highest.max(v.highest_counter(&replica));
+                        }
+                    }
+                    if highest > floor.load(Ordering::SeqCst) {
+                        s.put_meta(DOT_FLOOR_META_KEY, &highest.to_be_bytes())?;
+                        floor.fetch_max(highest, Ordering::SeqCst);
+                    }
+                    keys.iter()
+                        .map(|(key, digest)| s.remove_if(partition, key, *digest))
+                        .collect()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let count = removed.iter().filter(|r| **r).count() as u64;
+        self.tombstones.purged.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!("ringkv_tombstones_purged_total").increment(count);
+        Ok(removed)
+    }
+
+    /// Serves a purge leader's `HintedKeys` and `Purge` requests.
+    pub(crate) async fn serve_purge(&self, request: Request) -> Response {
+        let answer = match request {
+            Request::HintedKeys { partition, keys } => {
+                let keys = keys.into_iter().take(PURGE_BATCH_KEYS).collect();
+                self.hinted_keys(partition, keys).await
+            }
+            Request::Purge { partition, keys } => {
+                let keys = keys.into_iter().take(PURGE_BATCH_KEYS).collect();
+                self.purge_local(partition, keys).await
+            }
+            _ => Err("not a purge request".into()),
+        };
+        match answer {
+            Ok(flags) => Response::Same(flags),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_candidate_ripens_only_after_the_grace_without_change() {
+        let grace = Duration::from_secs(5);
+        let mut c = Candidates::default();
+        let t0 = Instant::now();
+        assert!(c.observe(3, key("a"), 7, t0));
+        assert!(c.observe(3, key("b"), 9, t0));
+        assert!(c.observe(4, key("a"), 7, t0));
+        assert!(c.ripe(3, t0 + Duration::from_secs(4), grace, 10).is_empty());
+        // Seen again unchanged: the wait keeps its start.
+        assert!(c.observe(3, key("a"), 7, t0 + Duration::from_secs(3)));
+        // Changed: the wait starts over.
+        assert!(c.observe(3, key("b"), 10, t0 + Duration::from_secs(3)));
+        let ripe = c.ripe(3, t0 + Duration::from_secs(5), grace, 10);
+        assert_eq!(ripe, vec![(key("a"), 7)]);
+        let ripe = c.ripe(3, t0 + Duration::from_secs(8), grace, 10);
+        assert_eq!(ripe, vec![(key("a"), 7), (key("b"), 10)]);
+        assert_eq!(c.ripe(3, t0 + Duration::from_secs(8), grace, 1).len(), 1);
+        c.forget(3, &key("a"));
+        assert_eq!(
+            c.ripe(3, t0 + Duration::from_secs(8), grace, 10),
+            vec![(key("b"), 10)]
+        );
+        assert_eq!(
+            c.ripe(4, t0 + Duration::from_secs(8), grace, 10),
+            vec![(key("a"), 7)]
+        );
+    }
+
+    #[test]
+    fn the_candidate_table_is_bounded() {
+        let mut c = Candidates::default();
+        let now = Instant::now();
+        for i in 0..PURGE_CANDIDATES_MAX {
+            assert!(c.observe(0, Bytes::from(i.to_be_bytes().to_vec()), 1, now));
+        }
+        assert!(!c.observe(1, key("one too many"), 1, now));
+        assert_eq!(c.len(), PURGE_CANDIDATES_MAX);
+        // A known key can still be refreshed.
+        assert!(c.observe(0, Bytes::from(0usize.to_be_bytes().to_vec()), 2, now));
+    }
+}
