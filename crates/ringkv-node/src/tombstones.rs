@@ -7,10 +7,11 @@
 //! *purge leader*) during its anti-entropy passes:
 //! 1. the leader's own set for the key holds only tombstones and has not changed since it was
 //!    first seen so (the grace covers messages still in flight when stability began);
-//! 2. no membership change is in progress, and every node of the ring and every gossip peer
-//!    is up (any of them could hold a hint or an older copy);
+//! 2. no membership change is in progress, and every node of the ring is up (any of them
+//!    could hold a hint or an older copy);
 //! 3. every other home replica holds exactly the same set (`SameVersions` digests);
-//! 4. no node holds a hint for the key (`HintedKeys` to every member).
+//! 4. no node holds a hint for the key (`HintedKeys` to every member, and to any live gossip
+//!    peer outside the ring).
 //!
 //! Then each home replica (the others on `Purge`, the leader last) raises its *dot floor*
 //! above every counter of its own replica id in the tombstone, persists the floor, and
@@ -139,21 +140,14 @@ impl TombstoneState {
     }
 }
 
-/// Why a partition's ripe tombstones cannot be purged now, if they cannot.
-pub(crate) fn purge_blocker(
-    ring: &RingState,
-    live: impl Fn(&NodeId) -> bool,
-    gossip_peers: &[NodeId],
-) -> Option<String> {
+/// Why a partition's ripe tombstones cannot be purged now, if they cannot: a membership
+/// change in progress, or a ring member that is not up.
+pub(crate) fn purge_blocker(ring: &RingState, live: impl Fn(&NodeId) -> bool) -> Option<String> {
     if ring.topology.transition().is_some() || !ring.topology.leaving().is_empty() {
         return Some("a membership change is in progress".into());
     }
     let members = ring.topology.members();
-    let down = members
-        .iter()
-        .map(|m| &m.id)
-        .chain(gossip_peers)
-        .find(|n| !live(n));
+    let down = members.iter().map(|m| &m.id).find(|n| !live(n));
     down.map(|n| format!("{n} is not reachable"))
 }
 
@@ -181,8 +175,7 @@ impl Node {
         if ripe.is_empty() {
             return;
         }
-        let gossip_peers: Vec<NodeId> = self.membership.view().peers.keys().cloned().collect();
-        if let Some(why) = purge_blocker(ring, |n| self.membership.is_live(n), &gossip_peers) {
+        if let Some(why) = purge_blocker(ring, |n| self.membership.is_live(n)) {
             self.defer(ripe.len(), &why);
             return;
         }
@@ -292,14 +285,24 @@ impl Node {
             .zip(hinted.await?)
             .filter_map(|(k, hinted)| (!hinted).then_some(k))
             .collect();
-        let members: Vec<NodeId> = ring
+        // Ring members, and live gossip peers outside the ring (a node that left and has not
+        // passed its hints on yet).
+        let mut asked: Vec<NodeId> = ring
             .topology
             .members()
             .into_iter()
             .map(|m| m.id.clone())
-            .filter(|n| *n != me)
             .collect();
-        for peer in &members {
+        let view = self.membership.view();
+        let outside: Vec<NodeId> = view
+            .peers
+            .iter()
+            .filter(|(id, p)| p.live && !asked.contains(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        asked.extend(outside);
+        asked.retain(|n| *n != me);
+        for peer in &asked {
             if keys.is_empty() {
                 break;
             }
@@ -484,6 +487,39 @@ mod tests {
             c.ripe(4, t0 + Duration::from_secs(8), grace, 10),
             vec![(key("a"), 7)]
         );
+    }
+
+    fn member(id: &str) -> ringkv_core::ring::Member {
+        ringkv_core::ring::Member {
+            id: NodeId::new(id).unwrap(),
+            weight: 1,
+            zone: "z".into(),
+        }
+    }
+
+    fn ring_of(ids: &[&str]) -> ringkv_core::topology::Topology {
+        let members: Vec<_> = ids.iter().map(|i| member(i)).collect();
+        let params = ringkv_core::ring::RingParams {
+            partitions: 16,
+            n: 3,
+        };
+        ringkv_core::topology::Topology::settled(
+            ringkv_core::ring::Ring::claim(None, &members, params).unwrap(),
+        )
+    }
+
+    #[test]
+    fn purging_waits_for_every_member_and_a_settled_ring() {
+        let topology = ring_of(&["a", "b", "c", "d"]);
+        let settled = RingState::new(1, topology.clone());
+        assert_eq!(purge_blocker(&settled, |_| true), None);
+        let down = purge_blocker(&settled, |n| n.as_str() != "b");
+        assert_eq!(down.as_deref(), Some("b is not reachable"));
+        let mut leaving = topology.clone();
+        leaving.request_leave(&NodeId::new("c").unwrap()).unwrap();
+        assert!(purge_blocker(&RingState::new(2, leaving), |_| true).is_some());
+        let joining = topology.begin_transition(&[member("e")]).unwrap().unwrap();
+        assert!(purge_blocker(&RingState::new(2, joining), |_| true).is_some());
     }
 
     #[test]
