@@ -25,7 +25,7 @@
 //! after every new home replica holds what it deletes; progress survives restarts; every loop
 //! has a bound (chunk bytes and keys, partitions and keys swept per round).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,7 +58,9 @@ pub struct HandoffState {
     /// Receive workers running.
     workers: AtomicU64,
     /// Leave requests taken by this node, until the node asked to leave is no longer a member.
-    pending_leaves: Mutex<BTreeSet<NodeId>>,
+    /// Leave requests taken here, with the gossip generation the node had when asked (None
+    /// if it was not known, a node down for good).
+    pending_leaves: Mutex<BTreeMap<NodeId, Option<u64>>>,
     pub bytes_sent: AtomicU64,
     pub keys_received: AtomicU64,
     pub keys_dropped: AtomicU64,
@@ -555,17 +557,38 @@ impl Node {
     /// ring version that loses a tie between two claimants (a partition) is not forgotten.
     pub async fn request_leave(&self, node: NodeId) -> Result<u64, LeaveError> {
         let version = self.send_leave(node.clone()).await?;
-        self.handoff.pending_leaves.lock().unwrap().insert(node);
+        let generation = self
+            .membership
+            .view()
+            .peers
+            .get(&node)
+            .map(|p| p.generation);
+        self.handoff
+            .pending_leaves
+            .lock()
+            .unwrap()
+            .insert(node, generation);
         Ok(version)
     }
 
     /// Re-sends the leave requests taken here that the ring does not show yet.
     async fn retry_leaves(&self, ring: &RingState) {
         let pending: Vec<NodeId> = {
+            let view = self.membership.view();
             let mut pending = self.handoff.pending_leaves.lock().unwrap();
-            pending.retain(|n| ring.topology.is_member(n));
+            pending.retain(|n, asked| {
+                let leaving = ring.topology.leaving().contains(n);
+                let same_incarnation = match asked {
+                    // A later incarnation (the node left, was wiped and joins again) was
+                    // never asked to leave.
+                    Some(g) => view.peers.get(n).is_none_or(|p| p.generation == *g),
+                    // Unknown when asked: done once a ring shows the leave.
+                    None => !leaving,
+                };
+                ring.topology.is_member(n) && same_incarnation
+            });
             pending
-                .iter()
+                .keys()
                 .filter(|n| !ring.topology.leaving().contains(*n))
                 .cloned()
                 .collect()

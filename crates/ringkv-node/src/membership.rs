@@ -101,6 +101,9 @@ pub struct PeerInfo {
     pub live: bool,
     pub ring_version: u64,
     pub ring_digest: u64,
+    /// The gossip generation of this incarnation (its start time): a node restarted, wiped
+    /// or not, comes back with a larger one.
+    pub generation: u64,
 }
 
 /// The node's view of the cluster, swapped as a whole on every refresh.
@@ -506,5 +509,6 @@ fn peer_info(id: &ChitchatId, state: &NodeState, live: bool) -> Option<PeerInfo>
         live,
         ring_version,
         ring_digest,
+        generation: id.generation_id,
     })
 }

@@ -423,7 +423,7 @@ impl Node {
             Request::SameVersions { partition, keys } => {
                 self.serve_same_versions(partition, keys).await
             }
-            purge @ (Request::HintedKeys { .. } | Request::Purge { .. }) => {
+            purge @ (Request::OtherCopies { .. } | Request::Purge { .. }) => {
                 self.serve_purge(purge).await
             }
         }

@@ -10,8 +10,10 @@
 //! 2. no membership change is in progress, and every node of the ring is up (any of them
 //!    could hold a hint or an older copy);
 //! 3. every other home replica holds exactly the same set (`SameVersions` digests);
-//! 4. no node holds a hint for the key (`HintedKeys` to every member, and to any live gossip
-//!    peer outside the ring).
+//! 4. no node holds another copy of the key: no hint, and no stored set but this tombstone
+//!    (`OtherCopies` to every member and to any live gossip peer outside the ring; a node
+//!    that lost the partition may still hold an old copy its sweep has not handed over, which
+//!    would bring the deleted value back once the tombstone is gone).
 //!
 //! Then each home replica (the others on `Purge`, the leader last) raises its *dot floor*
 //! above every counter of its own replica id in the tombstone, persists the floor, and
@@ -278,15 +280,16 @@ impl Node {
                 .filter_map(|(k, same)| same.then_some(k))
                 .collect();
         }
-        // 3. No hint for it anywhere, this node included.
-        let hinted = self.hinted_keys(partition, keys.iter().map(|(k, _)| k.clone()).collect());
+        // 3. No other copy anywhere, this node included: no hint for the key, and no stored
+        // set other than this tombstone (a node that lost the partition and has not handed
+        // its old copy over yet would bring the deleted value back after the purge). Asked
+        // of every ring member and every live gossip peer outside the ring (a node that left).
+        let other = self.other_copies(partition, keys.clone()).await?;
         keys = keys
             .into_iter()
-            .zip(hinted.await?)
-            .filter_map(|(k, hinted)| (!hinted).then_some(k))
+            .zip(other)
+            .filter_map(|(k, other)| (!other).then_some(k))
             .collect();
-        // Ring members, and live gossip peers outside the ring (a node that left and has not
-        // passed its hints on yet).
         let mut asked: Vec<NodeId> = ring
             .topology
             .members()
@@ -306,17 +309,17 @@ impl Node {
             if keys.is_empty() {
                 break;
             }
-            let request = Request::HintedKeys {
+            let request = Request::OtherCopies {
                 partition,
-                keys: keys.iter().map(|(k, _)| k.clone()).collect(),
+                keys: keys.clone(),
             };
-            let Response::Same(hinted) = self.ask(peer, request).await? else {
-                return Err(format!("unexpected answer from {peer} to HintedKeys"));
+            let Response::Same(other) = self.ask(peer, request).await? else {
+                return Err(format!("unexpected answer from {peer} to OtherCopies"));
             };
             keys = keys
                 .into_iter()
-                .zip(hinted.into_iter().chain(std::iter::repeat(true)))
-                .filter_map(|(k, hinted)| (!hinted).then_some(k))
+                .zip(other.into_iter().chain(std::iter::repeat(true)))
+                .filter_map(|(k, other)| (!other).then_some(k))
                 .collect();
         }
         if keys.is_empty() {
@@ -361,8 +364,37 @@ impl Node {
         .map_err(|e| e.to_string())
     }
 
+    /// For each (key, digest), whether this node holds a copy of the key other than that
+    /// exact set: a stored set with another digest, or a hint (for any target).
+    pub(crate) async fn other_copies(
+        &self,
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+    ) -> Result<Vec<bool>, String> {
+        let asked = keys.clone();
+        let stored = self
+            .store(
+                move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                    asked
+                        .iter()
+                        .map(|(k, d)| Ok(s.get(partition, k)?.is_some_and(|v| v.digest() != *d)))
+                        .collect()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let keys: Vec<Bytes> = keys.into_iter().map(|(k, _)| k).collect();
+        let hinted = self.hinted_keys(partition, keys).await?;
+        Ok(stored
+            .into_iter()
+            .zip(hinted)
+            .map(|(s, h)| s || h)
+            .collect())
+    }
+
     /// For each key, whether this node keeps a hint for it (for any target).
-    pub(crate) async fn hinted_keys(
+    async fn hinted_keys(
         &self,
         partition: PartitionId,
         keys: Vec<Bytes>,
@@ -432,12 +464,12 @@ impl Node {
         Ok(removed)
     }
 
-    /// Serves a purge leader's `HintedKeys` and `Purge` requests.
+    /// Serves a purge leader's `OtherCopies` and `Purge` requests.
     pub(crate) async fn serve_purge(&self, request: Request) -> Response {
         let answer = match request {
-            Request::HintedKeys { partition, keys } => {
+            Request::OtherCopies { partition, keys } => {
                 let keys = keys.into_iter().take(PURGE_BATCH_KEYS).collect();
-                self.hinted_keys(partition, keys).await
+                self.other_copies(partition, keys).await
             }
             Request::Purge { partition, keys } => {
                 let keys = keys.into_iter().take(PURGE_BATCH_KEYS).collect();

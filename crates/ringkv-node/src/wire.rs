@@ -92,11 +92,12 @@ pub enum Request {
         partition: PartitionId,
         keys: Vec<(Bytes, u64)>,
     },
-    /// Tombstone purge check: for each key, whether the receiver keeps a hint for it.
-    /// Answered with `Same` (true: a hint is held).
-    HintedKeys {
+    /// Tombstone purge check: for each (key, digest), whether the receiver holds any other
+    /// copy of the key: a stored set with another digest, or a hint. Answered with `Same`
+    /// (true: another copy is held).
+    OtherCopies {
         partition: PartitionId,
-        keys: Vec<Bytes>,
+        keys: Vec<(Bytes, u64)>,
     },
     /// From a partition's purge leader: raise the dot floor and remove each key whose set
     /// still has this digest and holds only tombstones. Answered with `Same` (true: removed).
