@@ -87,18 +87,23 @@ impl Candidates {
         self.seen.remove(&(partition, key.clone()));
     }
 
-    /// Up to `limit` candidates of `partition` stable for at least `grace`.
+    /// Up to `limit` candidates of `partition` stable for at least `grace`, counted from
+    /// `healthy_since` if that is later (the grace runs only while the cluster is whole).
     pub(crate) fn ripe(
         &self,
         partition: u32,
         now: Instant,
         grace: Duration,
+        healthy_since: Option<Instant>,
         limit: usize,
     ) -> Vec<(Bytes, u64)> {
         self.seen
             .range((partition, Bytes::new())..)
             .take_while(|((p, _), _)| *p == partition)
-            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= grace)
+            .filter(|(_, (_, since))| {
+                let start = healthy_since.map_or(*since, |h| h.max(*since));
+                now.saturating_duration_since(start) >= grace
+            })
             .take(limit)
             .map(|((_, key), (digest, _))| (key.clone(), *digest))
             .collect()
@@ -117,6 +122,9 @@ pub struct TombstoneState {
     cursors: Mutex<HashMap<u32, Bytes>>,
     /// This node's dot floor: every dot it issues from now on is above it.
     pub(crate) dot_floor: Arc<AtomicU64>,
+    /// The last time this node, or a node it asked, saw a ring member down or a membership
+    /// change in progress: grace periods start again from it.
+    unhealthy_at: Mutex<Option<Instant>>,
     pub purged: AtomicU64,
     pub deferred: AtomicU64,
 }
@@ -168,16 +176,22 @@ impl Node {
             debug!(partition = partition.index(), error = %e, "tombstone scan failed");
             return;
         }
+        let blocked = purge_blocker(ring, |n| self.membership.is_live(n));
+        if blocked.is_some() {
+            self.mark_unhealthy();
+        }
+        let healthy_since = *self.tombstones.unhealthy_at.lock().unwrap();
         let ripe = self.tombstones.candidates.lock().unwrap().ripe(
             partition.index(),
             Instant::now(),
             self.settings.tombstone_grace,
+            healthy_since,
             PURGE_BATCH_KEYS,
         );
         if ripe.is_empty() {
             return;
         }
-        if let Some(why) = purge_blocker(ring, |n| self.membership.is_live(n)) {
+        if let Some(why) = blocked {
             self.defer(ripe.len(), &why);
             return;
         }
@@ -191,6 +205,17 @@ impl Node {
                 self.defer(1, &e);
             }
         }
+    }
+
+    fn mark_unhealthy(&self) {
+        *self.tombstones.unhealthy_at.lock().unwrap() = Some(Instant::now());
+    }
+
+    /// Whether this node sees every ring member up and no membership change in progress.
+    fn sees_whole_cluster(&self) -> bool {
+        self.membership
+            .ring()
+            .is_some_and(|r| purge_blocker(&r, |n| self.membership.is_live(n)).is_none())
     }
 
     fn defer(&self, keys: usize, why: &str) {
@@ -313,9 +338,16 @@ impl Node {
                 partition,
                 keys: keys.clone(),
             };
-            let Response::Same(other) = self.ask(peer, request).await? else {
+            let Response::Copies { other, all_live } = self.ask(peer, request).await? else {
                 return Err(format!("unexpected answer from {peer} to OtherCopies"));
             };
+            if !all_live {
+                // A partial partition (this node reaches everyone, others do not): a stale
+                // message may be held up on a cut link. Wait for a whole grace period after
+                // it heals.
+                self.mark_unhealthy();
+                return Err(format!("{peer} sees a ring member down"));
+            }
             keys = keys
                 .into_iter()
                 .zip(other.into_iter().chain(std::iter::repeat(true)))
@@ -466,20 +498,25 @@ impl Node {
 
     /// Serves a purge leader's `OtherCopies` and `Purge` requests.
     pub(crate) async fn serve_purge(&self, request: Request) -> Response {
-        let answer = match request {
+        match request {
             Request::OtherCopies { partition, keys } => {
                 let keys = keys.into_iter().take(PURGE_BATCH_KEYS).collect();
-                self.other_copies(partition, keys).await
+                match self.other_copies(partition, keys).await {
+                    Ok(other) => Response::Copies {
+                        other,
+                        all_live: self.sees_whole_cluster(),
+                    },
+                    Err(e) => Response::Error(e),
+                }
             }
             Request::Purge { partition, keys } => {
                 let keys = keys.into_iter().take(PURGE_BATCH_KEYS).collect();
-                self.purge_local(partition, keys).await
+                match self.purge_local(partition, keys).await {
+                    Ok(removed) => Response::Same(removed),
+                    Err(e) => Response::Error(e),
+                }
             }
-            _ => Err("not a purge request".into()),
-        };
-        match answer {
-            Ok(flags) => Response::Same(flags),
-            Err(e) => Response::Error(e),
+            _ => Response::Error("not a purge request".into()),
         }
     }
 }
@@ -500,23 +537,29 @@ mod tests {
         assert!(c.observe(3, key("a"), 7, t0));
         assert!(c.observe(3, key("b"), 9, t0));
         assert!(c.observe(4, key("a"), 7, t0));
-        assert!(c.ripe(3, t0 + Duration::from_secs(4), grace, 10).is_empty());
+        assert!(
+            c.ripe(3, t0 + Duration::from_secs(4), grace, None, 10)
+                .is_empty()
+        );
         // Seen again unchanged: the wait keeps its start.
         assert!(c.observe(3, key("a"), 7, t0 + Duration::from_secs(3)));
         // Changed: the wait starts over.
         assert!(c.observe(3, key("b"), 10, t0 + Duration::from_secs(3)));
-        let ripe = c.ripe(3, t0 + Duration::from_secs(5), grace, 10);
+        let ripe = c.ripe(3, t0 + Duration::from_secs(5), grace, None, 10);
         assert_eq!(ripe, vec![(key("a"), 7)]);
-        let ripe = c.ripe(3, t0 + Duration::from_secs(8), grace, 10);
+        let ripe = c.ripe(3, t0 + Duration::from_secs(8), grace, None, 10);
         assert_eq!(ripe, vec![(key("a"), 7), (key("b"), 10)]);
-        assert_eq!(c.ripe(3, t0 + Duration::from_secs(8), grace, 1).len(), 1);
+        assert_eq!(
+            c.ripe(3, t0 + Duration::from_secs(8), grace, None, 1).len(),
+            1
+        );
         c.forget(3, &key("a"));
         assert_eq!(
-            c.ripe(3, t0 + Duration::from_secs(8), grace, 10),
+            c.ripe(3, t0 + Duration::from_secs(8), grace, None, 10),
             vec![(key("b"), 10)]
         );
         assert_eq!(
-            c.ripe(4, t0 + Duration::from_secs(8), grace, 10),
+            c.ripe(4, t0 + Duration::from_secs(8), grace, None, 10),
             vec![(key("a"), 7)]
         );
     }
@@ -552,6 +595,30 @@ mod tests {
         assert!(purge_blocker(&RingState::new(2, leaving), |_| true).is_some());
         let joining = topology.begin_transition(&[member("e")]).unwrap().unwrap();
         assert!(purge_blocker(&RingState::new(2, joining), |_| true).is_some());
+    }
+
+    #[test]
+    fn the_grace_starts_again_after_the_cluster_was_not_whole() {
+        let grace = Duration::from_secs(5);
+        let mut c = Candidates::default();
+        let t0 = Instant::now();
+        c.observe(1, key("k"), 7, t0);
+        let unhealthy = Some(t0 + Duration::from_secs(3));
+        assert!(
+            c.ripe(1, t0 + Duration::from_secs(6), grace, unhealthy, 10)
+                .is_empty()
+        );
+        assert_eq!(
+            c.ripe(1, t0 + Duration::from_secs(8), grace, unhealthy, 10),
+            vec![(key("k"), 7)]
+        );
+        // Unhealthy before the tombstone was seen changes nothing.
+        let earlier = Some(t0);
+        assert_eq!(
+            c.ripe(1, t0 + Duration::from_secs(5), grace, earlier, 10)
+                .len(),
+            1
+        );
     }
 
     #[test]

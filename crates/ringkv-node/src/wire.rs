@@ -168,6 +168,12 @@ pub enum Response {
     },
     /// One answer per key asked, in order.
     Same(Vec<bool>),
+    /// Answer to `OtherCopies`: per key, whether another copy is held; and whether the
+    /// responder sees every ring member up.
+    Copies {
+        other: Vec<bool>,
+        all_live: bool,
+    },
 }
 
 /// What a coordinator answers for a client operation.

@@ -31,8 +31,10 @@ pub const NODE_FLAGS: &[&str] = &[
     "--anti-entropy-interval-ms",
     "500",
     // Deleted carts are purged within the run, so the resurrection check covers purging.
+    // The grace must outlast any message held up by a fault: partitions here last at most
+    // 3 s, and TCP retransmits a segment sent into one at most about 3 s after it heals.
     "--tombstone-grace-ms",
-    "1000",
+    "5000",
     "--request-timeout-ms",
     "1000",
     "--n",
