@@ -176,23 +176,29 @@ impl Node {
             debug!(partition = partition.index(), error = %e, "tombstone scan failed");
             return;
         }
-        let blocked = purge_blocker(ring, |n| self.membership.is_live(n));
-        if blocked.is_some() {
-            self.mark_unhealthy();
-        }
-        let healthy_since = *self.tombstones.unhealthy_at.lock().unwrap();
-        let ripe = self.tombstones.candidates.lock().unwrap().ripe(
-            partition.index(),
-            Instant::now(),
-            self.settings.tombstone_grace,
-            healthy_since,
-            PURGE_BATCH_KEYS,
-        );
-        if ripe.is_empty() {
+        let (now, grace) = (Instant::now(), self.settings.tombstone_grace);
+        let ripe_by_age = |healthy_since| {
+            self.tombstones.candidates.lock().unwrap().ripe(
+                partition.index(),
+                now,
+                grace,
+                healthy_since,
+                PURGE_BATCH_KEYS,
+            )
+        };
+        let waited = ripe_by_age(None).len();
+        if waited == 0 {
             return;
         }
-        if let Some(why) = blocked {
-            self.defer(ripe.len(), &why);
+        if let Some(why) = purge_blocker(ring, |n| self.membership.is_live(n)) {
+            self.mark_unhealthy();
+            self.defer(waited, &why);
+            return;
+        }
+        // Stable long enough, and the cluster whole for a grace period too.
+        let healthy_since = *self.tombstones.unhealthy_at.lock().unwrap();
+        let ripe = ripe_by_age(healthy_since);
+        if ripe.is_empty() {
             return;
         }
         match self.purge_batch(ring, partition, ripe).await {
