@@ -33,7 +33,7 @@ pub use self::configuration::{CatchupCallback, ChitchatConfig};
 pub use self::state::{ClusterStateSnapshot, NodeState};
 use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
-pub use crate::server::{ChitchatHandle, spawn_chitchat};
+pub use crate::server::{ChitchatHandle, spawn_chitchat, spawn_chitchat_seeded};
 use crate::state::ClusterState;
 pub use crate::types::{ChitchatId, DeletionStatus, Heartbeat, Version, VersionedValue};
 

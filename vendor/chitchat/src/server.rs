@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,6 +132,28 @@ pub async fn spawn_chitchat(
     initial_key_values: Vec<(String, String)>,
     transport: &dyn Transport,
 ) -> anyhow::Result<ChitchatHandle> {
+    let rng = SmallRng::from_rng(&mut rng());
+    spawn_chitchat_with_rng(config, initial_key_values, transport, rng).await
+}
+
+/// [`spawn_chitchat`] with the generator that picks gossip peers given by the caller (vendored
+/// patch: a seeded generator makes a simulated cluster replay the same gossip).
+pub async fn spawn_chitchat_seeded(
+    config: ChitchatConfig,
+    initial_key_values: Vec<(String, String)>,
+    transport: &dyn Transport,
+    rng_seed: u64,
+) -> anyhow::Result<ChitchatHandle> {
+    let rng = SmallRng::seed_from_u64(rng_seed);
+    spawn_chitchat_with_rng(config, initial_key_values, transport, rng).await
+}
+
+async fn spawn_chitchat_with_rng(
+    config: ChitchatConfig,
+    initial_key_values: Vec<(String, String)>,
+    transport: &dyn Transport,
+    rng: SmallRng,
+) -> anyhow::Result<ChitchatHandle> {
     let (command_tx, command_rx) = mpsc::unbounded_channel();
 
     let seed_addrs: watch::Receiver<HashSet<SocketAddr>> =
@@ -146,7 +168,7 @@ pub async fn spawn_chitchat(
 
     let (termination_watcher_sender, termination_watcher) = watch::channel(None);
     let join_handle = tokio::spawn(async move {
-        let result = Server::new(command_rx, chitchat_arc_clone, socket)
+        let result = Server::new(command_rx, chitchat_arc_clone, socket, rng)
             .await
             .run()
             .await;
@@ -226,8 +248,8 @@ impl Server {
         command_rx: UnboundedReceiver<Command>,
         chitchat: Arc<Mutex<Chitchat>>,
         transport: Box<dyn Socket>,
+        rng: SmallRng,
     ) -> Self {
-        let rng = SmallRng::from_rng(&mut rng());
         Self {
             chitchat,
             command_rx,
@@ -241,7 +263,20 @@ impl Server {
         let gossip_interval = self.chitchat.lock().await.config.gossip_interval;
         let mut gossip_interval = time::interval(gossip_interval);
         loop {
+            // Vendored patch: `biased` (a fixed order instead of tokio's thread-local random
+            // one, so a simulated cluster replays); the tick and the commands come first, as
+            // they are rare and a flood of datagrams must not starve them.
             tokio::select! {
+                biased;
+                _ = gossip_interval.tick() => {
+                    self.gossip_multiple().await
+                },
+                command = self.command_rx.recv() => match command {
+                    Some(Command::Gossip(addr)) => {
+                        let _ = self.gossip(addr).await;
+                    },
+                    Some(Command::Shutdown) | None => break,
+                },
                 result = self.transport.recv() => match result {
                     Ok(RecvOutcome { from_addr, envelope, .. }) => {
                         let _ = self.handle_envelope(from_addr, envelope).await;
@@ -253,15 +288,6 @@ impl Server {
                         return Err(err);
                     }
                 },
-                _ = gossip_interval.tick() => {
-                    self.gossip_multiple().await
-                },
-                command = self.command_rx.recv() => match command {
-                    Some(Command::Gossip(addr)) => {
-                        let _ = self.gossip(addr).await;
-                    },
-                    Some(Command::Shutdown) | None => break,
-                }
             }
         }
         Ok(())
@@ -290,6 +316,7 @@ impl Server {
     /// Gossip to multiple randomly chosen nodes.
     async fn gossip_multiple(&mut self) {
         // Gossip with live nodes & probabilistically include a random dead node
+        // (vendored patch: ordered sets, so the seeded choice does not depend on hash order)
         let mut chitchat_guard = self.chitchat.lock().await;
         let cluster_state = chitchat_guard.cluster_state();
 
@@ -297,17 +324,17 @@ impl Server {
             .nodes()
             .filter(|chitchat_id| *chitchat_id != chitchat_guard.self_chitchat_id())
             .map(|chitchat_id| chitchat_id.gossip_advertise_addr)
-            .collect::<HashSet<_>>();
+            .collect::<BTreeSet<_>>();
         let live_nodes = chitchat_guard
             .live_nodes()
             .filter(|chitchat_id| *chitchat_id != chitchat_guard.self_chitchat_id())
             .map(|chitchat_id| chitchat_id.gossip_advertise_addr)
-            .collect::<HashSet<_>>();
+            .collect::<BTreeSet<_>>();
         let dead_nodes = chitchat_guard
             .dead_nodes()
             .map(|chitchat_id| chitchat_id.gossip_advertise_addr)
-            .collect::<HashSet<_>>();
-        let seed_nodes: HashSet<SocketAddr> = chitchat_guard
+            .collect::<BTreeSet<_>>();
+        let seed_nodes: BTreeSet<SocketAddr> = chitchat_guard
             .seed_nodes()
             .into_iter()
             .filter(|addr| *addr != chitchat_guard.self_chitchat_id().gossip_advertise_addr)
@@ -368,10 +395,10 @@ enum Command {
 
 fn select_nodes_for_gossip<R>(
     rng: &mut R,
-    peer_nodes: HashSet<SocketAddr>,
-    live_nodes: HashSet<SocketAddr>,
-    dead_nodes: HashSet<SocketAddr>,
-    seed_nodes: HashSet<SocketAddr>,
+    peer_nodes: BTreeSet<SocketAddr>,
+    live_nodes: BTreeSet<SocketAddr>,
+    dead_nodes: BTreeSet<SocketAddr>,
+    seed_nodes: BTreeSet<SocketAddr>,
 ) -> (Vec<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>)
 where
     R: Rng + ?Sized,
@@ -418,7 +445,7 @@ where
 /// Selects a dead node to gossip with, with some probability.
 fn select_dead_node_to_gossip_with<R>(
     rng: &mut R,
-    dead_nodes: &HashSet<SocketAddr>,
+    dead_nodes: &BTreeSet<SocketAddr>,
     live_nodes_count: usize,
     dead_nodes_count: usize,
 ) -> Option<SocketAddr>
@@ -435,7 +462,7 @@ where
 /// Selects a seed node to gossip with, with some probability.
 fn select_seed_node_to_gossip_with<R>(
     rng: &mut R,
-    seed_nodes: &HashSet<SocketAddr>,
+    seed_nodes: &BTreeSet<SocketAddr>,
     live_nodes_count: usize,
     dead_nodes_count: usize,
 ) -> Option<SocketAddr>
@@ -486,7 +513,7 @@ mod tests {
         }
     }
 
-    fn to_hash_set<T: Eq + std::hash::Hash>(chitchat_ids: Vec<T>) -> std::collections::HashSet<T> {
+    fn to_hash_set<T: Ord>(chitchat_ids: Vec<T>) -> BTreeSet<T> {
         chitchat_ids.into_iter().collect()
     }
 
@@ -813,7 +840,7 @@ mod tests {
 
     #[test]
     fn test_gossip_no_dead_node_no_seed_nodes() {
-        let nodes: HashSet<SocketAddr> = (10_001..=10_005)
+        let nodes: BTreeSet<SocketAddr> = (10_001..=10_005)
             .map(ChitchatId::for_local_test)
             .map(|chitchat_id| chitchat_id.gossip_advertise_addr)
             .collect();
@@ -836,7 +863,7 @@ mod tests {
             .map(ChitchatId::for_local_test)
             .map(|chitchat_id| chitchat_id.gossip_advertise_addr)
             .collect();
-        let seeds: HashSet<SocketAddr> = nodes[3..5].iter().cloned().collect();
+        let seeds: BTreeSet<SocketAddr> = nodes[3..5].iter().cloned().collect();
         let mut rng = RngForTest::default();
         let (gossip_nodes, gossip_dead_node, gossip_seed_node) = select_nodes_for_gossip(
             &mut rng,
