@@ -10,6 +10,7 @@
 //! - `anti_entropy`: Merkle exchanges that repair divergent replicas.
 //! - `http`: the client and admin HTTP API.
 //! - `resp`: the Redis-protocol (RESP2) API.
+//! - `seams`: the network, wall clock, randomness and blocking calls, replaceable (simulation).
 //! - `server`: start, serve, shut down.
 //!
 //! Laws: no request waits past its deadline because of a peer; every queue and loop has a
@@ -26,6 +27,7 @@ pub mod http;
 pub mod membership;
 pub mod node;
 pub mod resp;
+pub mod seams;
 pub mod server;
 pub mod settings;
 pub mod transport;
