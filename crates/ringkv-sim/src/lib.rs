@@ -20,6 +20,7 @@
 
 pub mod chitchat_net;
 pub mod cluster;
+pub mod cluster_sim;
 pub mod gossip;
 pub mod gossip_model;
 pub mod report;
