@@ -54,7 +54,6 @@ pub struct ReadRecord {
 pub struct Records {
     pub writes: Vec<WriteRecord>,
     pub reads: Vec<ReadRecord>,
-    pub writers: BTreeMap<String, BTreeSet<String>>,
     pub finals: BTreeMap<String, Option<VersionSet>>,
     pub converged_after: Option<Duration>,
     pub not_converged: Option<String>,
@@ -193,11 +192,14 @@ pub fn check(records: &Records, bound: Duration) -> Vec<String> {
     }
 
     // Siblings bounded by the concurrent writers.
-    let mut bound_of: BTreeMap<&str, usize> = records
-        .writers
-        .iter()
-        .map(|(k, w)| (k.as_str(), w.len()))
-        .collect();
+    let mut writers: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for w in &records.writes {
+        writers
+            .entry(w.key.as_str())
+            .or_default()
+            .insert(w.client.as_str());
+    }
+    let mut bound_of: BTreeMap<&str, usize> = writers.iter().map(|(k, w)| (*k, w.len())).collect();
     for w in &records.writes {
         let concurrent = matches!(w.outcome, WriteOutcome::Failed(_)) || !w.sees_own_previous;
         if concurrent {

@@ -281,17 +281,30 @@ async fn cart_client(mut c: Client, start: Duration, end: Duration) -> turmoil::
     Ok(())
 }
 
-/// A blind writer: blind puts (no context), and deletes with the context of a read.
+/// A blind writer: blind puts (no context) on shared keys, deletes with the context of a
+/// read, and puts on keys of its own written once (what no later write can mask: only hinted
+/// handoff, read repair and anti-entropy bring such a write to a replica that missed it).
 async fn blind_client(mut c: Client, start: Duration, end: Duration) -> turmoil::Result {
     sleep_until(start).await;
     while now() < end {
         let key = BLIND_KEYS[c.rng.below(BLIND_KEYS.len())];
-        if c.rng.below(10) < 6 {
-            c.seq += 1;
-            let value = Bytes::from(format!("{}#{}", c.name, c.seq));
-            c.write(key, None, Some(value)).await;
-        } else if let Some(read) = c.read(key).await {
-            c.write(key, Some(&read), None).await;
+        match c.rng.below(10) {
+            0..=3 => {
+                c.seq += 1;
+                let value = Bytes::from(format!("{}#{}", c.name, c.seq));
+                c.write(key, None, Some(value)).await;
+            }
+            4..=6 => {
+                c.seq += 1;
+                let once = format!("once-{}-{}", c.name, c.seq);
+                let value = Bytes::from(format!("{}#{}", c.name, c.seq));
+                c.write(&once, None, Some(value)).await;
+            }
+            _ => {
+                if let Some(read) = c.read(key).await {
+                    c.write(key, Some(&read), None).await;
+                }
+            }
         }
         c.think().await;
     }
@@ -313,20 +326,6 @@ pub fn spawn_clients(
         .take(CART_CLIENTS + BLIND_CLIENTS)
         .enumerate()
     {
-        let keys: &[&str] = if i < CART_CLIENTS {
-            CART_KEYS
-        } else {
-            BLIND_KEYS
-        };
-        {
-            let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
-            for key in keys {
-                r.writers
-                    .entry(key.to_string())
-                    .or_default()
-                    .insert(name.clone());
-            }
-        }
         let client_seed = seed ^ (0x636c_6965_6e74 + i as u64);
         let client = Client {
             name: name.clone(),
@@ -364,7 +363,7 @@ pub fn spawn_checker(
         let deadline = from + bound;
         let mut last_problem;
         loop {
-            let (finals, problem) = look(&peers, &table).await;
+            let (finals, problem) = look(&peers, &table, &records).await;
             last_problem = problem;
             let done = last_problem.is_none() || now() >= deadline;
             if done {
@@ -413,6 +412,7 @@ pub fn spawn_checker(
 async fn look(
     peers: &Peers,
     table: &NodeTable,
+    records: &Mutex<Records>,
 ) -> (BTreeMap<String, Option<VersionSet>>, Option<String>) {
     let running = table.running();
     let mut problem = None;
@@ -440,7 +440,20 @@ async fn look(
             ring.version
         ));
     }
-    for key in CART_KEYS.iter().chain(BLIND_KEYS) {
+    let mut keys: BTreeSet<String> = CART_KEYS
+        .iter()
+        .chain(BLIND_KEYS)
+        .map(|k| k.to_string())
+        .collect();
+    keys.extend(
+        records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writes
+            .iter()
+            .map(|w| w.key.clone()),
+    );
+    for key in &keys {
         let partition =
             PartitionId::of(key_hash(key.as_bytes()), ring.topology.params().partitions);
         let mut seen: Vec<Option<VersionSet>> = Vec::new();
