@@ -8,9 +8,10 @@
 //! for byte.
 //!
 //! Phases (virtual time): the cluster forms (`BOOTSTRAP`); clients run (`WORKLOAD`) while the
-//! faults of the plan come and go, each healed before the workload ends; then the checker
-//! waits at most `CONVERGENCE_BOUND` for every key's home replicas to hold the same versions
-//! and the ring to settle, and the checkers of `check` judge the history.
+//! faults of the plan come and go, each healed before the workload ends; then, once every
+//! client's last operation is over, the checker waits at most `CONVERGENCE_BOUND` for every
+//! key's home replicas to hold the same versions and the ring to settle, and the checkers of
+//! `check` judge the history.
 //!
 //! Clients reach a node through a *front door*: the node's real transport (`transport::serve`)
 //! on a second port, whose handler passes a client operation to `Node::client_op`, as the HTTP
@@ -457,7 +458,7 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
         config.seed,
         table.clone(),
         records.clone(),
-        workload_end,
+        workload::clients_done(workload_end),
         CONVERGENCE_BOUND,
         history.clone(),
     );

@@ -345,7 +345,13 @@ pub fn spawn_clients(
     }
 }
 
-/// The checker client: from `from`, at most `bound` long, waits until every running node holds
+/// When every client has finished: a client starts no operation after the workload's end,
+/// and an operation (a read and a write) takes at most two client deadlines.
+pub fn clients_done(workload_end: Duration) -> Duration {
+    workload_end + 2 * CLIENT_TIMEOUT + Duration::from_millis(500)
+}
+
+/// The checker client: from `from` (every client done), at most `bound` long, waits until every running node holds
 /// the same settled ring and every key's home replicas hold the same versions; then records
 /// each key's final versions.
 pub fn spawn_checker(
