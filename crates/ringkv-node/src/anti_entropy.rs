@@ -106,10 +106,7 @@ impl Node {
             }
             self.purge_tombstones(&ring, partition).await;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = self.seams.clock.unix_millis();
         self.anti_entropy
             .last_full_pass_unix_ms
             .store(now, Ordering::Relaxed);

@@ -30,8 +30,7 @@ impl Node {
             metrics::gauge!("ringkv_hints_pending").set(0.0);
             return;
         }
-        let hints = self.hints.clone();
-        let targets = match tokio::task::spawn_blocking(move || hints.targets()).await {
+        let targets = match self.hint_call(|hints| hints.targets()).await {
             Ok(Ok(t)) => t,
             other => {
                 debug!(?other, "could not list hint targets");
@@ -56,9 +55,11 @@ impl Node {
 
     /// The next `HINT_DELIVERY_BATCH` hints held for `target` (`None` if they cannot be read).
     async fn hint_batch(&self, target: &ringkv_core::NodeId) -> Option<Vec<ringkv_storage::Hint>> {
-        let hints = self.hints.clone();
         let t = target.clone();
-        match tokio::task::spawn_blocking(move || hints.pending(&t, HINT_DELIVERY_BATCH)).await {
+        match self
+            .hint_call(move |hints| hints.pending(&t, HINT_DELIVERY_BATCH))
+            .await
+        {
             Ok(Ok(batch)) => Some(batch),
             other => {
                 debug!(?other, "could not read hints");
@@ -87,9 +88,7 @@ impl Node {
                 .await
             {
                 Ok(Response::Ok) => {
-                    let hints = self.hints.clone();
-                    if let Ok(Err(e)) =
-                        tokio::task::spawn_blocking(move || hints.acknowledge(&hint)).await
+                    if let Ok(Err(e)) = self.hint_call(move |hints| hints.acknowledge(&hint)).await
                     {
                         debug!(error = %e, "could not delete a delivered hint");
                     }
@@ -139,8 +138,7 @@ impl Node {
                 debug!(%departed, "re-homing a hint failed; retrying next round");
                 break;
             }
-            let hints = self.hints.clone();
-            let _ = tokio::task::spawn_blocking(move || hints.acknowledge(&hint)).await;
+            let _ = self.hint_call(move |hints| hints.acknowledge(&hint)).await;
             delivered += 1;
         }
         if delivered > 0 {
@@ -175,8 +173,7 @@ impl Node {
             if !matches!(self.ask(&keeper, request).await, Ok(Response::Ok)) {
                 return;
             }
-            let hints = self.hints.clone();
-            let _ = tokio::task::spawn_blocking(move || hints.acknowledge(&hint)).await;
+            let _ = self.hint_call(move |hints| hints.acknowledge(&hint)).await;
         }
     }
 }

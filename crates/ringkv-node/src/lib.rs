@@ -11,6 +11,7 @@
 //! - `tombstones`: purging tombstones once causally stable; the dot floor.
 //! - `http`: the client and admin HTTP API.
 //! - `resp`: the Redis-protocol (RESP2) API.
+//! - `seams`: the network, wall clock, randomness and blocking calls, replaceable (simulation).
 //! - `server`: start, serve, shut down.
 //!
 //! Laws: no request waits past its deadline because of a peer; every queue and loop has a
@@ -27,6 +28,7 @@ pub mod http;
 pub mod membership;
 pub mod node;
 pub mod resp;
+pub mod seams;
 pub mod server;
 pub mod settings;
 pub mod tombstones;

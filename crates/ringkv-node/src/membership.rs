@@ -23,16 +23,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
-    spawn_chitchat,
+    spawn_chitchat_seeded,
 };
 use ringkv_core::NodeId;
 use ringkv_core::ring::{Member, Ring, RingParams};
 use ringkv_core::topology::{Topology, TopologyError};
 use tracing::{info, warn};
 
+use crate::seams::Seams;
 use crate::settings::Settings;
 pub use crate::wire::RingState;
 
@@ -146,13 +146,12 @@ impl Membership {
     /// Starts gossip. `ring` is the ring this node persisted before, if any.
     pub async fn start(
         settings: &Settings,
+        seams: &Seams,
         ring: Option<RingState>,
         left: bool,
     ) -> anyhow::Result<Membership> {
         let me = settings.node_id.clone();
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as u64;
+        let generation = seams.clock.unix_millis();
         let seeds: Vec<String> = settings
             .seeds
             .iter()
@@ -191,7 +190,13 @@ impl Membership {
         if let Some(resp) = settings.resp {
             initial.push((keys::RESP.to_string(), resp.to_string()));
         }
-        let chitchat = spawn_chitchat(config, initial, &UdpTransport).await?;
+        let chitchat = spawn_chitchat_seeded(
+            config,
+            initial,
+            seams.network.gossip(),
+            seams.entropy.next_u64(),
+        )
+        .await?;
         let gossip_failure = Arc::new(std::sync::Mutex::new(None));
         let watcher = chitchat.termination_watcher();
         let failure = gossip_failure.clone();

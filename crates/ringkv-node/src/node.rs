@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::membership::{Membership, RING_META_KEY};
+use crate::seams::{Entropy, Seams};
 use crate::settings::{Settings, StorageKind};
 use crate::transport::{Handler, Peers};
 use crate::wire::{ClientError, Identity, Request, Response, RingState};
@@ -46,6 +47,8 @@ pub struct Node {
     pub(crate) tombstones: crate::tombstones::TombstoneState,
     /// Serialises the allocation of one-off actor ids.
     pub(crate) one_off_lock: tokio::sync::Mutex<()>,
+    /// The network, clock, randomness and blocking calls (replaced by the simulation).
+    pub(crate) seams: Seams,
 }
 
 impl Node {
@@ -53,17 +56,31 @@ impl Node {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Node>> {
-        let kind = match settings.storage {
-            StorageKind::Fjall => EngineKind::Fjall,
-            StorageKind::Memory => EngineKind::Memory,
+        Node::start_with(settings, Seams::production(), shutdown).await
+    }
+
+    /// Starts a node on the given seams (the simulation's network, clock and randomness).
+    pub async fn start_with(
+        settings: Settings,
+        mut seams: Seams,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Node>> {
+        let (storage, hints) = match seams.storage.take() {
+            Some(opened) => opened,
+            None => {
+                let kind = match settings.storage {
+                    StorageKind::Fjall => EngineKind::Fjall,
+                    StorageKind::Memory => EngineKind::Memory,
+                };
+                let opened = ringkv_storage::open(
+                    kind,
+                    &settings.data_dir.join("fjall"),
+                    settings.hint_backlog_max,
+                )?;
+                (opened.engine, opened.hints)
+            }
         };
-        let opened = ringkv_storage::open(
-            kind,
-            &settings.data_dir.join("fjall"),
-            settings.hint_backlog_max,
-        )?;
-        let (storage, hints) = (opened.engine, opened.hints);
-        let replica = load_identity(&settings, storage.as_ref())?;
+        let replica = load_identity(&settings, storage.as_ref(), seams.entropy.as_ref())?;
         let ring = match storage.get_meta(RING_META_KEY)? {
             Some(bytes) => Some(
                 postcard::from_bytes::<RingState>(&bytes)
@@ -77,8 +94,12 @@ impl Node {
         let tombstones = crate::tombstones::TombstoneState::load(
             storage.get_meta(crate::tombstones::DOT_FLOOR_META_KEY)?,
         );
-        let membership = Membership::start(&settings, ring, left).await?;
-        let peers = Peers::new(settings.node_id.clone(), settings.limits.clone());
+        let membership = Membership::start(&settings, &seams, ring, left).await?;
+        let peers = Peers::new(
+            settings.node_id.clone(),
+            settings.limits.clone(),
+            seams.network.clone(),
+        );
         let node = Arc::new(Node {
             settings,
             replica,
@@ -91,6 +112,7 @@ impl Node {
             handoff,
             tombstones,
             one_off_lock: tokio::sync::Mutex::new(()),
+            seams,
         });
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
@@ -105,15 +127,26 @@ impl Node {
         &self.membership
     }
 
-    /// Runs a storage call on the blocking pool (the engines fsync).
+    /// Runs a storage call on the blocking pool (the engines fsync), or inline in the
+    /// simulation (`Seams::blocking`).
     pub(crate) async fn store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn StorageEngine) -> T + Send + 'static,
     ) -> Result<T, ClientError> {
         let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+        self.seams
+            .run_blocking(move || f(storage.as_ref()))
             .await
             .map_err(|e| ClientError::Internal(format!("storage task failed: {e}")))
+    }
+
+    /// Runs a hint store call where storage calls run.
+    pub(crate) async fn hint_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn HintStore) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let hints = self.hints.clone();
+        self.seams.run_blocking(move || f(hints.as_ref())).await
     }
 
     pub(crate) fn partition_of(&self, key: &[u8]) -> PartitionId {
@@ -178,14 +211,14 @@ impl Node {
         versions: VersionSet,
     ) -> Result<(), ClientError> {
         let partition = self.partition_of(&key);
-        let hints = self.hints.clone();
         let hint = ringkv_storage::Hint {
             target,
             partition,
             key,
             versions,
         };
-        let result = tokio::task::spawn_blocking(move || hints.push(hint))
+        let result = self
+            .hint_call(move |hints| hints.push(hint))
             .await
             .map_err(|e| ClientError::Internal(format!("hint task failed: {e}")))?;
         result.map_err(|e| {
@@ -207,21 +240,21 @@ impl Node {
     ) -> Result<(Option<VersionSet>, Vec<(NodeId, VersionSet)>), ClientError> {
         let own = self.read_local(key.clone()).await?;
         let partition = self.partition_of(&key);
-        let hints = self.hints.clone();
-        let hinted = tokio::task::spawn_blocking(
-            move || -> Result<Vec<(NodeId, VersionSet)>, ringkv_storage::StorageError> {
-                let mut out = Vec::new();
-                for target in hints.targets()? {
-                    if let Some(v) = hints.get(&target, partition, &key)? {
-                        out.push((target, v));
+        let hinted = self
+            .hint_call(
+                move |hints| -> Result<Vec<(NodeId, VersionSet)>, ringkv_storage::StorageError> {
+                    let mut out = Vec::new();
+                    for target in hints.targets()? {
+                        if let Some(v) = hints.get(&target, partition, &key)? {
+                            out.push((target, v));
+                        }
                     }
-                }
-                Ok(out)
-            },
-        )
-        .await
-        .map_err(|e| ClientError::Internal(format!("hint task failed: {e}")))?
-        .map_err(|e| ClientError::Internal(e.to_string()))?;
+                    Ok(out)
+                },
+            )
+            .await
+            .map_err(|e| ClientError::Internal(format!("hint task failed: {e}")))?
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
         Ok((own, hinted))
     }
 
@@ -350,6 +383,7 @@ impl Node {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
@@ -440,7 +474,11 @@ impl Handler for Node {
     }
 }
 
-fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Result<ReplicaId> {
+fn load_identity(
+    settings: &Settings,
+    storage: &dyn StorageEngine,
+    entropy: &dyn Entropy,
+) -> anyhow::Result<ReplicaId> {
     if let Some(bytes) = storage.get_meta(IDENTITY_META_KEY)? {
         let identity: Identity = postcard::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("stored identity is unreadable: {e}"))?;
@@ -453,7 +491,7 @@ fn load_identity(settings: &Settings, storage: &dyn StorageEngine) -> anyhow::Re
         return Ok(ReplicaId::new(identity.node_id, identity.epoch));
     }
     // Node epochs are drawn below FALLBACK_EPOCH_BASE; one-off actors take the range above.
-    let epoch = (rand::random::<u32>() % FALLBACK_EPOCH_BASE).max(1);
+    let epoch = ((entropy.next_u64() as u32) % FALLBACK_EPOCH_BASE).max(1);
     let identity = Identity {
         node_id: settings.node_id.clone(),
         epoch,

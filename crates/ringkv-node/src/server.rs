@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::http::{HttpState, router};
 use crate::node::Node;
+use crate::seams::Seams;
 use crate::settings::Settings;
 
 /// Latency buckets in seconds, from 100 µs to 10 s.
@@ -42,7 +43,10 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 /// Runs a node until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = metrics_handle()?;
-    let listener = TcpListener::bind(settings.listen)
+    let seams = Seams::production();
+    let listener = seams
+        .network
+        .bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", settings.listen))?;
     let resp_listener = match settings.resp {
@@ -57,7 +61,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind --http {}: {e}", settings.http))?;
     let limits = settings.limits.clone();
-    let node = Node::start(settings, shutdown.child_token()).await?;
+    let node = Node::start_with(settings, seams, shutdown.child_token()).await?;
 
     let transport = tokio::spawn(crate::transport::serve(
         listener,

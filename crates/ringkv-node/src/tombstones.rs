@@ -440,22 +440,23 @@ impl Node {
         if self.hints.is_empty() {
             return Ok(vec![false; keys.len()]);
         }
-        let hints = self.hints.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<bool>, ringkv_storage::StorageError> {
-            let targets = hints.targets()?;
-            let mut out = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let mut held = false;
-                for target in &targets {
-                    if hints.get(target, partition, key)?.is_some() {
-                        held = true;
-                        break;
+        self.hint_call(
+            move |hints| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                let targets = hints.targets()?;
+                let mut out = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    let mut held = false;
+                    for target in &targets {
+                        if hints.get(target, partition, key)?.is_some() {
+                            held = true;
+                            break;
+                        }
                     }
+                    out.push(held);
                 }
-                out.push(held);
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+        )
         .await
         .map_err(|e| format!("hint task failed: {e}"))?
         .map_err(|e| e.to_string())

@@ -9,21 +9,22 @@
 //! node keeps running. Reconnection after a failure backs off exponentially, capped at
 //! `reconnect_backoff_max`, and a peer inside its backoff window fails fast.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ringkv_core::NodeId;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::seams::{BoxConnection, Listener, Network};
 use crate::settings::Limits;
 use crate::wire::{Frame, PROTOCOL_VERSION, Request, Response};
 
@@ -58,7 +59,7 @@ fn encode(frame: &Frame) -> Bytes {
 
 /// Accepts inter-node connections until `shutdown` is cancelled.
 pub async fn serve<H: Handler>(
-    listener: TcpListener,
+    mut listener: Box<dyn Listener>,
     handler: Arc<H>,
     limits: Limits,
     shutdown: CancellationToken,
@@ -66,6 +67,7 @@ pub async fn serve<H: Handler>(
     let connections = Arc::new(Semaphore::new(limits.inbound_connections_max));
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
@@ -75,7 +77,6 @@ pub async fn serve<H: Handler>(
                     warn!(%peer, max = limits.inbound_connections_max, "too many inter-node connections; closing this one");
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
                 let (handler, limits, shutdown) =
                     (handler.clone(), limits.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -93,7 +94,7 @@ pub async fn serve<H: Handler>(
 }
 
 async fn serve_connection<H: Handler>(
-    stream: TcpStream,
+    stream: BoxConnection,
     peer: SocketAddr,
     handler: Arc<H>,
     limits: Limits,
@@ -111,6 +112,7 @@ async fn serve_connection<H: Handler>(
     let slots = Arc::new(Semaphore::new(limits.inbound_inflight_max));
     loop {
         let next = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             next = stream.next() => next,
         };
@@ -168,7 +170,9 @@ async fn serve_connection<H: Handler>(
     let _ = writer.await;
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Requests waiting for their answer, by id (ordered: closing a connection wakes them in
+/// request order).
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Response>>>>;
 
 /// One live outbound connection.
 struct Connection {
@@ -191,10 +195,11 @@ pub struct Peers {
     peers: Mutex<HashMap<SocketAddr, PeerState>>,
     slots: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
     connect_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    network: Arc<dyn Network>,
 }
 
 impl Peers {
-    pub fn new(me: NodeId, limits: Limits) -> Peers {
+    pub fn new(me: NodeId, limits: Limits, network: Arc<dyn Network>) -> Peers {
         Peers {
             me,
             limits,
@@ -202,6 +207,7 @@ impl Peers {
             peers: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             connect_locks: Mutex::new(HashMap::new()),
+            network,
         }
     }
 
@@ -270,7 +276,7 @@ impl Peers {
         if let Some(conn) = self.live_connection(addr)? {
             return Ok(conn);
         }
-        match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(self.limits.connect_timeout, self.network.connect(addr)).await {
             Ok(Ok(stream)) => {
                 let conn = self.start_connection(stream, addr);
                 let mut peers = self.peers.lock().unwrap();
@@ -324,11 +330,10 @@ impl Peers {
         TransportError::Unreachable(addr, reason)
     }
 
-    fn start_connection(&self, stream: TcpStream, addr: SocketAddr) -> Arc<Connection> {
-        let _ = stream.set_nodelay(true);
+    fn start_connection(&self, stream: BoxConnection, addr: SocketAddr) -> Arc<Connection> {
         let (mut sink, mut source) = Framed::new(stream, codec(&self.limits)).split();
         let (frames, mut outgoing) = mpsc::channel::<Bytes>(self.limits.peer_inflight_max);
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
         let closed = CancellationToken::new();
         let conn = Arc::new(Connection {
             frames,
@@ -344,6 +349,7 @@ impl Peers {
             if sink.send(hello).await.is_ok() {
                 loop {
                     let frame = tokio::select! {
+                        biased;
                         _ = closed_w.cancelled() => break,
                         frame = outgoing.recv() => frame,
                     };
@@ -358,6 +364,7 @@ impl Peers {
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
+                    biased;
                     _ = closed.cancelled() => break,
                     next = source.next() => next,
                 };

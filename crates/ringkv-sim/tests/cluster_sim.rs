@@ -1,0 +1,99 @@
+//! The deterministic cluster simulation: a batch of seeds passes every checker, a seed replays
+//! byte for byte, and the deliberately broken build (hinted handoff, read repair and
+//! anti-entropy off) is caught by some seed of the batch.
+//!
+//! `SIM_SEEDS` (default 200 in all, split over the batch tests so nextest runs them side by
+//! side) and `SIM_FIRST_SEED` (default 1) choose the batch; `ringkv-sim cluster --seeds N`
+//! runs thousands.
+
+use ringkv_sim::cluster_sim::{self, SimConfig};
+
+/// Batch tests the seeds are split over (nextest runs tests in parallel).
+const SHARDS: u64 = 4;
+
+fn batch() -> (u64, u64) {
+    let first = std::env::var("SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let seeds = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    (first, seeds)
+}
+
+fn run_shard(shard: u64) {
+    let (first, seeds) = batch();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for seed in (first..first + seeds).filter(|s| s % SHARDS == shard) {
+        let config = SimConfig::new(seed);
+        let outcome = cluster_sim::run_reported(&config);
+        ran += 1;
+        if !outcome.passed() {
+            failures.push(cluster_sim::failure_report(&config, &outcome));
+        }
+    }
+    assert!(ran > 0 || seeds < SHARDS, "shard {shard} ran no seed");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn seeds_pass_shard_0() {
+    run_shard(0);
+}
+
+#[test]
+fn seeds_pass_shard_1() {
+    run_shard(1);
+}
+
+#[test]
+fn seeds_pass_shard_2() {
+    run_shard(2);
+}
+
+#[test]
+fn seeds_pass_shard_3() {
+    run_shard(3);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_history_byte_for_byte() {
+    for seed in [3, 11] {
+        let config = SimConfig::new(seed);
+        let first = cluster_sim::run_reported(&config);
+        let second = cluster_sim::run_reported(&config);
+        assert!(
+            first.history.len() > 100,
+            "seed {seed}: a run has a history"
+        );
+        assert_eq!(
+            first.history.join("\n").into_bytes(),
+            second.history.join("\n").into_bytes(),
+            "seed {seed} gave two histories; replay: {}",
+            config.replay_command()
+        );
+    }
+}
+
+#[test]
+fn a_broken_build_is_caught_by_some_seed_of_the_batch() {
+    let (first, seeds) = batch();
+    let mut caught = None;
+    for seed in first..first + seeds {
+        let config = SimConfig {
+            broken: true,
+            ..SimConfig::new(seed)
+        };
+        let outcome = cluster_sim::run_reported(&config);
+        if !outcome.passed() {
+            caught = Some((seed, outcome.violations));
+            break;
+        }
+    }
+    let (seed, violations) = caught.expect("no seed of the batch caught the broken build");
+    eprintln!("the broken build fails on seed {seed}: {violations:?}");
+    assert!(!violations.is_empty());
+}
