@@ -127,6 +127,11 @@ impl Node {
         &self.membership
     }
 
+    /// Tombstone purge progress (what `/status` shows under `tombstones`).
+    pub fn tombstones(&self) -> &crate::tombstones::TombstoneState {
+        &self.tombstones
+    }
+
     /// Runs a storage call on the blocking pool (the engines fsync), or inline in the
     /// simulation (`Seams::blocking`).
     pub(crate) async fn store<T: Send + 'static>(

@@ -52,6 +52,8 @@ pub const BOOTSTRAP: Duration = Duration::from_secs(8);
 pub const WORKLOAD: Duration = Duration::from_secs(20);
 /// How long after the workload (every fault healed) the replicas have to converge.
 pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+/// Tombstone grace in the simulation: longer than any fault here holds a message back.
+pub const TOMBSTONE_GRACE_MS: u64 = 3000;
 /// Ring partitions of the simulated cluster.
 const PARTITIONS: u32 = 16;
 /// The simulation's epoch (2025-01-01T00:00:00Z): the wall clock starts there.
@@ -335,6 +337,8 @@ fn settings_for(index: usize, broken: bool) -> Result<Settings, String> {
         anti_entropy_interval_ms: Some(500),
         hint_interval_ms: Some(200),
         request_timeout_ms: Some(1000),
+        // Tombstones are purged within a run, so the resurrection checker covers purging.
+        tombstone_grace_ms: Some(TOMBSTONE_GRACE_MS),
         handoff_interval_ms: Some(200),
         handoff_bytes_per_second: Some(10_000_000),
         hint_backlog_max: Some(HINT_BACKLOG),

@@ -388,6 +388,16 @@ pub fn spawn_checker(
                         r.not_converged = Some(p.clone());
                     }
                 }
+                let purged: u64 = table
+                    .running()
+                    .iter()
+                    .map(|(_, n)| {
+                        n.tombstones()
+                            .purged
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    })
+                    .sum();
+                history.push(format!("tombstones purged by the running nodes: {purged}"));
                 for (key, versions) in &finals {
                     let line = match versions {
                         None => "none".to_string(),
