@@ -1,12 +1,13 @@
 //! The deterministic cluster simulation: a batch of seeds passes every checker, a seed replays
 //! byte for byte, and the deliberately broken build (hinted handoff, read repair and
-//! anti-entropy off) is caught by some seed of the batch.
+//! anti-entropy off) is caught by some seed of the batch. Some seeds of the batch leave a node
+//! (never the founding one, and never below N=3 members); the replayed seeds include one.
 //!
 //! `SIM_SEEDS` (default 200 in all, split over the batch tests so nextest runs them side by
 //! side) and `SIM_FIRST_SEED` (default 1) choose the batch; `ringkv-sim cluster --seeds N`
 //! runs thousands.
 
-use ringkv_sim::cluster_sim::{self, SimConfig};
+use ringkv_sim::cluster_sim::{self, Fault, SimConfig};
 
 /// Batch tests the seeds are split over (nextest runs tests in parallel).
 const SHARDS: u64 = 4;
@@ -61,7 +62,8 @@ fn seeds_pass_shard_3() {
 
 #[test]
 fn the_same_seed_gives_the_same_history_byte_for_byte() {
-    for seed in [3, 11] {
+    // Seed 5 leaves a node whose host crashes before it has left.
+    for seed in [3, 5, 11] {
         let config = SimConfig::new(seed);
         let first = cluster_sim::run_reported(&config);
         let second = cluster_sim::run_reported(&config);
@@ -69,6 +71,15 @@ fn the_same_seed_gives_the_same_history_byte_for_byte() {
             first.history.len() > 100,
             "seed {seed}: a run has a history"
         );
+        if seed == 5 {
+            assert!(
+                first
+                    .history
+                    .iter()
+                    .any(|l| l.ends_with("stopped for good")),
+                "seed 5 leaves a node"
+            );
+        }
         assert_eq!(
             first.history.join("\n").into_bytes(),
             second.history.join("\n").into_bytes(),
@@ -76,6 +87,34 @@ fn the_same_seed_gives_the_same_history_byte_for_byte() {
             config.replay_command()
         );
     }
+}
+
+#[test]
+fn some_seeds_of_the_batch_leave_a_node_and_never_the_founding_one() {
+    let (first, seeds) = batch();
+    let mut leaves = 0;
+    for seed in first..first + seeds {
+        let plan = cluster_sim::Plan::draw(&SimConfig::new(seed)).expect("a plan");
+        for f in &plan.faults {
+            if let Fault::Leave { node } = f.fault {
+                leaves += 1;
+                assert_ne!(node, 0, "seed {seed}: n1 is every node's seed");
+                assert!(node < plan.nodes, "seed {seed}: an initial node leaves");
+                let joined_before = plan
+                    .faults
+                    .iter()
+                    .any(|j| matches!(j.fault, Fault::Join) && j.at < f.at);
+                assert!(
+                    plan.nodes > 3 || joined_before,
+                    "seed {seed}: a leave keeps N=3 members"
+                );
+            }
+        }
+    }
+    assert!(
+        seeds < 20 || leaves * 5 >= seeds,
+        "only {leaves} of {seeds} seeds leave a node"
+    );
 }
 
 #[test]

@@ -8,20 +8,22 @@
 //! for byte.
 //!
 //! Phases (virtual time): the cluster forms (`BOOTSTRAP`); clients run (`WORKLOAD`) while the
-//! faults of the plan come and go, each healed before the workload ends; then, once every
+//! faults of the plan come and go, each healed before the workload ends (a node asked to
+//! leave is stopped for good once it has left); then, once every
 //! client's last operation is over, the checker waits at most `CONVERGENCE_BOUND` for every
 //! key's home replicas to hold the same versions and the ring to settle, and the checkers of
 //! `check` judge the history.
 //!
 //! Clients reach a node through a *front door*: the node's real transport (`transport::serve`)
 //! on a second port, whose handler passes a client operation to `Node::client_op`, as the HTTP
-//! front end does (HTTP parsing itself is not simulated).
+//! front end does, and a leave request to `Node::request_leave`, as `POST /admin/leave` does
+//! (HTTP parsing itself is not simulated).
 
 pub mod check;
 pub mod net;
 mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,12 +31,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use ringkv_core::NodeId;
 use ringkv_node::Settings;
+use ringkv_node::handoff::{LeaveError, REFUSED_PREFIX};
 use ringkv_node::node::Node;
 use ringkv_node::seams::{Blocking, Network, Seams};
 use ringkv_node::settings::{ServerArgs, StorageKind};
 use ringkv_node::transport::Handler;
-use ringkv_node::wire::{Request, Response};
+use ringkv_node::wire::{Request, Response, RingState};
 use ringkv_storage::{HintStore, MemoryEngine, MemoryHintStore, StorageEngine};
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +76,7 @@ pub struct SimConfig {
     pub seed: u64,
     /// Nodes at the start (3 to 9); a join fault adds one more.
     pub nodes: Option<usize>,
-    /// Inject faults (partitions, loss, delay, crashes, pauses, skew, joins).
+    /// Inject faults (partitions, loss, delay, crashes, pauses, skew, joins, leaves).
     pub faults: bool,
     /// The deliberately broken build: hinted handoff, read repair and anti-entropy off
     /// (`Settings::disable_repair`). Some seed of the CI batch must catch it.
@@ -151,6 +155,9 @@ pub enum Fault {
     Pause { node: usize },
     /// A new node joins.
     Join,
+    /// An operator asks some running node to remove this member (as `POST
+    /// /admin/leave?node=ID` does); once it has left, the simulation stops it for good.
+    Leave { node: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +230,7 @@ impl Plan {
                 };
                 faults.push(ScheduledFault { at, length, fault });
             }
+            faults.extend(draw_leave(config.seed, nodes, &faults));
             faults.sort_by_key(|f| f.at);
         } else {
             skews_ms = vec![0; nodes + 1];
@@ -233,6 +241,56 @@ impl Plan {
             faults,
         })
     }
+}
+
+/// Members a leave must leave behind (the ring's N: the topology refuses a leave below it).
+const MIN_MEMBERS: usize = 3;
+/// The latest a leave is asked for: early enough in the workload for its handoff to run
+/// while clients write, and to finish well within the convergence bound.
+const LATEST_LEAVE: Duration = Duration::from_secs(14);
+
+/// Whether the seed schedules a leave, and of which node, drawn from a stream of its own (so
+/// the other faults of a seed's plan are the same with or without it). Half the seeds that can
+/// leave one node do: those with more than N nodes, and those of N nodes with a join, whose
+/// leave comes after it (the operator waits for the joiner to be a member before asking; see
+/// `workload::spawn_admin`). Never the founding node `n1`: every other node's only seed is
+/// `n1`, so a node restarting after a crash, or the joiner, could no longer find the cluster
+/// once it is gone. A third of the leaves also crash the leaver within a second of the request,
+/// for 1 to 3 s, most often before its partitions have switched (the other faults rarely hit
+/// the leaver in that window).
+fn draw_leave(seed: u64, nodes: usize, faults: &[ScheduledFault]) -> Vec<ScheduledFault> {
+    let mut rng = Rng::new(seed ^ 0x006c_6561_7665);
+    if rng.below(2) == 0 {
+        return Vec::new();
+    }
+    let earliest = if nodes > MIN_MEMBERS {
+        Duration::from_millis(500)
+    } else {
+        match faults.iter().find(|f| matches!(f.fault, Fault::Join)) {
+            Some(join) => join.at + Duration::from_secs(1),
+            None => return Vec::new(),
+        }
+    };
+    if earliest > LATEST_LEAVE {
+        return Vec::new();
+    }
+    let span = (LATEST_LEAVE - earliest).as_millis() as usize;
+    let at = earliest + Duration::from_millis(rng.below(span + 1) as u64);
+    let node = 1 + rng.below(nodes - 1);
+    let mut planned = vec![ScheduledFault {
+        at,
+        length: Duration::ZERO,
+        fault: Fault::Leave { node },
+    }];
+    if rng.below(3) == 0 {
+        // Healed by LATEST_LEAVE + 4 s, 2 s before the workload ends, as every fault.
+        planned.push(ScheduledFault {
+            at: at + Duration::from_millis(rng.below(1000) as u64),
+            length: Duration::from_millis(1000 + rng.below(2000) as u64),
+            fault: Fault::Crash { node },
+        });
+    }
+    planned
 }
 
 pub fn node_name(index: usize) -> String {
@@ -247,13 +305,17 @@ struct NodeSlot {
     node: Mutex<Option<Arc<Node>>>,
 }
 
-/// The running nodes, for the checker (rings) and the driver.
+/// The running nodes, for the checker (rings), the clients and the driver.
 #[derive(Clone, Default)]
-pub struct NodeTable(Arc<Mutex<BTreeMap<usize, Arc<NodeSlot>>>>);
+pub struct NodeTable {
+    slots: Arc<Mutex<BTreeMap<usize, Arc<NodeSlot>>>>,
+    /// Nodes that left and were stopped for good: clients no longer send them anything.
+    gone: Arc<Mutex<BTreeSet<usize>>>,
+}
 
 impl NodeTable {
     fn slot(&self, index: usize) -> Option<Arc<NodeSlot>> {
-        self.0
+        self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&index)
@@ -263,7 +325,7 @@ impl NodeTable {
     /// The running nodes, by index.
     pub fn running(&self) -> Vec<(usize, Arc<Node>)> {
         let slots: Vec<(usize, Arc<NodeSlot>)> = self
-            .0
+            .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -286,10 +348,36 @@ impl NodeTable {
             *slot.node.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
+
+    /// Whether the node left the cluster and was stopped for good.
+    pub fn is_gone(&self, index: usize) -> bool {
+        self.gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&index)
+    }
+
+    fn retire(&self, index: usize) {
+        self.clear(index);
+        self.gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
+    }
+
+    /// The newest ring (version, then digest) the running nodes hold.
+    pub fn newest_ring(&self) -> Option<Arc<RingState>> {
+        self.running()
+            .iter()
+            .filter_map(|(_, n)| n.membership().ring())
+            .max_by_key(|r| (r.version, r.digest()))
+    }
 }
 
 /// A node's front door: client operations go to `Node::client_op` (as from the HTTP front
-/// end); anything else is served as the inter-node port serves it.
+/// end), a `Leave` to `Node::request_leave` (as from `POST /admin/leave?node=ID`: refused
+/// with `handoff::REFUSED_PREFIX`, the 400; otherwise an error to try again, the 503);
+/// anything else is served as the inter-node port serves it.
 struct FrontDoor(Arc<Node>);
 
 impl Handler for FrontDoor {
@@ -303,6 +391,13 @@ impl Handler for FrontDoor {
                 Request::Coordinate(op) => {
                     Response::Coordinated(self.0.client_op(op, timeout).await)
                 }
+                Request::Leave { node } => match self.0.request_leave(node).await {
+                    Ok(_) => Response::Ok,
+                    Err(LeaveError::Refused(why)) => {
+                        Response::Error(format!("{REFUSED_PREFIX}{why}"))
+                    }
+                    Err(LeaveError::Unavailable(why)) => Response::Error(why),
+                },
                 other => self.0.clone().handle(other, timeout).await,
             }
         }
@@ -428,7 +523,7 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
             node: Mutex::new(None),
         });
         table
-            .0
+            .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(index, slot.clone());
@@ -452,9 +547,9 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
         &mut sim,
         config.seed,
         plan.nodes,
+        table.clone(),
         records.clone(),
-        workload_start,
-        workload_end,
+        workload_start..workload_end,
         history.clone(),
     );
     workload::spawn_checker(
@@ -466,12 +561,28 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
         CONVERGENCE_BOUND,
         history.clone(),
     );
+    let leave = plan.faults.iter().find_map(|f| match f.fault {
+        Fault::Leave { node } => Some((node, workload_start + f.at)),
+        _ => None,
+    });
+    if let Some((node, at)) = leave {
+        workload::spawn_admin(
+            &mut sim,
+            config.seed,
+            table.clone(),
+            node,
+            at,
+            workload_end,
+            history.clone(),
+        );
+    }
+    let clients = workload::client_names(leave.is_some());
 
     // The driver: step the simulation, start and heal faults on schedule.
     let mut events: Vec<(Duration, usize, bool)> = Vec::new();
     for (i, f) in plan.faults.iter().enumerate() {
         events.push((workload_start + f.at, i, true));
-        if !matches!(f.fault, Fault::Join) {
+        if !matches!(f.fault, Fault::Join | Fault::Leave { .. }) {
             events.push((workload_start + f.at + f.length, i, false));
         }
     }
@@ -480,6 +591,8 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
     let mut formed_checked = false;
     let mut extra_nodes = plan.nodes;
     let mut violations = Vec::new();
+    // A node asked to leave and still to be stopped once it has.
+    let mut leaving: Option<usize> = None;
     loop {
         let done = sim
             .step()
@@ -499,28 +612,54 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
                 ));
             }
         }
+        if let Some(node) = leaving
+            && let Some(version) = has_left(&table, node)
+        {
+            leaving = None;
+            if sim.is_host_running(node_name(node)) {
+                sim.crash(node_name(node));
+            }
+            table.retire(node);
+            history.push(format!(
+                "{}ms {} has left (ring version {version}): stopped for good",
+                now.as_millis(),
+                node_name(node)
+            ));
+        }
         while next_event < events.len() && events[next_event].0 <= now {
             let (_, i, begin) = events[next_event];
             next_event += 1;
             let fault = &plan.faults[i].fault;
+            let skipped = match fault {
+                Fault::Crash { node } | Fault::Pause { node } if table.is_gone(*node) => {
+                    " (skipped: the node has left)"
+                }
+                _ => "",
+            };
             history.push(format!(
-                "{}ms fault {} {:?}",
+                "{}ms fault {} {:?}{skipped}",
                 now.as_millis(),
                 if begin { "begins" } else { "heals" },
                 fault
             ));
-            apply(
-                &mut sim,
-                &faults,
-                &table,
-                fault,
-                begin,
-                plan.nodes,
-                extra_nodes,
-            );
-            if begin && matches!(fault, Fault::Join) {
-                add_node(&mut sim, extra_nodes);
-                extra_nodes += 1;
+            if skipped.is_empty() {
+                apply(
+                    &mut sim,
+                    &faults,
+                    &table,
+                    fault,
+                    begin,
+                    plan.nodes,
+                    &hosts(extra_nodes, &clients),
+                );
+            }
+            match fault {
+                Fault::Join if begin => {
+                    add_node(&mut sim, extra_nodes);
+                    extra_nodes += 1;
+                }
+                Fault::Leave { node } => leaving = Some(*node),
+                _ => {}
             }
         }
     }
@@ -547,6 +686,25 @@ fn cluster_formed(table: &NodeTable, nodes: usize) -> bool {
         })
 }
 
+/// Whether a node asked to leave has left, and the version of the ring that says so: it
+/// reports it itself (`/status` `"left": true`) or, while it is down, the newest ring of the
+/// running nodes no longer lists it (a ring that does not list a member has no transition
+/// pending that involves it).
+fn has_left(table: &NodeTable, node: usize) -> Option<u64> {
+    let running = table.running();
+    let id = NodeId::new(node_name(node)).ok()?;
+    match running.iter().find(|(i, _)| *i == node) {
+        Some((_, n)) => {
+            let ring = n.membership().ring()?;
+            (n.membership().has_left() && !ring.topology.is_member(&id)).then_some(ring.version)
+        }
+        None => {
+            let ring = table.newest_ring()?;
+            (!ring.topology.is_member(&id)).then_some(ring.version)
+        }
+    }
+}
+
 fn ip(sim: &turmoil::Sim<'_>, index: usize) -> IpAddr {
     sim.lookup(node_name(index))
 }
@@ -567,7 +725,7 @@ fn apply(
     fault: &Fault,
     begin: bool,
     nodes: usize,
-    registered: usize,
+    hosts: &[String],
 ) {
     match fault {
         Fault::Partition { side } => {
@@ -598,24 +756,24 @@ fn apply(
             }
         }
         Fault::Pause { node } => {
-            for other in linked_hosts(registered, *node) {
+            let name = node_name(*node);
+            for other in hosts.iter().filter(|h| **h != name) {
                 if begin {
-                    sim.hold(node_name(*node), other);
+                    sim.hold(name.as_str(), other.as_str());
                 } else {
-                    sim.release(node_name(*node), other);
+                    sim.release(name.as_str(), other.as_str());
                 }
             }
         }
-        Fault::Join => {}
+        Fault::Join | Fault::Leave { .. } => {}
     }
 }
 
-/// Every other host a node's links go to (the other nodes and the clients).
-fn linked_hosts(registered: usize, node: usize) -> Vec<String> {
+/// Every host of the simulation: the nodes registered so far and the clients.
+fn hosts(registered: usize, clients: &[String]) -> Vec<String> {
     (0..registered)
-        .filter(|i| *i != node)
         .map(node_name)
-        .chain(workload::client_names())
+        .chain(clients.iter().cloned())
         .collect()
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::{Context, Dot, NodeId, PartitionId, VersionSet, key_hash};
+use ringkv_node::handoff::REFUSED_PREFIX;
 use ringkv_node::settings::Limits;
 use ringkv_node::transport::Peers;
 use ringkv_node::wire::{ClientContext, ClientOp, ClientReply, Request, Response};
@@ -42,12 +43,20 @@ impl History {
     }
 }
 
-pub fn client_names() -> Vec<String> {
+/// The client hosts: the workload's clients, the checker and, in a run with a leave, the
+/// operator who asks for it.
+pub fn client_names(admin: bool) -> Vec<String> {
     (0..CART_CLIENTS + BLIND_CLIENTS)
         .map(|i| format!("c{}", i + 1))
         .chain(std::iter::once("checker".to_string()))
+        .chain(admin.then(|| ADMIN.to_string()))
         .collect()
 }
+
+/// The operator's host (it asks for the leave).
+const ADMIN: &str = "admin";
+/// How long the operator waits before asking again after a failed leave request.
+const ADMIN_RETRY: Duration = Duration::from_millis(500);
 
 fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
@@ -93,6 +102,7 @@ struct Client {
     rng: Rng,
     peers: Peers,
     nodes: usize,
+    table: NodeTable,
     records: Arc<Mutex<Records>>,
     history: History,
     seq: u64,
@@ -107,7 +117,11 @@ impl Client {
     }
 
     async fn call(&mut self, op: ClientOp) -> Result<ClientReply, String> {
-        let node = self.rng.below(self.nodes);
+        // A node that left and was stopped is no longer in the client's list.
+        let nodes: Vec<usize> = (0..self.nodes)
+            .filter(|i| !self.table.is_gone(*i))
+            .collect();
+        let node = nodes[self.rng.below(nodes.len())];
         let addr = SocketAddr::new(turmoil::lookup(node_name(node)), FRONT_PORT);
         match self
             .peers
@@ -311,17 +325,18 @@ async fn blind_client(mut c: Client, start: Duration, end: Duration) -> turmoil:
     Ok(())
 }
 
-/// Registers the clients; each starts at `start` and stops at `end` (virtual time).
+/// Registers the clients; each runs from `workload.start` to `workload.end` (virtual time).
 pub fn spawn_clients(
     sim: &mut turmoil::Sim<'_>,
     seed: u64,
     nodes: usize,
+    table: NodeTable,
     records: Arc<Mutex<Records>>,
-    start: Duration,
-    end: Duration,
+    workload: std::ops::Range<Duration>,
     history: History,
 ) {
-    for (i, name) in client_names()
+    let (start, end) = (workload.start, workload.end);
+    for (i, name) in client_names(false)
         .into_iter()
         .take(CART_CLIENTS + BLIND_CLIENTS)
         .enumerate()
@@ -332,6 +347,7 @@ pub fn spawn_clients(
             rng: Rng::new(client_seed),
             peers: peers(&name, client_seed),
             nodes,
+            table: table.clone(),
             records: records.clone(),
             history: history.clone(),
             seq: 0,
@@ -494,4 +510,83 @@ async fn look(
         finals.insert(key.to_string(), merged);
     }
     (finals, problem)
+}
+
+/// The operator: at `at`, asks a running node to remove `leaver` (`Request::Leave` on its front
+/// door, as `POST /admin/leave?node=ID`), asking again (another node, chosen by the seed) after
+/// a failure until one records it, a node refuses it, or the workload ends. A leave needs N
+/// members left behind: the operator first waits until the newest ring's committed members
+/// number more than N (in a cluster of N nodes, until the join has completed).
+pub fn spawn_admin(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    table: NodeTable,
+    leaver: usize,
+    at: Duration,
+    until: Duration,
+    history: History,
+) {
+    let admin_seed = seed ^ 0x0061_646d_696e;
+    let peers = peers(ADMIN, admin_seed);
+    let mut rng = Rng::new(admin_seed);
+    let name = node_name(leaver);
+    sim.client(ADMIN, async move {
+        sleep_until(at).await;
+        let id = NodeId::new(name.clone()).expect("valid id");
+        loop {
+            let ready = table.newest_ring().is_some_and(|r| {
+                r.topology.is_member(&id)
+                    && r.topology.committed().members().len() > super::MIN_MEMBERS
+            });
+            if ready {
+                break;
+            }
+            if now() >= until {
+                history.push(format!(
+                    "{}ms leave of {name} not asked: the ring never had more than {} members",
+                    now().as_millis(),
+                    super::MIN_MEMBERS
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        loop {
+            let running: Vec<usize> = table.running().iter().map(|(i, _)| *i).collect();
+            let outcome = if running.is_empty() {
+                "failed: no node is running".to_string()
+            } else {
+                let taker = running[rng.below(running.len())];
+                let addr = SocketAddr::new(turmoil::lookup(node_name(taker)), FRONT_PORT);
+                let request = Request::Leave { node: id.clone() };
+                let asked = now();
+                let answer = peers.call(addr, request, CLIENT_TIMEOUT).await;
+                let shown = match &answer {
+                    Ok(Response::Ok) => "recorded".to_string(),
+                    Ok(Response::Error(e)) => format!("failed: {e}"),
+                    Ok(other) => format!("failed: unexpected {other:?}"),
+                    Err(e) => format!("failed: {e}"),
+                };
+                history.push(format!(
+                    "{}ms admin leave {name} at {} -> {shown} at {}ms",
+                    asked.as_millis(),
+                    node_name(taker),
+                    now().as_millis()
+                ));
+                match answer {
+                    Ok(Response::Ok) => return Ok(()),
+                    Ok(Response::Error(e)) if e.starts_with(REFUSED_PREFIX) => return Ok(()),
+                    _ => shown,
+                }
+            };
+            if now() >= until {
+                history.push(format!(
+                    "{}ms leave of {name} given up: {outcome}",
+                    now().as_millis()
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(ADMIN_RETRY).await;
+        }
+    });
 }
