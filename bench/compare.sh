@@ -13,7 +13,9 @@
 # apart from target/debug so running tests keep their binary), BENCH_DURATION_SECS (each
 # `ringkv bench` run, default 10), BENCH_REQUESTS (redis-benchmark -n, default 200000),
 # BENCH_CONCURRENCY (`ringkv bench` workers, default 32), BENCH_NODES (cluster size, default 3;
-# zero-hop routing can only save a hop when the cluster is larger than N), BENCH_OUT (where the JSON reports
+# zero-hop routing can only save a hop when the cluster is larger than N), BENCH_NODE_WORKERS
+# (tokio worker threads of each node only, not of the load generator; default: one per core),
+# BENCH_OUT (where the JSON reports
 # and logs go, default a temporary folder that is kept), BENCH_PERF=1 (profile node n1 with
 # `perf record` during the closed-loop zero-hop run; the top symbols go to $OUT/perf-top.txt).
 # Everything this script starts is stopped on exit (trap); it takes a few minutes.
@@ -25,6 +27,7 @@ DURATION=${BENCH_DURATION_SECS:-10}
 REQUESTS=${BENCH_REQUESTS:-200000}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 NODE_COUNT=${BENCH_NODES:-3}
+NODE_WORKERS=${BENCH_NODE_WORKERS:-}
 OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringkv-compare.XXXXXX)}
 WORK=$(mktemp -d /tmp/ringkv-compare-data.XXXXXX)
 # How long a server may take to answer its first request.
@@ -134,7 +137,12 @@ for ((i = 0; i < NODE_COUNT; i++)); do
         --http "127.0.0.1:${HTTP_PORTS[i]}" --resp "127.0.0.1:${RESP_PORTS[i]}"
         --data-dir "$WORK/n$((i + 1))" --storage fjall --n 3 --r 2 --w 2)
     if ((i > 0)); then args+=(--seed "127.0.0.1:${LISTEN_PORTS[0]}"); fi
-    RUST_LOG=warn "$RINGKV" "${args[@]}" >"$OUT/node$((i + 1)).log" 2>&1 &
+    if [[ -n $NODE_WORKERS ]]; then
+        TOKIO_WORKER_THREADS=$NODE_WORKERS RUST_LOG=warn "$RINGKV" "${args[@]}" \
+            >"$OUT/node$((i + 1)).log" 2>&1 &
+    else
+        RUST_LOG=warn "$RINGKV" "${args[@]}" >"$OUT/node$((i + 1)).log" 2>&1 &
+    fi
     PIDS+=($!)
     wait_for "node n$((i + 1))" curl -sf "http://127.0.0.1:${HTTP_PORTS[i]}/status"
 done
