@@ -399,42 +399,49 @@ impl Node {
         let partition = self.partition_of(&key);
         let replica = self.replica.clone();
         let floor = self.tombstones.dot_floor.clone();
-        self.store(move |s| {
-            let mut dot = None;
-            let stored = s.update(partition, &key, &mut |current| {
-                // Read inside the key's lock: a purge raises the floor before it removes.
-                let floor = floor.load(std::sync::atomic::Ordering::SeqCst);
-                let current = current
-                    .cloned()
-                    .unwrap_or_default()
-                    .raise_floor(&replica, floor);
-                let (next, d) = match &context {
-                    Some(ctx) => {
-                        current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica)
-                    }
-                    // No context: a blind overwrite of what this coordinator holds (RESP SET).
-                    None => current.update_exact(
-                        current.context(),
-                        current.cloud(),
-                        value.clone(),
-                        &replica,
-                    ),
-                };
-                dot = Some(d);
-                Some(next)
-            });
-            stored.map(|s| {
-                (
-                    s.expect("an update always stores a set"),
-                    dot.expect("the update ran"),
-                )
-            })
-        })
-        .await?
-        .map_err(|e| ClientError::Unavailable {
+        let unavailable = |e: ringkv_storage::StorageError| ClientError::Unavailable {
             message: format!("local write failed: {e}"),
             stored_on: Some(0),
-        })
+        };
+        let (stored, dot, durable) = self
+            .store(move |s| {
+                let mut dot = None;
+                let stored = s.update_deferred(partition, &key, &mut |current| {
+                    // Read inside the key's lock: a purge raises the floor before it removes.
+                    let floor = floor.load(std::sync::atomic::Ordering::SeqCst);
+                    let current = current
+                        .cloned()
+                        .unwrap_or_default()
+                        .raise_floor(&replica, floor);
+                    let (next, d) = match &context {
+                        Some(ctx) => {
+                            current.update_exact(&ctx.vector, &ctx.dots, value.clone(), &replica)
+                        }
+                        // No context: a blind overwrite of what this coordinator holds (RESP SET).
+                        None => current.update_exact(
+                            current.context(),
+                            current.cloud(),
+                            value.clone(),
+                            &replica,
+                        ),
+                    };
+                    dot = Some(d);
+                    Some(next)
+                });
+                stored.map(|(s, durable)| {
+                    (
+                        s.expect("an update always stores a set"),
+                        dot.expect("the update ran"),
+                        durable,
+                    )
+                })
+            })
+            .await?
+            .map_err(unavailable)?;
+        // Nothing leaves this node before its own copy is durable: a dot sent to a replica
+        // and then lost here in a crash would be issued again for another value.
+        durable.wait().await.map_err(unavailable)?;
+        Ok((stored, dot))
     }
 
     fn spawn_write(
@@ -497,8 +504,20 @@ impl Node {
         let (tx, mut rx) =
             mpsc::channel::<TargetReply<Option<VersionSet>>>(MAX_FALLBACKS_PER_REQUEST + 16);
         let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
+        let mut read_here = false;
         for target in initial {
-            self.spawn_read(target.node, key.clone(), deadline, tx.clone());
+            if target.node == *self.membership.me() {
+                read_here = true;
+            } else {
+                self.spawn_read(target.node, key.clone(), deadline, tx.clone());
+            }
+        }
+        // This node's own copy is read on this task while the remote reads are in flight.
+        if read_here {
+            let me = self.membership.me().clone();
+            let result = self.replica_read(&me, key.clone(), deadline).await;
+            // The channel has room for every initial target.
+            let _ = tx.try_send((me, result));
         }
         let mut replies: Vec<(NodeId, Option<VersionSet>)> = Vec::new();
         loop {

@@ -170,16 +170,22 @@ impl Node {
         versions: VersionSet,
     ) -> Result<VersionSet, ClientError> {
         let partition = self.partition_of(&key);
-        self.store(move |s| {
-            s.update(partition, &key, &mut |current| match current {
-                Some(cur) if cur.includes(&versions) => None,
-                Some(cur) => Some(cur.sync(&versions)),
-                None => Some(versions.clone()),
+        let (stored, durable) = self
+            .store(move |s| {
+                s.update_deferred(partition, &key, &mut |current| match current {
+                    Some(cur) if cur.includes(&versions) => None,
+                    Some(cur) => Some(cur.sync(&versions)),
+                    None => Some(versions.clone()),
+                })
             })
-        })
-        .await?
-        .map(|stored| stored.unwrap_or_default())
-        .map_err(|e| ClientError::Internal(e.to_string()))
+            .await?
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        // The fsync is awaited here, not on a storage thread (group commit's sync thread).
+        durable
+            .wait()
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        Ok(stored.unwrap_or_default())
     }
 
     /// A replica id never used before by any write: this node's id with a fresh epoch from

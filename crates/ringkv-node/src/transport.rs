@@ -57,6 +57,29 @@ fn encode(frame: &Frame) -> Bytes {
     Bytes::from(postcard::to_allocvec(frame).expect("frames always serialize"))
 }
 
+/// Most frames written with one flush (one `writev` when they fit the socket buffer).
+const FRAMES_PER_FLUSH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to `FRAMES_PER_FLUSH` frames),
+/// then flushes once: under load, many requests or answers share one system call.
+async fn send_batch<S>(
+    sink: &mut S,
+    first: Bytes,
+    queued: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), S::Error>
+where
+    S: futures::Sink<Bytes> + Unpin,
+{
+    sink.feed(first).await?;
+    for _ in 1..FRAMES_PER_FLUSH {
+        match queued.try_recv() {
+            Ok(frame) => sink.feed(frame).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
 /// Accepts inter-node connections until `shutdown` is cancelled.
 pub async fn serve<H: Handler>(
     mut listener: Box<dyn Listener>,
@@ -104,7 +127,7 @@ async fn serve_connection<H: Handler>(
     let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(limits.inbound_inflight_max);
     let writer = tokio::spawn(async move {
         while let Some(frame) = reply_rx.recv().await {
-            if sink.send(frame).await.is_err() {
+            if send_batch(&mut sink, frame, &mut reply_rx).await.is_err() {
                 break;
             }
         }
@@ -354,7 +377,7 @@ impl Peers {
                         frame = outgoing.recv() => frame,
                     };
                     let Some(frame) = frame else { break };
-                    if sink.send(frame).await.is_err() {
+                    if send_batch(&mut sink, frame, &mut outgoing).await.is_err() {
                         break;
                     }
                 }

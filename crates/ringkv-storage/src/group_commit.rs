@@ -1,94 +1,153 @@
 //! Group commit: many writers, few fsyncs, and no write acknowledged before its fsync.
 //!
-//! A writer first appends its batch to the journal (fjall's `WriteBatch::commit`, which
-//! hands the bytes to the OS but does not fsync), then takes a ticket: `written` is bumped
-//! *after* the append, so every ticket `<= written` names a batch already in the journal.
-//! It then calls `wait_durable(ticket)`:
+//! A writer first appends its batch to the journal (fjall's `WriteBatch::commit`, which puts
+//! the bytes in the journal's buffer but does not fsync), then takes a ticket: `written` is
+//! bumped *after* the append, so every ticket `<= written` names a batch already appended.
+//! One **sync thread** per engine does every fsync:
 //!
-//! - if `synced >= ticket`, a sync that started after the append has finished: done;
-//! - else if no sync is running, the writer becomes the leader: it reads `written` (which
-//!   covers its own ticket and every batch appended so far), fsyncs the journal without
-//!   holding the state lock, then publishes `synced = that value` and wakes the followers;
-//! - else it waits for the running sync to finish and checks again (the running sync may
-//!   have started before its append, so it cannot count on it).
+//! - it reads `written` (the target), then runs `sync` (flush the journal's buffer, fsync),
+//!   then publishes `synced = target` and wakes the waiters, and loops while `written` moved;
+//! - with nothing to sync it parks; a writer unparks it after taking its ticket (an unpark of
+//!   a thread that is not parked costs no system call).
 //!
-//! While one fsync runs, every writer that arrives queues behind it and the next leader syncs
-//! them all at once: with W concurrent writers each fsync acknowledges up to W writes.
+//! A sync starts only after it read the target, so `synced >= ticket` means a sync that
+//! started after the append has finished. While one fsync runs, new appends queue up and the
+//! next fsync covers them all: with W concurrent writers each fsync acknowledges up to W
+//! writes. Waiting is either blocking (`wait_durable`, for the engine's own calls) or async
+//! (`Durable::wait`, so a node's write path holds no thread during the fsync).
+//!
 //! A failed fsync is fatal (the page cache may have dropped the dirty pages, see "Can
 //! applications recover from fsync failures?", ATC'20): every later write fails too.
+//! Dropping the `GroupCommit` syncs what was appended, then stops the thread.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
 
 use crate::StorageError;
 
-#[derive(Default)]
-struct SyncState {
+/// What the sync thread has published.
+#[derive(Debug, Clone, Default)]
+struct Synced {
     /// Highest ticket known durable.
-    synced: u64,
-    /// Whether a leader is fsyncing now.
-    syncing: bool,
+    upto: u64,
     /// The error of a failed fsync; once set, nothing is acknowledged any more.
     failed: Option<String>,
 }
 
-/// Batches the fsyncs of concurrent writers. `sync` is the fsync itself.
-pub struct GroupCommit<S> {
+impl Synced {
+    /// `Some` once `ticket` is settled: durable, or never will be.
+    fn settles(&self, ticket: u64) -> Option<Result<(), StorageError>> {
+        if let Some(error) = &self.failed {
+            return Some(Err(StorageError::Engine(format!(
+                "an earlier fsync failed, writes are refused: {error}"
+            ))));
+        }
+        (self.upto >= ticket).then_some(Ok(()))
+    }
+}
+
+/// What the writers and the sync thread share.
+struct Inner<S> {
     sync: S,
     written: AtomicU64,
-    state: Mutex<SyncState>,
+    stop: AtomicBool,
+    state: Mutex<Synced>,
     synced_cv: Condvar,
+    published: watch::Sender<Synced>,
     fsyncs: AtomicU64,
 }
 
-impl<S: Fn() -> Result<(), StorageError>> GroupCommit<S> {
+/// Batches the fsyncs of concurrent writers. `sync` is the fsync itself.
+pub struct GroupCommit<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> {
+    inner: Arc<Inner<S>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A write that is in the journal and durable once its sync completes.
+#[must_use = "a write is acknowledged only after it is durable"]
+pub struct Durable {
+    pending: Option<(u64, watch::Receiver<Synced>)>,
+}
+
+impl Durable {
+    /// A write that is already durable (or never needed a sync).
+    pub fn ready() -> Durable {
+        Durable { pending: None }
+    }
+
+    /// Waits, without holding a thread, until the write is durable.
+    pub async fn wait(self) -> Result<(), StorageError> {
+        let Some((ticket, mut published)) = self.pending else {
+            return Ok(());
+        };
+        let settled = match published.wait_for(|s| s.settles(ticket).is_some()).await {
+            Ok(synced) => synced.settles(ticket),
+            Err(_) => None,
+        };
+        // `None`: the engine was dropped; its last act was a sync of everything appended.
+        settled
+            .or_else(|| published.borrow().settles(ticket))
+            .unwrap_or_else(|| {
+                Err(StorageError::Engine(
+                    "the engine closed before the write was durable".into(),
+                ))
+            })
+    }
+}
+
+impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> GroupCommit<S> {
     pub fn new(sync: S) -> GroupCommit<S> {
-        GroupCommit {
+        let inner = Arc::new(Inner {
             sync,
             written: AtomicU64::new(0),
-            state: Mutex::new(SyncState::default()),
+            stop: AtomicBool::new(false),
+            state: Mutex::new(Synced::default()),
             synced_cv: Condvar::new(),
+            published: watch::Sender::new(Synced::default()),
             fsyncs: AtomicU64::new(0),
+        });
+        let worker = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("ringkv-fsync".into())
+            .spawn(move || worker.run())
+            .expect("spawning the fsync thread");
+        GroupCommit {
+            inner,
+            thread: Some(thread),
         }
     }
 
-    /// Call right after a batch reached the journal; returns the ticket to wait for.
+    /// Call right after a batch was appended; returns the ticket to wait for.
     pub fn appended(&self) -> u64 {
-        self.written.fetch_add(1, Ordering::SeqCst) + 1
+        let ticket = self.inner.written.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+        ticket
     }
 
-    /// Returns once a sync that started after `ticket` was appended has completed.
+    /// Blocks until a sync that started after `ticket` was appended has completed.
     pub fn wait_durable(&self, ticket: u64) -> Result<(), StorageError> {
-        let mut state = self.lock();
+        let mut state = self.inner.lock();
         loop {
-            if let Some(error) = &state.failed {
-                return Err(StorageError::Engine(format!(
-                    "an earlier fsync failed, writes are refused: {error}"
-                )));
+            if let Some(settled) = state.settles(ticket) {
+                return settled;
             }
-            if state.synced >= ticket {
-                return Ok(());
-            }
-            if state.syncing {
-                state = self
-                    .synced_cv
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            state.syncing = true;
-            let target = self.written.load(Ordering::SeqCst);
-            debug_assert!(target >= ticket);
-            drop(state);
-            let result = (self.sync)();
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            state = self.lock();
-            state.syncing = false;
-            match result {
-                Ok(()) => state.synced = state.synced.max(target),
-                Err(e) => state.failed = Some(e.to_string()),
-            }
-            self.synced_cv.notify_all();
+            state = self
+                .inner
+                .synced_cv
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The async form of `wait_durable`.
+    pub fn durable(&self, ticket: u64) -> Durable {
+        Durable {
+            pending: Some((ticket, self.inner.published.subscribe())),
         }
     }
 
@@ -104,10 +163,53 @@ impl<S: Fn() -> Result<(), StorageError>> GroupCommit<S> {
 
     /// How many fsyncs ran so far (to observe batching).
     pub fn fsync_count(&self) -> u64 {
-        self.fsyncs.load(Ordering::Relaxed)
+        self.inner.fsyncs.load(Ordering::Relaxed)
+    }
+}
+
+impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> Drop for GroupCommit<S> {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<S: Fn() -> Result<(), StorageError>> Inner<S> {
+    /// The sync thread: sync whatever was appended, park when there is nothing.
+    fn run(&self) {
+        let mut synced = 0;
+        loop {
+            let target = self.written.load(Ordering::SeqCst);
+            if target > synced {
+                let result = (self.sync)();
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                let failed = result.is_err();
+                let mut state = self.lock();
+                match result {
+                    Ok(()) => state.upto = target,
+                    Err(e) => state.failed = Some(e.to_string()),
+                }
+                let published = state.clone();
+                drop(state);
+                self.synced_cv.notify_all();
+                self.published.send_replace(published);
+                if failed {
+                    return;
+                }
+                synced = target;
+                continue;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::park();
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SyncState> {
+    fn lock(&self) -> MutexGuard<'_, Synced> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -115,19 +217,23 @@ impl<S: Fn() -> Result<(), StorageError>> GroupCommit<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    #[test]
-    fn every_write_is_acknowledged_after_a_covering_sync_and_syncs_are_shared() {
-        type SyncFn = Box<dyn Fn() -> Result<(), StorageError> + Send + Sync>;
-        let gc: Arc<GroupCommit<SyncFn>> = Arc::new(GroupCommit::new(Box::new(|| {
-            // A slow fsync, so that writers pile up behind it.
+    type SyncFn = Box<dyn Fn() -> Result<(), StorageError> + Send + Sync>;
+
+    /// A slow fsync, so that writers pile up behind it.
+    fn slow_sync() -> SyncFn {
+        Box::new(|| {
             let start = std::time::Instant::now();
             while start.elapsed() < std::time::Duration::from_micros(200) {
                 std::hint::spin_loop();
             }
             Ok(())
-        })));
+        })
+    }
+
+    #[test]
+    fn every_write_is_acknowledged_after_a_covering_sync_and_syncs_are_shared() {
+        let gc: Arc<GroupCommit<SyncFn>> = Arc::new(GroupCommit::new(slow_sync()));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let gc = gc.clone();
@@ -135,7 +241,10 @@ mod tests {
                     for _ in 0..200 {
                         let ticket = gc.appended();
                         gc.wait_durable(ticket).unwrap();
-                        assert!(gc.lock().synced >= ticket, "acknowledged before its sync");
+                        assert!(
+                            gc.inner.lock().upto >= ticket,
+                            "acknowledged before its sync"
+                        );
                     }
                 })
             })
@@ -143,12 +252,43 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(gc.lock().synced, 1600);
+        assert_eq!(gc.inner.lock().upto, 1600);
         let syncs = gc.fsync_count();
         assert!(
             (1..1600).contains(&syncs),
             "{syncs} syncs for 1600 writes from 8 threads"
         );
+    }
+
+    #[test]
+    fn async_waiters_are_acknowledged_after_a_covering_sync() {
+        let gc: Arc<GroupCommit<SyncFn>> = Arc::new(GroupCommit::new(slow_sync()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..32)
+                .map(|_| {
+                    let gc = gc.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..50 {
+                            let ticket = gc.appended();
+                            gc.durable(ticket).wait().await.unwrap();
+                            assert!(
+                                gc.inner.lock().upto >= ticket,
+                                "acknowledged before its sync"
+                            );
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        assert_eq!(gc.inner.lock().upto, 1600);
+        assert!(gc.fsync_count() < 1600, "{} syncs", gc.fsync_count());
     }
 
     #[test]
@@ -163,5 +303,29 @@ mod tests {
         assert!(
             matches!(gc.wait_durable(ticket), Err(StorageError::Engine(m)) if m.contains("disk on fire"))
         );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ticket = gc.appended();
+        let waited = runtime.block_on(gc.durable(ticket).wait());
+        assert!(matches!(waited, Err(StorageError::Engine(m)) if m.contains("disk on fire")));
+    }
+
+    #[test]
+    fn dropping_syncs_what_was_appended() {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = syncs.clone();
+        let gc = GroupCommit::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        let ticket = gc.appended();
+        let durable = gc.durable(ticket);
+        drop(gc);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(durable.wait()).unwrap();
+        assert!(syncs.load(Ordering::SeqCst) >= 1);
     }
 }

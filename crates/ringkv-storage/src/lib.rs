@@ -11,7 +11,9 @@
 //!   that *started after its write reached the journal* has completed, so no write is
 //!   acknowledged before the sync covering it. `update_many` stages every key, then waits once. A read may see a write that is not yet
 //!   acknowledged (it is in the journal, waiting for its sync); if the process dies before
-//!   that sync, the write may be lost, but it was never acknowledged.
+//!   that sync, the write may be lost, but it was never acknowledged. `update_deferred` is
+//!   `update` with the wait handed to the caller (`Durable::wait`, async): the caller
+//!   acknowledges nothing before it resolves.
 //! - **Every stored value carries a checksum.** Values are framed as
 //!   `[format version u8][xxh3-64 of payload][payload]`; the checksum is computed before the
 //!   write and verified on every read. A mismatch is `StorageError::Corrupt { what, detail }`
@@ -47,9 +49,11 @@
 //!
 //! # Group commit and its one cost
 //!
-//! See `group_commit`. fjall's `Database::persist` holds the journal lock while it fsyncs, so
-//! appends wait during an fsync and the next leader syncs whatever queued meanwhile; batching
-//! comes from that queue.
+//! See `group_commit`: one sync thread per engine fsyncs whatever was appended since its last
+//! fsync. fjall's own `Database::persist(SyncAll)` would hold the journal lock through the
+//! fsync and stop every append meanwhile, so the engine flushes the journal buffer under the
+//! lock and fsyncs the journal file outside it (`JournalSync` in `fjall_engine`). The one cost
+//! is that this leans on how fjall names and rotates its journal files (pinned by Cargo.lock).
 //!
 //! # Limits
 //!
@@ -69,6 +73,7 @@ use ringkv_core::{NodeId, PartitionId, VersionSet};
 
 pub use error::StorageError;
 pub use fjall_engine::{FjallEngine, FjallHintStore, FjallOptions};
+pub use group_commit::Durable;
 pub use memory::{MemoryEngine, MemoryHintStore};
 
 /// A user key.
@@ -97,6 +102,19 @@ pub trait StorageEngine: Send + Sync + 'static {
         f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
     ) -> Result<Option<VersionSet>, StorageError>;
 
+    /// `update` that returns before the durability wait: what it stored is applied (reads
+    /// see it) and appended to the journal, and durable once the returned `Durable`
+    /// resolves. A node's write path awaits that without holding a thread through the fsync.
+    /// Engines without a journal are durable on return.
+    fn update_deferred(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
+    ) -> Result<(Option<VersionSet>, Durable), StorageError> {
+        self.update(partition, key, f)
+            .map(|stored| (stored, Durable::ready()))
+    }
     /// Removes a key (tombstone purge, or data this node no longer replicates), updating the
     /// Merkle leaf in the same batch. Removing an absent key is not an error.
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;
