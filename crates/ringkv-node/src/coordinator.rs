@@ -22,12 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use ringkv_core::quorum::{
     MAX_FALLBACKS_PER_REQUEST, Progress, Quorum, QuorumMode, QuorumPlan, QuorumTracker, Reply,
     Target,
 };
 use ringkv_core::{Dot, NodeId, VersionSet};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -305,11 +307,16 @@ impl Node {
         deadline: Instant,
     ) -> Result<(VersionSet, Dot), ClientError> {
         let me = self.membership.me().clone();
-        let (tx, mut rx) = mpsc::channel::<TargetReply<()>>(MAX_FALLBACKS_PER_REQUEST + 16);
+        // The replica writes are futures polled by this task; those still running when the
+        // outcome is known finish on one background task.
+        let mut writes = FuturesUnordered::new();
         let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
         for target in initial {
             if target.node != me {
-                self.spawn_write(target, key.clone(), stored.clone(), deadline, tx.clone());
+                writes.push(
+                    self.clone()
+                        .write_to(target, key.clone(), stored.clone(), deadline),
+                );
                 continue;
             }
             let reply = match target.hinted_for {
@@ -321,23 +328,26 @@ impl Node {
                 },
             };
             if let Ok(Some(next)) = tracker.record(&me, reply) {
-                self.spawn_write(next, key.clone(), stored.clone(), deadline, tx.clone());
+                writes.push(
+                    self.clone()
+                        .write_to(next, key.clone(), stored.clone(), deadline),
+                );
             }
         }
-        loop {
+        let outcome = loop {
             match tracker.progress() {
-                Progress::Succeeded => return Ok((stored, dot)),
+                Progress::Succeeded => break Ok((stored, dot)),
                 Progress::Failed(failure) => {
-                    return Err(ClientError::Unavailable {
+                    break Err(ClientError::Unavailable {
                         message: format!("write not acknowledged by enough replicas: {failure}"),
                         stored_on: Some(tracker.stored_on() as u32),
                     });
                 }
                 Progress::Pending => {}
             }
-            let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, rx.recv()).await
+            let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, writes.next()).await
             else {
-                return Err(ClientError::Unavailable {
+                break Err(ClientError::Unavailable {
                     message: format!(
                         "write acknowledged by {} of the {} replicas needed before the deadline",
                         tracker.stored_on(),
@@ -355,9 +365,33 @@ impl Node {
             };
             if let Ok(Some(next)) = tracker.record(&node, reply) {
                 debug!(fallback = %next.node, hinted_for = ?next.hinted_for, "sloppy quorum: using a fallback");
-                self.spawn_write(next, key.clone(), stored.clone(), deadline, tx.clone());
+                writes.push(
+                    self.clone()
+                        .write_to(next, key.clone(), stored.clone(), deadline),
+                );
             }
+        };
+        if !writes.is_empty() {
+            // Each write is bounded by the request's deadline.
+            tokio::spawn(async move { while writes.next().await.is_some() {} });
         }
+        outcome
+    }
+
+    /// One target's replica write, as a future the coordinator polls.
+    fn write_to(
+        self: Arc<Self>,
+        target: Target<NodeId>,
+        key: Bytes,
+        versions: VersionSet,
+        deadline: Instant,
+    ) -> BoxFuture<'static, TargetReply<()>> {
+        Box::pin(async move {
+            let result = self
+                .send_write(&target.node, key, versions, target.hinted_for, deadline)
+                .await;
+            (target.node, result)
+        })
     }
 
     /// During a transition, sends a written set to the nodes gaining the key's partition as
@@ -404,7 +438,7 @@ impl Node {
             stored_on: Some(0),
         };
         let (stored, dot, durable) = self
-            .store(move |s| {
+            .store_write(move |s| {
                 let mut dot = None;
                 let stored = s.update_deferred(partition, &key, &mut |current| {
                     // Read inside the key's lock: a purge raises the floor before it removes.
@@ -442,23 +476,6 @@ impl Node {
         // and then lost here in a crash would be issued again for another value.
         durable.wait().await.map_err(unavailable)?;
         Ok((stored, dot))
-    }
-
-    fn spawn_write(
-        self: &Arc<Self>,
-        target: Target<NodeId>,
-        key: Bytes,
-        versions: VersionSet,
-        deadline: Instant,
-        tx: mpsc::Sender<TargetReply<()>>,
-    ) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let result = me
-                .send_write(&target.node, key, versions, target.hinted_for, deadline)
-                .await;
-            let _ = tx.send((target.node, result)).await;
-        });
     }
 
     /// Sends a replica write (or a hinted one) and waits for its acknowledgement.
@@ -501,46 +518,54 @@ impl Node {
         timeout: Duration,
     ) -> Result<Option<VersionSet>, ClientError> {
         let deadline = Instant::now() + timeout;
-        let (tx, mut rx) =
-            mpsc::channel::<TargetReply<Option<VersionSet>>>(MAX_FALLBACKS_PER_REQUEST + 16);
+        // The remote reads are futures polled by this task (no task per target); those still
+        // running when the quorum is met are handed to the read repair task.
+        let mut reads = FuturesUnordered::new();
         let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
         let mut read_here = false;
         for target in initial {
             if target.node == *self.membership.me() {
                 read_here = true;
             } else {
-                self.spawn_read(target.node, key.clone(), deadline, tx.clone());
+                reads.push(self.clone().read_from(target.node, key.clone(), deadline));
             }
-        }
-        // This node's own copy is read on this task while the remote reads are in flight.
-        if read_here {
-            let me = self.membership.me().clone();
-            let result = self.replica_read(&me, key.clone(), deadline).await;
-            // The channel has room for every initial target.
-            let _ = tx.try_send((me, result));
         }
         let mut replies: Vec<(NodeId, Option<VersionSet>)> = Vec::new();
+        // This node's own copy is read first, on this task, while the remote reads are sent.
+        let mut here = if read_here {
+            let me = self.membership.me().clone();
+            let result = self.replica_read(&me, key.clone(), deadline).await;
+            Some((me, result))
+        } else {
+            None
+        };
         loop {
-            match tracker.progress() {
-                Progress::Succeeded => break,
-                Progress::Failed(failure) => {
-                    return Err(ClientError::Unavailable {
-                        message: format!("read not answered by enough replicas: {failure}"),
-                        stored_on: None,
-                    });
+            let (node, result) = match here.take() {
+                Some(answer) => answer,
+                None => {
+                    match tracker.progress() {
+                        Progress::Succeeded => break,
+                        Progress::Failed(failure) => {
+                            return Err(ClientError::Unavailable {
+                                message: format!("read not answered by enough replicas: {failure}"),
+                                stored_on: None,
+                            });
+                        }
+                        Progress::Pending => {}
+                    }
+                    let Ok(Some(answer)) = tokio::time::timeout_at(deadline, reads.next()).await
+                    else {
+                        return Err(ClientError::Unavailable {
+                            message: format!(
+                                "{} of the {} replicas needed answered before the deadline",
+                                replies.len(),
+                                tracker.needed().get()
+                            ),
+                            stored_on: None,
+                        });
+                    };
+                    answer
                 }
-                Progress::Pending => {}
-            }
-            let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, rx.recv()).await
-            else {
-                return Err(ClientError::Unavailable {
-                    message: format!(
-                        "{} of the {} replicas needed answered before the deadline",
-                        replies.len(),
-                        tracker.needed().get()
-                    ),
-                    stored_on: None,
-                });
             };
             let reply = match result {
                 Ok(v) => {
@@ -550,7 +575,7 @@ impl Node {
                 Err(f) => f.reply(),
             };
             if let Ok(Some(next)) = tracker.record(&node, reply) {
-                self.spawn_read(next.node, key.clone(), deadline, tx.clone());
+                reads.push(self.clone().read_from(next.node, key.clone(), deadline));
             }
         }
         let merged = merge_all(replies.iter().map(|(_, v)| v));
@@ -563,23 +588,22 @@ impl Node {
             .collect();
         if !self.settings.disable_repair {
             let me = self.clone();
-            tokio::spawn(async move { me.read_repair(key, home, replies, rx, deadline).await });
+            tokio::spawn(async move { me.read_repair(key, home, replies, reads, deadline).await });
         }
         Ok(merged)
     }
 
-    fn spawn_read(
-        self: &Arc<Self>,
+    /// One target's read, as a future the coordinator polls.
+    fn read_from(
+        self: Arc<Self>,
         node: NodeId,
         key: Bytes,
         deadline: Instant,
-        tx: mpsc::Sender<TargetReply<Option<VersionSet>>>,
-    ) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let result = me.replica_read(&node, key, deadline).await;
-            let _ = tx.send((node, result)).await;
-        });
+    ) -> BoxFuture<'static, TargetReply<Option<VersionSet>>> {
+        Box::pin(async move {
+            let result = self.replica_read(&node, key, deadline).await;
+            (node, result)
+        })
     }
 
     async fn replica_read(
@@ -620,10 +644,10 @@ impl Node {
         key: Bytes,
         home: Vec<NodeId>,
         mut replies: Vec<(NodeId, Option<VersionSet>)>,
-        mut rx: mpsc::Receiver<TargetReply<Option<VersionSet>>>,
+        mut reads: FuturesUnordered<BoxFuture<'static, TargetReply<Option<VersionSet>>>>,
         deadline: Instant,
     ) {
-        while let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        while let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, reads.next()).await {
             if let Ok(v) = result {
                 replies.push((node, v));
             }

@@ -145,6 +145,22 @@ impl Node {
             .map_err(|e| ClientError::Internal(format!("storage task failed: {e}")))
     }
 
+    /// Runs a write on a request's path (`update_deferred`: it reaches the journal, the
+    /// caller awaits the fsync). On the calling task: applying a write takes microseconds (the
+    /// fsync is no longer under the journal lock), and a trip through the blocking pool cost
+    /// two thread switches per write (docs/benchmarks.md). On the pool when the engine says a
+    /// write may stall (fjall sleeps writers while memtable flushes are behind), so a runtime
+    /// worker never sleeps in the engine.
+    pub(crate) async fn store_write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn StorageEngine) -> T + Send + 'static,
+    ) -> Result<T, ClientError> {
+        if self.storage.writes_may_stall() {
+            return self.store(f).await;
+        }
+        Ok(f(self.storage.as_ref()))
+    }
+
     /// Runs a hint store call where storage calls run.
     pub(crate) async fn hint_call<T: Send + 'static>(
         &self,
@@ -171,7 +187,7 @@ impl Node {
     ) -> Result<VersionSet, ClientError> {
         let partition = self.partition_of(&key);
         let (stored, durable) = self
-            .store(move |s| {
+            .store_write(move |s| {
                 s.update_deferred(partition, &key, &mut |current| match current {
                     Some(cur) if cur.includes(&versions) => None,
                     Some(cur) => Some(cur.sync(&versions)),

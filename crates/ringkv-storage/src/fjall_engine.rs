@@ -38,6 +38,10 @@ use crate::{
 /// Number of key locks; two keys share a lock when their hashes collide modulo this.
 pub const KEY_LOCK_STRIPES: usize = 1024;
 
+/// Sealed memtables (waiting for their flush) from which `writes_may_stall` says yes; fjall
+/// itself sleeps writers from 4.
+const WRITE_STALL_SEALED_MEMTABLES: usize = 2;
+
 /// Settings of a `FjallEngine`.
 #[derive(Debug, Clone)]
 pub struct FjallOptions {
@@ -511,6 +515,18 @@ impl StorageEngine for FjallEngine {
             None => Durable::ready(),
         };
         Ok((stored, durable))
+    }
+
+    fn writes_may_stall(&self) -> bool {
+        // fjall halts writers while 4 or more sealed memtables wait for their flush; from 2 on,
+        // writes go where sleeping is harmless.
+        [
+            &self.shared.records,
+            &self.shared.leaves,
+            &self.shared.hints,
+        ]
+        .iter()
+        .any(|k| k.sealed_memtable_count() >= WRITE_STALL_SEALED_MEMTABLES)
     }
 
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {

@@ -115,6 +115,12 @@ pub trait StorageEngine: Send + Sync + 'static {
         self.update(partition, key, f)
             .map(|stored| (stored, Durable::ready()))
     }
+    /// Whether a write might block now for longer than applying it takes (the engine is
+    /// throttling writers). Callers that apply writes on an async worker move them to a
+    /// blocking thread while this is true.
+    fn writes_may_stall(&self) -> bool {
+        false
+    }
     /// Removes a key (tombstone purge, or data this node no longer replicates), updating the
     /// Merkle leaf in the same batch. Removing an absent key is not an error.
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;
