@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use ringkv_node::{ServerArgs, Settings};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ringkv",
