@@ -30,6 +30,7 @@ use ringkv_core::quorum::{
     Target,
 };
 use ringkv_core::{Dot, NodeId, VersionSet};
+use ringkv_storage::Durable;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -246,9 +247,10 @@ impl Node {
         timeout: Duration,
     ) -> Result<(VersionSet, Dot), ClientError> {
         let deadline = Instant::now() + timeout;
-        let (stored, dot) = self.write_locally(key.clone(), context, value).await?;
+        let (stored, dot, durable) = self.write_locally(key.clone(), context, value).await?;
         self.write_incoming(&key, &stored);
-        self.replicate(key, stored, dot, tracker, deadline).await
+        self.replicate(key, stored, dot, Some(durable), tracker, deadline)
+            .await
     }
 
     /// A write when no home replica of the key can be reached from here (sloppy mode only):
@@ -290,19 +292,25 @@ impl Node {
         metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
         self.write_incoming(&key, &versions);
         let (stored, dot) = self
-            .replicate(key, versions, dot, tracker, deadline)
+            .replicate(key, versions, dot, None, tracker, deadline)
             .await?;
         Ok(ClientReply::Written { stored, dot })
     }
 
     /// Sends a written version set to the request's targets and waits for W of them. The
     /// coordinator itself counts as written if it is a home target (it stored the set
-    /// already); as a fallback target it keeps the set as a hint.
+    /// already; `local`, when given, is its own copy's fsync, and it counts once that
+    /// resolves); as a fallback target it keeps the set as a hint.
+    ///
+    /// The set goes out while the coordinator's own fsync runs: if this node crashes before
+    /// that fsync, the dot may live on at a replica and be gone here, but the restarted node
+    /// counts under a new epoch (`node.rs`, identity), so the dot is never issued again.
     async fn replicate(
         self: &Arc<Self>,
         key: Bytes,
         stored: VersionSet,
         dot: Dot,
+        mut local: Option<Durable>,
         mut tracker: QuorumTracker<NodeId>,
         deadline: Instant,
     ) -> Result<(VersionSet, Dot), ClientError> {
@@ -310,6 +318,9 @@ impl Node {
         // The replica writes are futures polled by this task; those still running when the
         // outcome is known finish on one background task.
         let mut writes = FuturesUnordered::new();
+        // The coordinator's own write is applied here while its fsync is pending: a failure
+        // answered meanwhile counts it in `stored_on` (the write may still be on this node).
+        let mut own_pending = false;
         let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
         for target in initial {
             if target.node != me {
@@ -320,8 +331,15 @@ impl Node {
                 continue;
             }
             let reply = match target.hinted_for {
-                // The coordinator's own durable write is its acknowledgement.
-                None => Reply::Ok,
+                // The coordinator's own write counts once it is durable.
+                None => match local.take() {
+                    Some(durable) => {
+                        writes.push(own_fsync(me.clone(), durable, deadline));
+                        own_pending = true;
+                        continue;
+                    }
+                    None => Reply::Ok,
+                },
                 Some(home) => match self.store_hint(home, key.clone(), stored.clone()).await {
                     Ok(()) => Reply::Ok,
                     Err(_) => Reply::Failed,
@@ -340,7 +358,7 @@ impl Node {
                 Progress::Failed(failure) => {
                     break Err(ClientError::Unavailable {
                         message: format!("write not acknowledged by enough replicas: {failure}"),
-                        stored_on: Some(tracker.stored_on() as u32),
+                        stored_on: Some((tracker.stored_on() + usize::from(own_pending)) as u32),
                     });
                 }
                 Progress::Pending => {}
@@ -353,9 +371,12 @@ impl Node {
                         tracker.stored_on(),
                         tracker.needed().get()
                     ),
-                    stored_on: Some(tracker.stored_on() as u32),
+                    stored_on: Some((tracker.stored_on() + usize::from(own_pending)) as u32),
                 });
             };
+            if node == me {
+                own_pending = false;
+            }
             let reply = match &result {
                 Ok(()) => Reply::Ok,
                 Err(f) => {
@@ -423,13 +444,14 @@ impl Node {
         }
     }
 
-    /// The coordinator's own step: the DVV update of what it holds, stored durably.
+    /// The coordinator's own step: the DVV update of what it holds, applied and appended to
+    /// the journal; the returned `Durable` resolves once it is synced.
     async fn write_locally(
         &self,
         key: Bytes,
         context: Option<ClientContext>,
         value: Option<Bytes>,
-    ) -> Result<(VersionSet, Dot), ClientError> {
+    ) -> Result<(VersionSet, Dot, Durable), ClientError> {
         let partition = self.partition_of(&key);
         let replica = self.replica.clone();
         let floor = self.tombstones.dot_floor.clone();
@@ -437,8 +459,18 @@ impl Node {
             message: format!("local write failed: {e}"),
             stored_on: Some(0),
         };
+        let stopped = self.stopped.clone();
         let (stored, dot, durable) = self
             .store_write(move |s| {
+                // Held until the write is in the journal (see `Node::mark_clean_stop`).
+                let stopped = stopped
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *stopped {
+                    return Err(ringkv_storage::StorageError::Engine(
+                        "the node is stopping".into(),
+                    ));
+                }
                 let mut dot = None;
                 let stored = s.update_deferred(partition, &key, &mut |current| {
                     // Read inside the key's lock: a purge raises the floor before it removes.
@@ -472,10 +504,7 @@ impl Node {
             })
             .await?
             .map_err(unavailable)?;
-        // Nothing leaves this node before its own copy is durable: a dot sent to a replica
-        // and then lost here in a crash would be issued again for another value.
-        durable.wait().await.map_err(unavailable)?;
-        Ok((stored, dot))
+        Ok((stored, dot, durable))
     }
 
     /// Sends a replica write (or a hinted one) and waits for its acknowledgement.
@@ -703,5 +732,21 @@ fn merge_all<'a>(sets: impl Iterator<Item = &'a Option<VersionSet>>) -> Option<V
             Some(a) => a.sync(s),
             None => s.clone(),
         })
+    })
+}
+
+/// The coordinator's own fsync as one of the replica writes it polls, bounded by the deadline.
+fn own_fsync(
+    me: NodeId,
+    durable: Durable,
+    deadline: Instant,
+) -> BoxFuture<'static, TargetReply<()>> {
+    Box::pin(async move {
+        let result = match tokio::time::timeout_at(deadline, durable.wait()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Failed(format!("local write failed: {e}"))),
+            Err(_) => Err(Failure::TimedOut),
+        };
+        (me, result)
     })
 }

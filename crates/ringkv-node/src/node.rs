@@ -3,9 +3,12 @@
 //! ring fetches).
 //!
 //! Identity: the first start in a data directory draws a random *epoch* and stores it with the
-//! node id; later starts reuse it. A wiped directory draws a new epoch, so the node's
-//! `ReplicaId` (node id + epoch) is new and its version-vector counters can never collide with
-//! what its earlier incarnation issued.
+//! node id. A start after a clean stop reuses it; a start after a crash (no clean-stop marker
+//! for that epoch) or in a wiped directory draws a new one, so the node's `ReplicaId` (node
+//! id + epoch) is new and its version-vector counters can never collide with what its earlier
+//! incarnation issued. That is what lets a coordinator send a write to its replicas before its
+//! own copy is durable: a dot lost here in a crash is never issued again, because the
+//! restarted node counts under another replica id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +34,9 @@ const ONE_OFF_ACTORS_META_KEY: &str = "one_off_actors";
 
 /// Storage meta key holding this node's identity.
 const IDENTITY_META_KEY: &str = "identity";
+/// Storage meta key holding the epoch of a node that stopped cleanly; emptied at start, so
+/// it names an epoch only between a clean stop and the next start.
+const CLEAN_STOP_META_KEY: &str = "clean_stop";
 /// Storage meta key set once this node has left the cluster.
 const LEFT_META_KEY: &str = "left";
 
@@ -47,6 +53,10 @@ pub struct Node {
     pub(crate) tombstones: crate::tombstones::TombstoneState,
     /// Serialises the allocation of one-off actor ids.
     pub(crate) one_off_lock: tokio::sync::Mutex<()>,
+    /// Set by `mark_clean_stop`. A coordinator's own write holds it shared from its check to
+    /// its journal append, so every write under this node's replica id is in the journal
+    /// before the clean-stop marker, or refused.
+    pub(crate) stopped: Arc<std::sync::RwLock<bool>>,
     /// The network, clock, randomness and blocking calls (replaced by the simulation).
     pub(crate) seams: Seams,
 }
@@ -112,6 +122,7 @@ impl Node {
             handoff,
             tombstones,
             one_off_lock: tokio::sync::Mutex::new(()),
+            stopped: Arc::new(std::sync::RwLock::new(false)),
             seams,
         });
         node.persist_ring().await;
@@ -495,6 +506,22 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Records that this node stopped cleanly, so the next start keeps the epoch. From here
+    /// on the node coordinates no write under its replica id (`stopped`); every write it
+    /// coordinated before is in the journal ahead of the marker, so it is durable once the
+    /// marker is (one journal, synced in order).
+    pub(crate) fn mark_clean_stop(&self) -> Result<(), ringkv_storage::StorageError> {
+        let mut stopped = self
+            .stopped
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stopped = true;
+        self.storage
+            .put_meta(CLEAN_STOP_META_KEY, &self.replica.epoch().to_be_bytes())
+    }
+}
+
 impl Handler for Node {
     fn handle(
         self: Arc<Self>,
@@ -510,6 +537,7 @@ fn load_identity(
     storage: &dyn StorageEngine,
     entropy: &dyn Entropy,
 ) -> anyhow::Result<ReplicaId> {
+    let mut previous = None;
     if let Some(bytes) = storage.get_meta(IDENTITY_META_KEY)? {
         let identity: Identity = postcard::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("stored identity is unreadable: {e}"))?;
@@ -519,10 +547,25 @@ fn load_identity(
             identity.node_id,
             settings.node_id
         );
-        return Ok(ReplicaId::new(identity.node_id, identity.epoch));
+        let clean = storage.get_meta(CLEAN_STOP_META_KEY)?.as_deref()
+            == Some(&identity.epoch.to_be_bytes()[..]);
+        // Running from here on: a crash before the next clean stop must not reuse this epoch.
+        storage.put_meta(CLEAN_STOP_META_KEY, &[])?;
+        if clean {
+            return Ok(ReplicaId::new(identity.node_id, identity.epoch));
+        }
+        info!(
+            old_epoch = identity.epoch,
+            "the last stop was not clean: writes sent but not yet durable here may be lost, \
+             so this start counts under a new epoch"
+        );
+        previous = Some(identity.epoch);
     }
     // Node epochs are drawn below FALLBACK_EPOCH_BASE; one-off actors take the range above.
-    let epoch = ((entropy.next_u64() as u32) % FALLBACK_EPOCH_BASE).max(1);
+    let mut epoch = ((entropy.next_u64() as u32) % FALLBACK_EPOCH_BASE).max(1);
+    while Some(epoch) == previous {
+        epoch = ((entropy.next_u64() as u32) % FALLBACK_EPOCH_BASE).max(1);
+    }
     let identity = Identity {
         node_id: settings.node_id.clone(),
         epoch,

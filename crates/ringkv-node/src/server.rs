@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::http::{HttpState, router};
 use crate::node::Node;
@@ -88,6 +88,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let _ = background.await;
     if let Some(resp) = resp {
         let _ = resp.await;
+    }
+    if let Err(e) = node.mark_clean_stop() {
+        warn!(error = %e, "cannot record the clean stop; the next start takes a new epoch");
     }
     let node =
         Arc::try_unwrap(node).map_err(|_| anyhow::anyhow!("node still referenced at shutdown"));
