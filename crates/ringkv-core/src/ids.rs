@@ -2,9 +2,10 @@
 //!
 //! A `NodeId` is the stable name an operator gives a node. A `ReplicaId` is the name under
 //! which a node's writes are counted in version vectors: the node id plus an *epoch* that
-//! changes whenever the node lost its state (a wiped data directory). Reusing an actor id
-//! after losing its counters is how Riak lost acknowledged writes (riak_kv#679); a fresh
-//! epoch makes the new incarnation a new actor, so its dots can never collide with the old.
+//! changes whenever the node lost its state (a wiped data directory) or may have lost some
+//! (it stopped without recording a clean stop). Reusing an actor id after losing its
+//! counters is how Riak lost acknowledged writes (riak_kv#679); a fresh epoch makes the new
+//! incarnation a new actor, so its dots can never collide with the old.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
