@@ -355,18 +355,21 @@ impl<'r> PreferenceList<'r> {
             .map(move |&i| &ring.members[usize::from(i)].id)
     }
     /// Every other member, in clockwise ring order of first ownership; members owning no
-    /// partition come last, in id order. Computed lazily by walking the ring.
+    /// partition come last, in id order. Computed lazily by walking the ring; the walk stops
+    /// once every member is found (with no member left beyond the home replicas, as on a
+    /// cluster of N nodes, it visits nothing instead of all Q owners on every request).
     pub fn fallbacks(&self) -> impl Iterator<Item = &'r NodeId> + '_ {
         let ring = self.ring;
         let mut seen = vec![false; ring.members.len()];
         for &h in ring.home_indexes(self.partition) {
             seen[usize::from(h)] = true;
         }
-        let q = ring.owners.len();
-        let start = self.partition.index() as usize;
-        let walk = (0..q).map(move |k| usize::from(ring.owners[(start + k) % q]));
+        let others = seen.iter().filter(|&&s| !s).count();
+        let (before, from_start) = ring.owners.split_at(self.partition.index() as usize);
+        let walk = from_start.iter().chain(before).map(|&o| usize::from(o));
         walk.chain(0..ring.members.len())
             .filter(move |&i| !std::mem::replace(&mut seen[i], true))
+            .take(others)
             .map(move |i| &ring.members[i].id)
     }
 }

@@ -126,6 +126,28 @@ proptest! {
     }
 
     #[test]
+    fn fallbacks_are_the_other_members_in_clockwise_order((members, params) in cluster(12)) {
+        let ring = Ring::claim(None, &members, params).unwrap();
+        let owners: Vec<&NodeId> = ring.owners().map(|(_, o)| o).collect();
+        let q = owners.len();
+        // The first and last partitions: the walk wraps around the ring's end from the latter.
+        for (p, _) in ring.owners().filter(|(p, _)| (p.index() as usize) < 4 || p.index() as usize + 4 >= q) {
+            let list = ring.preference_list(p);
+            let mut seen: Vec<&NodeId> = list.home().collect();
+            let mut want = Vec::new();
+            let start = p.index() as usize;
+            let clockwise = (0..q).map(|k| owners[(start + k) % q]);
+            for node in clockwise.chain(ring.members().iter().map(|m| &m.id)) {
+                if !seen.contains(&node) {
+                    seen.push(node);
+                    want.push(node);
+                }
+            }
+            prop_assert_eq!(list.fallbacks().collect::<Vec<_>>(), want);
+        }
+    }
+
+    #[test]
     fn spread_violations_stay_within_the_bound((members, params) in cluster(12)) {
         let ring = Ring::claim(None, &members, params).unwrap();
         let (v, e, n) = (ring.spread_violations(), excess(&ring), usize::from(params.n));
