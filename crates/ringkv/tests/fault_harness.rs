@@ -116,13 +116,21 @@ async fn harness_reports_divergence_when_repair_is_disabled() {
         "the failure must be non-convergence or lost adds: {}",
         report.summary()
     );
+    // The report points at the isolated node: some key with it among its replicas is
+    // reported differing. Which keys stay behind depends on the run (cart-0 was seen to
+    // converge, its missed writes reaching the node after the heal, while other keys of the
+    // node stayed behind), so no particular key is required.
+    let isolated = report
+        .isolated
+        .clone()
+        .expect("the schedule isolates a node");
     assert!(
         report
             .convergence
             .differing
             .iter()
-            .any(|d| d.starts_with("cart-0:")),
-        "the isolated replica of cart-0 must be reported behind: {:?}",
+            .any(|d| d.contains(&format!("{isolated}: "))),
+        "the isolated replica {isolated} must be reported behind: {:?}",
         report.convergence.differing
     );
 }

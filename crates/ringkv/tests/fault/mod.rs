@@ -90,6 +90,8 @@ pub struct Report {
     /// Tombstones the nodes running at the end say they purged (counters restart with a
     /// process, so this is a lower bound).
     pub tombstones_purged: u64,
+    /// The node `IsolateHomeReplica` cut off, if that was the schedule.
+    pub isolated: Option<String>,
 }
 
 impl Report {
@@ -182,6 +184,7 @@ pub async fn run(scenario: Scenario) -> Report {
     let started = Instant::now();
     let load = Workload::start(api.clone(), seed, started);
     let mut heal_errors = Vec::new();
+    let mut isolated = None;
     let history = match &scenario.schedule {
         Schedule::Faults { kinds, mixed } => {
             heal_errors = nemesis::run_schedule(
@@ -201,6 +204,7 @@ pub async fn run(scenario: Scenario) -> Report {
             let victim = cluster
                 .index_of(&homes[0])
                 .expect("the ring names a known node");
+            isolated = Some(cluster.id(victim).to_string());
             let others: Vec<usize> = (0..cluster.len()).filter(|&i| i != victim).collect();
             // Some load first, so that every replica holds the cart.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -243,6 +247,7 @@ pub async fn run(scenario: Scenario) -> Report {
         convergence,
         heal_errors,
         tombstones_purged,
+        isolated,
     };
     let history_file = cluster.run_dir().join("history.txt");
     let mut text = history.render(&api.urls);
