@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # bench/compare.sh: redis and ringkv side by side on this machine, everything on loopback.
 #
-#   1. redis-benchmark -c 50 -r 100000 -d 100 -t set,get against one redis-server
+#   1. redis-benchmark -c 50 -r 100000 -d 100 -t set, then -t get, against one redis-server
 #      (no persistence) and against a ringkv cluster of BENCH_NODES nodes (default 3; N=3,
-#      R=W=2, fjall) via RESP;
+#      R=W=2, fjall) via RESP, with the CPU the servers used per request;
 #   2. `ringkv bench` YCSB workload A on the same cluster: closed loop over HTTP and over
 #      the zero-hop client, the client with every request sent to one node, and an open
 #      loop at half of the zero-hop client's maximum throughput;
@@ -77,19 +77,54 @@ wait_for() {
     done
 }
 
-# redis_bench NAME PORT: runs the issue's redis-benchmark; prints "SET_RPS GET_RPS ERRORS".
+# cpu_ticks PID...: user + system CPU ticks (1/CLK_TCK s) the processes used so far.
+cpu_ticks() {
+    local total=0 pid ticks
+    for pid in "$@"; do
+        ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        total=$((total + ticks))
+    done
+    echo "$total"
+}
+
+# stolen_ticks: CPU ticks the hypervisor gave to other guests so far (/proc/stat "steal"); a
+# run during which this grows by more than a few ticks measured a noisy neighbour as well.
+stolen_ticks() { awk '/^cpu / { print $9 }' /proc/stat; }
+
+# stolen_secs BEFORE: seconds stolen since BEFORE (ticks).
+stolen_secs() {
+    awk -v t=$(($(stolen_ticks) - $1)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+# redis_bench NAME PORT PID...: runs the issue's redis-benchmark (SET, then GET) against PORT;
+# prints "SET_RPS GET_RPS ERRORS SET_CPU_US GET_CPU_US STOLEN_S": the CPU the server processes
+# PID... used per request (less noisy than throughput on a shared machine) and the seconds of
+# CPU stolen by the hypervisor during the run.
 redis_bench() {
     local name=$1 port=$2 out="$OUT/redis-benchmark-$1.txt"
+    shift 2
+    local hz test before after
+    hz=$(getconf CLK_TCK)
+    declare -A rps cpu
+    : >"$out"
+    local stolen
+    stolen=$(stolen_ticks)
     log "redis-benchmark against $name (port $port)"
-    redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -r 100000 -d 100 -t set,get \
-        -n "$REQUESTS" -q >"$out" 2>&1 || echo "redis-benchmark exited with $?" >>"$out"
+    for test in set get; do
+        before=$(cpu_ticks "$@")
+        redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -r 100000 -d 100 -t "$test" \
+            -n "$REQUESTS" -q >>"$out" 2>&1 || echo "redis-benchmark exited with $?" >>"$out"
+        after=$(cpu_ticks "$@")
+        cpu[$test]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$REQUESTS" \
+            'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    done
     tr '\r' '\n' <"$out" | grep -E '^(SET|GET): [0-9.]+ requests per second' >"$out.summary" || true
     cat "$out.summary" >&2
     local set get errors
     set=$(awk -F'[: ]+' '/^SET:/ {print $2}' "$out.summary")
     get=$(awk -F'[: ]+' '/^GET:/ {print $2}' "$out.summary")
     errors=$(tr '\r' '\n' <"$out" | grep -ciE 'error|exited' || true)
-    echo "${set:-0} ${get:-0} $errors"
+    echo "${set:-0} ${get:-0} $errors ${cpu[set]} ${cpu[get]} $(stolen_secs "$stolen")"
 }
 
 cluster_formed() {
@@ -105,8 +140,11 @@ cluster_formed() {
 ringkv_bench() {
     local name=$1; shift
     log "ringkv bench: $name"
+    local stolen
+    stolen=$(stolen_ticks)
     "$RINGKV" bench --workload a --duration-secs "$DURATION" --concurrency "$CONCURRENCY" \
         --json "$OUT/bench-$name.json" "$@" | tee "$OUT/bench-$name.txt" >&2
+    stolen_secs "$stolen" >"$OUT/stolen-$name.txt"
 }
 
 field() { jq -r "$2" "$OUT/bench-$1.json"; }
@@ -122,7 +160,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize no --dir "$WORK" >"$OUT/redis-server.log" 2>&1 &
 PIDS+=($!)
 wait_for "redis-server" redis-cli -p "$REDIS_PORT" ping
-read -r REDIS_SET REDIS_GET REDIS_ERRORS < <(redis_bench redis "$REDIS_PORT")
+read -r REDIS_SET REDIS_GET REDIS_ERRORS REDIS_SET_CPU REDIS_GET_CPU REDIS_STOLEN < <(redis_bench redis "$REDIS_PORT" "${PIDS[0]}")
 kill -TERM "${PIDS[0]}"
 wait "${PIDS[0]}" 2>/dev/null || true
 PIDS=()
@@ -151,7 +189,7 @@ log "cluster up: HTTP ${HTTP_PORTS[*]}, RESP ${RESP_PORTS[*]}"
 NODES=()
 for port in "${HTTP_PORTS[@]}"; do NODES+=(--node "http://127.0.0.1:$port"); done
 
-read -r RKV_SET RKV_GET RKV_ERRORS < <(redis_bench ringkv "${RESP_PORTS[0]}")
+read -r RKV_SET RKV_GET RKV_ERRORS RKV_SET_CPU RKV_GET_CPU RKV_STOLEN < <(redis_bench ringkv "${RESP_PORTS[0]}" "${PIDS[@]}")
 
 ringkv_bench http-closed --driver http "${NODES[@]}"
 PERF_PID=
@@ -192,21 +230,21 @@ done
     echo
     echo "## redis-benchmark -c 50 -r 100000 -d 100 -t set,get -n $REQUESTS"
     echo
-    echo "| server | SET req/s | GET req/s | errors |"
-    echo "|---|---|---|---|"
-    echo "| redis-server (1 process, no persistence) | $REDIS_SET | $REDIS_GET | $REDIS_ERRORS |"
-    echo "| ringkv $NODE_COUNT nodes N=3 R=W=2, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS |"
+    echo "| server | SET req/s | GET req/s | errors | server CPU per SET / GET (us) | CPU stolen (s) |"
+    echo "|---|---|---|---|---|---|"
+    echo "| redis-server (1 process, no persistence) | $REDIS_SET | $REDIS_GET | $REDIS_ERRORS | $REDIS_SET_CPU / $REDIS_GET_CPU | $REDIS_STOLEN |"
+    echo "| ringkv $NODE_COUNT nodes N=3 R=W=2, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS | $RKV_SET_CPU / $RKV_GET_CPU (all nodes) | $RKV_STOLEN |"
     echo
     echo "## ringkv bench, workload A, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
     echo
-    echo "| run | ops/s | read p50 / p99 / p99.9 / max ms | update p50 / p99 / p99.9 / max ms | errors | late |"
-    echo "|---|---|---|---|---|---|"
+    echo "| run | ops/s | read p50 / p99 / p99.9 / max ms | update p50 / p99 / p99.9 / max ms | errors | late | CPU stolen (s) |"
+    echo "|---|---|---|---|---|---|---|"
     for name in http-closed client-closed one-node-closed client-open; do
-        jq -r --arg name "$name" '
+        jq -r --arg name "$name" --arg stolen "$(cat "$OUT/stolen-$name.txt")" '
             def lat(op): if .operations[op] then
                 [.operations[op] | .p50_ms, .p99_ms, .p999_ms, .max_ms] | map(tostring) | join(" / ")
                 else "-" end;
-            "| \($name)\(if .rate_ops_per_sec then " @ \(.rate_ops_per_sec) ops/s" else "" end) | \(.throughput_ops_per_sec | floor) | \(lat("read")) | \(lat("update")) | \(.errors_total) | \(.scheduler.late) |"' \
+            "| \($name)\(if .rate_ops_per_sec then " @ \(.rate_ops_per_sec) ops/s" else "" end) | \(.throughput_ops_per_sec | floor) | \(lat("read")) | \(lat("update")) | \(.errors_total) | \(.scheduler.late) | \($stolen) |"' \
             "$OUT/bench-$name.json"
     done
     echo

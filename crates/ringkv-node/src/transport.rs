@@ -62,6 +62,12 @@ const FRAMES_PER_FLUSH: usize = 64;
 
 /// Writes `first` and whatever else is already queued (up to `FRAMES_PER_FLUSH` frames),
 /// then flushes once: under load, many requests or answers share one system call.
+///
+/// Before flushing a short batch the writer yields to the runtime once: the tasks woken by the
+/// same network poll (other requests being coordinated, other answers being computed) run
+/// first and queue their frames, which then join this flush. Without it most flushes carried
+/// one or two frames (docs/benchmarks.md, session 6: one `writev` per GET on the coordinator
+/// before, one per eight after). The cost is one trip through the run queue, microseconds.
 async fn send_batch<S>(
     sink: &mut S,
     first: Bytes,
@@ -71,9 +77,18 @@ where
     S: futures::Sink<Bytes> + Unpin,
 {
     sink.feed(first).await?;
-    for _ in 1..FRAMES_PER_FLUSH {
+    let mut fed = 1;
+    let mut yielded = false;
+    while fed < FRAMES_PER_FLUSH {
         match queued.try_recv() {
-            Ok(frame) => sink.feed(frame).await?,
+            Ok(frame) => {
+                sink.feed(frame).await?;
+                fed += 1;
+            }
+            Err(_) if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
             Err(_) => break,
         }
     }
@@ -409,5 +424,85 @@ impl Peers {
             pending.lock().unwrap().clear();
         });
         conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A sink that records which frames each flush carried.
+    #[derive(Default)]
+    struct FlushLog {
+        buffered: Vec<Bytes>,
+        flushes: Vec<Vec<Bytes>>,
+    }
+
+    impl futures::Sink<Bytes> for FlushLog {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), Self::Error> {
+            self.buffered.push(item);
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            let batch = std::mem::take(&mut self.buffered);
+            self.flushes.push(batch);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// Frames queued by tasks that are ready to run when the writer wakes share its flush.
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_from_tasks_ready_alongside_the_writer_share_one_flush() {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        let writer = tokio::spawn(async move {
+            let mut sink = FlushLog::default();
+            let first = rx.recv().await.expect("a first frame");
+            send_batch(&mut sink, first, &mut rx).await.unwrap();
+            sink.flushes
+        });
+        // Let the writer reach its `recv`, then wake it and make three senders runnable behind it.
+        tokio::task::yield_now().await;
+        tx.send(Bytes::from_static(b"0")).await.unwrap();
+        for i in 1..=3u8 {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(Bytes::from(vec![b'0' + i])).await.unwrap() });
+        }
+        let flushes = writer.await.unwrap();
+        let frames: Vec<&[u8]> = flushes[0].iter().map(|b| b.as_ref()).collect();
+        assert_eq!(flushes.len(), 1, "one flush, got {flushes:?}");
+        assert_eq!(frames, [b"0", b"1", b"2", b"3"]);
+    }
+
+    /// A writer never waits for frames that nobody is about to send: with an empty queue it
+    /// flushes what it has after one yield.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_frame_is_flushed_without_waiting_for_more() {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        let mut sink = FlushLog::default();
+        let flushed = tokio::time::timeout(
+            Duration::from_secs(5),
+            send_batch(&mut sink, Bytes::from_static(b"only"), &mut rx),
+        )
+        .await;
+        assert!(flushed.is_ok(), "the writer waited for more frames");
+        assert_eq!(sink.flushes, vec![vec![Bytes::from_static(b"only")]]);
+        drop(tx);
     }
 }
