@@ -117,9 +117,12 @@ async fn harness_reports_divergence_when_repair_is_disabled() {
         report.summary()
     );
     // The report points at the isolated node: some key with it among its replicas is
-    // reported differing. Which keys stay behind depends on the run (in one CI run cart-0
-    // converged while other keys of the node stayed behind; how cart-0 caught up with repair
-    // off is not established), so no particular key is required.
+    // reported differing. Which keys stay behind depends on the run, so no particular key is
+    // required: the isolation drops packets (iptables DROP) on connections that stay open, so
+    // replica writes sent to the node before the others marked it down sit in TCP
+    // retransmission and arrive after the heal, repair or not (the late delivery design.md §12
+    // describes for purging); writes sent to fallbacks after that never reach it. In one CI
+    // run that brought cart-0 up to date while other keys of the node stayed behind.
     let isolated = report
         .isolated
         .clone()
