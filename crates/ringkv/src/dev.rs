@@ -1,6 +1,7 @@
 //! `ringkv dev`: a local cluster of real `ringkv server` processes on 127.0.0.1, for trying
 //! ringkv out. Node i listens for HTTP on 8100+i, RESP on 6100+i and between nodes on 7100+i;
-//! node 1 founds the cluster and the others join it. Ctrl-C sends SIGTERM to every node and waits for them.
+//! node 1 founds the cluster and the others join it. Ctrl-C (or a SIGTERM to dev) sends SIGTERM
+//! to every node and waits for them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -66,19 +67,41 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         children.push(cmd.spawn().context("starting a node")?);
     }
+    let mut stop_signals = StopSignals::new()?;
     let outcome = tokio::select! {
         r = wait_formed(&args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        r = stop_signals.next() => r.and(Err(anyhow::anyhow!("interrupted"))),
     };
     if let Err(e) = outcome {
         stop(&mut children).await;
         return Err(e);
     }
     print_banner(&args, &dir);
-    tokio::signal::ctrl_c().await?;
+    stop_signals.next().await?;
     eprintln!("stopping {} nodes", children.len());
     stop(&mut children).await;
     Ok(())
+}
+
+/// What stops `ringkv dev`: Ctrl-C (SIGINT) or SIGTERM. Both are caught, so that `kill <pid>`
+/// of dev stops its nodes too instead of leaving them running without it.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        Ok(StopSignals { term })
+    }
+
+    async fn next(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C"),
+            _ = self.term.recv() => Ok(()),
+        }
+    }
 }
 
 /// Polls node 1's `/status` until every node shows `up`.

@@ -128,7 +128,13 @@ fn port_free(port: u16) -> bool {
 /// Starts `ringkv dev` on three consecutive ports per role, below the ephemeral range where
 /// other tests pick theirs, on a base whose ports are all free right now.
 fn start_dev(dir: &std::path::Path) -> (std::process::Child, u16) {
-    let mut rng = common::Rng::new(u64::from(std::process::id()));
+    // Seeded by process and folder, so two dev tests in one process pick different ports.
+    let salt = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    let mut rng = common::Rng::new(u64::from(std::process::id()) ^ salt);
     for _ in 0..20 {
         let base = 10_000 + (rng.below(2_000) as u16) * 10;
         let ports = (0..3).flat_map(|i| [base + i, base + 100 + i, base + 200 + i]);
@@ -154,7 +160,20 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, u16) {
 /// `ringkv dev` starts a working cluster, prints how to reach it, and stops on Ctrl-C.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_starts_a_cluster_and_stops_on_interrupt() {
-    let dir = std::env::temp_dir().join(format!("ringkv-cli-dev-{}", std::process::id()));
+    dev_serves_then_stops_its_nodes_on(libc::SIGINT, "Ctrl-C").await;
+}
+
+/// `kill <pid>` of `ringkv dev` (SIGTERM to dev alone) stops its nodes too, instead of leaving
+/// them running without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_stops_its_nodes_on_sigterm() {
+    dev_serves_then_stops_its_nodes_on(libc::SIGTERM, "SIGTERM").await;
+}
+
+/// Starts `ringkv dev`, checks it serves, sends `signal` to the dev process alone (not its
+/// process group), and requires dev to exit cleanly with every node stopped.
+async fn dev_serves_then_stops_its_nodes_on(signal: libc::c_int, name: &str) {
+    let dir = std::env::temp_dir().join(format!("ringkv-cli-dev-{}-{signal}", std::process::id()));
     let (mut child, base) = start_dev(&dir);
     // Collect dev's stdout as it comes: the banner says when dev itself considers the
     // cluster formed and waits for Ctrl-C.
@@ -233,7 +252,7 @@ async fn dev_starts_a_cluster_and_stops_on_interrupt() {
             .then_some(())
     })
     .await;
-    common::signal(child.id(), libc::SIGINT);
+    common::signal(child.id(), signal);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(exit) = child.try_wait().expect("waiting for ringkv dev") {
@@ -241,19 +260,23 @@ async fn dev_starts_a_cluster_and_stops_on_interrupt() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "ringkv dev did not exit after Ctrl-C"
+            "ringkv dev did not exit after {name}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(exit.success(), "ringkv dev exit: {exit:?}");
+    assert!(exit.success(), "ringkv dev exit after {name}: {exit:?}");
     let banner = banner.lock().expect("banner lock").clone();
     assert!(
         banner.contains("3 nodes up") && banner.contains("curl"),
         "{banner}"
     );
-    assert!(
-        client.get(format!("{http}/status")).send().await.is_err(),
-        "the nodes stopped with dev"
-    );
+    for i in 0..3 {
+        let url = format!("http://127.0.0.1:{}/status", base + i);
+        assert!(
+            client.get(&url).send().await.is_err(),
+            "node {} still answers after dev stopped on {name}",
+            i + 1
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
