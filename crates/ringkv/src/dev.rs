@@ -137,9 +137,10 @@ fn print_banner(args: &DevArgs, dir: &std::path::Path) {
     );
     for i in 0..args.nodes {
         println!(
-            "  n{}  http://127.0.0.1:{}  (inter-node 127.0.0.1:{})",
+            "  n{}  http://127.0.0.1:{}  resp 127.0.0.1:{}  (inter-node 127.0.0.1:{})",
             i + 1,
             args.http_base + i,
+            args.resp_base + i,
             args.listen_base + i
         );
     }

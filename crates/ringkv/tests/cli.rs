@@ -271,6 +271,15 @@ async fn dev_serves_then_stops_its_nodes_on(signal: libc::c_int, name: &str) {
         "{banner}"
     );
     for i in 0..3 {
+        let (http, resp) = (base + i, base + 200 + i);
+        assert!(
+            banner.contains(&format!("http://127.0.0.1:{http}"))
+                && banner.contains(&format!("resp 127.0.0.1:{resp}")),
+            "the banner names node {}'s HTTP and RESP addresses: {banner}",
+            i + 1
+        );
+    }
+    for i in 0..3 {
         let url = format!("http://127.0.0.1:{}/status", base + i);
         assert!(
             client.get(&url).send().await.is_err(),
