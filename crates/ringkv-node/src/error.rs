@@ -53,6 +53,15 @@ impl ApiError {
             stored_on_unknown: false,
         }
     }
+    pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            message: message.into(),
+            stored_on: None,
+            stored_on_unknown: false,
+        }
+    }
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,

@@ -49,6 +49,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/admin/local/{key}", get(admin_local))
         .route("/admin/leave", post(crate::admin::leave))
         .route("/admin/plan", get(crate::admin::plan))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
         .with_state(state)
@@ -192,11 +194,36 @@ fn context_from(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("bad X-Context: {e}")))
 }
 
+/// Every error is JSON (API.md §2), unknown paths and methods included.
+async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method_not_allowed(format!("{} does not take {method}", uri.path()))
+}
+
+/// Whether the client asked for JSON: some `Accept` value (any number of headers, each a
+/// comma-separated list) names `application/json` (media types are case-insensitive) with a
+/// quality above 0 (`q=0` means "not acceptable", RFC 9110 §12.5.1).
 fn wants_json(headers: &HeaderMap) -> bool {
     headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"))
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/json")
+                && parts.all(|p| {
+                    let Some((name, value)) = p.split_once('=') else {
+                        return true;
+                    };
+                    !name.trim().eq_ignore_ascii_case("q")
+                        || value.trim().parse::<f32>().map_or(true, |q| q > 0.0)
+                })
+        })
 }
 
 fn record(op: &'static str, started: Instant, result: &Result<Response, ApiError>) {
@@ -428,4 +455,47 @@ async fn admin_local(
     Ok(Json(
         json!({"versions": versions, "context": context, "hinted_for": hinted_for}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn accept(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::ACCEPT, HeaderValue::from_static(v));
+        }
+        headers
+    }
+
+    #[test]
+    fn accept_names_json_in_any_case_list_or_header() {
+        for values in [
+            &["application/json"][..],
+            &["Application/JSON"],
+            &["text/plain, application/json;q=0.5"],
+            &["text/plain", "application/json"],
+            &["application/json; charset=utf-8"],
+            &["application/json;q=1"],
+        ] {
+            assert!(wants_json(&accept(values)), "{values:?}");
+        }
+    }
+
+    #[test]
+    fn accept_without_json_or_with_q_zero_is_not_json() {
+        for values in [
+            &[][..],
+            &["*/*"],
+            &["text/plain"],
+            &["application/json;q=0"],
+            &["application/json; q=0.0, text/plain"],
+            &["application/jsonx"],
+        ] {
+            assert!(!wants_json(&accept(values)), "{values:?}");
+        }
+    }
 }

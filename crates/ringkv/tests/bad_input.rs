@@ -99,6 +99,35 @@ async fn bad_keys_are_refused_with_json_errors() {
     c.assert_serves(0, "long-key").await;
 }
 
+/// Every error is JSON, also for a path no endpoint serves and a method an endpoint does not
+/// take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_endpoints_and_methods_get_json_errors() {
+    let c = cluster().await;
+    for (method, path, status, code) in [
+        (reqwest::Method::GET, "/kv/a/b", 404, "not_found"),
+        (reqwest::Method::GET, "/no-such-endpoint", 404, "not_found"),
+        (reqwest::Method::GET, "/admin/local/", 404, "not_found"),
+        (reqwest::Method::POST, "/kv/abc", 405, "method_not_allowed"),
+        (
+            reqwest::Method::DELETE,
+            "/status",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/admin/leave",
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let r = raw(&c, method.clone(), path, b"v").await;
+        assert_error(&r, status, code, &format!("{method} {path}"));
+    }
+    c.assert_serves(0, "after-unknown-endpoints").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_contexts_quorums_and_timeouts_are_400() {
     let c = cluster().await;
