@@ -38,8 +38,31 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             SIBLING_BUCKETS,
         )?
         .install_recorder()?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    for name in ZERO_FROM_START {
+        metrics::counter!(*name).increment(0);
+    }
+    Ok(handle)
 }
+
+/// Counters `/metrics` shows from the start, at 0 until their first event (a counter is only
+/// rendered once touched; a dashboard or alert on repairs must not see "no data" instead of 0).
+const ZERO_FROM_START: &[&str] = &[
+    "ringkv_anti_entropy_passes_total",
+    "ringkv_anti_entropy_partitions_compared_total",
+    "ringkv_anti_entropy_keys_repaired_total",
+    "ringkv_read_repairs_total",
+    "ringkv_forwarded_total",
+    "ringkv_fallback_coordinated_total",
+    "ringkv_hints_delivered_total",
+    "ringkv_hints_refused_total",
+    "ringkv_handoff_bytes_received_total",
+    "ringkv_handoff_bytes_sent_total",
+    "ringkv_handoff_keys_dropped_total",
+    "ringkv_handoff_forwarded_writes_total",
+    "ringkv_tombstones_purged_total",
+    "ringkv_tombstone_purges_deferred_total",
+];
 
 /// Runs a node until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -177,3 +177,28 @@ async fn formed_cluster_members_stay_up() {
         tokio::time::sleep(common::POLL_INTERVAL).await;
     }
 }
+
+/// Repair, hint and handoff counters are on `/metrics` from the start: one that has not
+/// counted yet shows 0, not nothing (a dashboard or alert must not read "no data" as "none").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_show_repair_hint_and_handoff_counters_before_their_first_event() {
+    let c = Cluster::start_with(3, &[]).await;
+    let metrics = c.get_path(2, "/metrics").await;
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    let text = String::from_utf8_lossy(&metrics.body);
+    for name in [
+        "ringkv_anti_entropy_keys_repaired_total",
+        "ringkv_read_repairs_total",
+        "ringkv_hints_delivered_total",
+        "ringkv_hints_refused_total",
+        "ringkv_handoff_bytes_sent_total",
+        "ringkv_handoff_keys_dropped_total",
+        "ringkv_tombstones_purged_total",
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(value.is_some(), "{name} is not on /metrics:\n{text}");
+    }
+}
