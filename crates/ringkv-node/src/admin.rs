@@ -235,6 +235,18 @@ pub async fn plan(
             return Err(ApiError::bad_request(format!("{id} is not a member")));
         }
         members.retain(|m| m.id != id);
+        // The same refusal the leave itself would give, not a plan that cannot happen.
+        let n = base.params().n;
+        if members.len() < usize::from(n) {
+            return Err(ApiError::bad_request(
+                ringkv_core::topology::TopologyError::TooFewMembers {
+                    node: id,
+                    remaining: members.len(),
+                    n,
+                }
+                .to_string(),
+            ));
+        }
     }
     if members.len() == base.members().len() && !params.contains_key("join") {
         return Err(ApiError::bad_request(

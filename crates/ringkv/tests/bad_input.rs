@@ -128,6 +128,21 @@ async fn unknown_endpoints_and_methods_get_json_errors() {
     c.assert_serves(0, "after-unknown-endpoints").await;
 }
 
+/// A plan the cluster would refuse is refused the same way: three members and N = 3, so none
+/// may leave. Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leave_plan_below_n_members_is_refused_like_the_leave() {
+    let c = cluster().await;
+    let version = c.status(0).await["cluster"]["ring_version"].clone();
+    let plan = raw(&c, reqwest::Method::GET, "/admin/plan?leave=n3", b"").await;
+    assert_error(&plan, 400, "bad_request", "plan of a leave below N");
+    let message = plan.json()["error"]["message"].to_string();
+    assert!(message.contains("cannot leave"), "{message}");
+    let leave = raw(&c, reqwest::Method::POST, "/admin/leave?node=n3", b"").await;
+    assert_error(&leave, 400, "bad_request", "leave below N");
+    assert_eq!(c.status(0).await["cluster"]["ring_version"], version);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_contexts_quorums_and_timeouts_are_400() {
     let c = cluster().await;
