@@ -88,10 +88,13 @@ pub struct PutArgs {
 #[derive(Args)]
 pub struct DeleteArgs {
     pub key: String,
+    /// The context from an earlier get: the delete removes every version it covers (omit: the
+    /// delete is concurrent with what is stored, which survives as siblings).
     #[arg(long)]
     pub context: Option<String>,
     #[command(flatten)]
     pub node: NodeArg,
+    /// Write quorum for this request.
     #[arg(long)]
     pub w: Option<u8>,
 }
@@ -202,7 +205,15 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    write(&args.node.node, &args.key, None, args.context, args.w).await
+    let blind = args.context.is_none();
+    write(&args.node.node, &args.key, None, args.context, args.w).await?;
+    if blind {
+        eprintln!(
+            "note: deleted without --context, so versions already stored survive (a delete is \
+             a causal write); to remove them, pass the context `ringkv get` prints"
+        );
+    }
+    Ok(())
 }
 
 async fn write(

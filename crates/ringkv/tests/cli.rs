@@ -96,6 +96,18 @@ async fn the_cli_reads_writes_deletes_and_shows_siblings_and_the_cluster() {
     let gone = stdout_of(&ringkv(&["get", "cart", "--node", &n2, "--r", "3"]));
     assert!(gone.starts_with("(not found)"), "{gone}");
 
+    // A delete without a context is concurrent with what is stored: the stored value survives,
+    // and the command says so.
+    stdout_of(&ringkv(&["put", "note", "kept", "--node", &n1, "--w", "3"]));
+    let blind = ringkv(&["delete", "note", "--node", &n1, "--w", "3"]);
+    assert!(blind.status.success(), "{blind:?}");
+    assert!(
+        String::from_utf8_lossy(&blind.stderr).contains("without --context"),
+        "{blind:?}"
+    );
+    let kept = stdout_of(&ringkv(&["get", "note", "--node", &n2, "--r", "3"]));
+    assert!(kept.contains("kept"), "{kept}");
+
     let status = stdout_of(&ringkv(&["status", "--node", &n1]));
     for i in 0..3 {
         let line = status
