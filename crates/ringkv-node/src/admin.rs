@@ -59,6 +59,11 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         let in_committed = topology.is_some_and(|t| t.committed().member(&id).is_some());
         let leaving = topology.is_some_and(|t| t.leaving().contains(&id));
         let left = published == Status::Left;
+        // A node that is neither in the ring nor reachable (it left, or was removed while down)
+        // is gone, not down, as in Riak: gossip remembers its last state a while, /status not.
+        if !me && !live && !ring_members.iter().any(|m| m.id == id) {
+            continue;
+        }
         let status = match live {
             false => "down",
             true if leaving || left => "leaving",

@@ -339,6 +339,22 @@ async fn grow_three_to_five_then_shrink_to_four_under_load() {
         w.await.expect("a load worker panicked");
     }
     c.terminate(1, Duration::from_secs(10));
+    // Once stopped, the node that left is no longer listed (it was listed as down).
+    poll_until(
+        TRANSITION_TIMEOUT,
+        "the others to stop listing n2",
+        || async {
+            for i in remaining {
+                let s = api.try_status(i).await?;
+                let members = s["cluster"]["members"].as_array()?;
+                if members.iter().any(|m| m["node_id"] == "n2") || members.len() != 4 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
 
     let load = load.lock().await;
     eprintln!(
@@ -627,4 +643,16 @@ async fn a_node_that_is_down_for_good_is_removed_with_leave() {
     assert_eq!(r.status, 202, "{r:?}");
     wait_transition_done(&api, &[0, 1, 2], 3).await;
     assert_every_key_home(&api, &[0, 1, 2], &acked).await;
+    // Removed, it is no longer listed as a member (down or otherwise).
+    poll_until(STATUS_TIMEOUT, "the others to stop listing n4", || async {
+        for i in 0..3 {
+            let s = api.try_status(i).await?;
+            let members = s["cluster"]["members"].as_array()?;
+            if members.len() != 3 || members.iter().any(|m| m["node_id"] == "n4") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
 }
