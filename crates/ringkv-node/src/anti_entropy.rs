@@ -14,7 +14,7 @@
 //! divergence (a wiped node coming back) refills steadily without starving client traffic.
 //! Progress is counted in `/metrics` and summarised in `/status`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -206,7 +206,9 @@ impl Node {
             return Err("unexpected answer to LeafDigests".into());
         };
         let mine = self.leaf_digests(partition, leaves).await?;
-        let theirs: HashMap<Bytes, u64> = theirs.into_iter().collect();
+        // Ordered maps: the keys to repair come out in key order, whatever the process (a
+        // HashMap's order changed from run to run and broke the simulation's replay).
+        let theirs: BTreeMap<Bytes, u64> = theirs.into_iter().collect();
         let mine: BTreeMap<Bytes, u64> = mine.into_iter().collect();
         let mut keys: Vec<Bytes> = mine
             .iter()
