@@ -14,7 +14,10 @@
 //!   fallback, under a one-off actor id (`coordinate_as_fallback`), and stored as hints.
 //! - get: ask the targets, answer after R replies with their sync. Replies that arrive later
 //!   still count for read repair: once every target answered or the deadline passed, home
-//!   replicas whose set lacks something of the merged set receive it.
+//!   replicas whose set lacks something of the merged set receive it. With `--read-fanout
+//!   quorum` only R targets are asked at first (this node first); the others are held in
+//!   reserve and asked when an asked one fails, when the asked ones are all done, or when
+//!   `read_speculate_after` passes without the quorum.
 //!
 //! Every wait is bounded by the request's deadline: a slow or dead peer costs at most that.
 
@@ -35,6 +38,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::node::Node;
+use crate::settings::ReadFanout;
 use crate::transport::TransportError;
 use crate::wire::{ClientContext, ClientError, ClientOp, ClientReply, Request, Response};
 
@@ -550,7 +554,19 @@ impl Node {
         // The remote reads are futures polled by this task (no task per target); those still
         // running when the quorum is met are handed to the read repair task.
         let mut reads = FuturesUnordered::new();
-        let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
+        let mut initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
+        // With the quorum fanout, R targets are asked (this node first, then in preference
+        // order) and the rest wait in reserve: asked if one fails, if all asked ones have
+        // answered without the quorum, or once `read_speculate_after` passes.
+        let mut reserve: Vec<Target<NodeId>> = Vec::new();
+        if self.settings.read_fanout == ReadFanout::Quorum {
+            initial.sort_by_key(|t| t.node != *self.membership.me());
+            let asked = tracker.needed().get().min(initial.len());
+            reserve = initial.split_off(asked);
+            reserve.reverse(); // popped from the end: preference order
+        }
+        let speculate_at =
+            (Instant::now() + self.settings.limits.read_speculate_after).min(deadline);
         let mut read_here = false;
         for target in initial {
             if target.node == *self.membership.me() {
@@ -582,18 +598,40 @@ impl Node {
                         }
                         Progress::Pending => {}
                     }
-                    let Ok(Some(answer)) = tokio::time::timeout_at(deadline, reads.next()).await
-                    else {
-                        return Err(ClientError::Unavailable {
-                            message: format!(
-                                "{} of the {} replicas needed answered before the deadline",
-                                replies.len(),
-                                tracker.needed().get()
-                            ),
-                            stored_on: None,
-                        });
+                    if reads.is_empty() && !reserve.is_empty() {
+                        self.ask_reserve(
+                            &mut reserve,
+                            &mut reads,
+                            &key,
+                            deadline,
+                            "all asked answered",
+                        );
+                    }
+                    let wait_until = if reserve.is_empty() {
+                        deadline
+                    } else {
+                        speculate_at
                     };
-                    answer
+                    match tokio::time::timeout_at(wait_until, reads.next()).await {
+                        Ok(Some(answer)) => answer,
+                        Err(_) if !reserve.is_empty() => {
+                            // The asked replicas are slow: ask the rest as well.
+                            while !reserve.is_empty() {
+                                self.ask_reserve(&mut reserve, &mut reads, &key, deadline, "slow");
+                            }
+                            continue;
+                        }
+                        _ => {
+                            return Err(ClientError::Unavailable {
+                                message: format!(
+                                    "{} of the {} replicas needed answered before the deadline",
+                                    replies.len(),
+                                    tracker.needed().get()
+                                ),
+                                stored_on: None,
+                            });
+                        }
+                    }
                 }
             };
             let reply = match result {
@@ -601,7 +639,12 @@ impl Node {
                     replies.push((node.clone(), v));
                     Reply::Ok
                 }
-                Err(f) => f.reply(),
+                Err(f) => {
+                    if !reserve.is_empty() {
+                        self.ask_reserve(&mut reserve, &mut reads, &key, deadline, "failed");
+                    }
+                    f.reply()
+                }
             };
             if let Ok(Some(next)) = tracker.record(&node, reply) {
                 reads.push(self.clone().read_from(next.node, key.clone(), deadline));
@@ -620,6 +663,22 @@ impl Node {
             tokio::spawn(async move { me.read_repair(key, home, replies, reads, deadline).await });
         }
         Ok(merged)
+    }
+
+    /// Asks the next reserve target of a quorum-fanout read (a speculative read).
+    fn ask_reserve(
+        self: &Arc<Self>,
+        reserve: &mut Vec<Target<NodeId>>,
+        reads: &mut FuturesUnordered<BoxFuture<'static, TargetReply<Option<VersionSet>>>>,
+        key: &Bytes,
+        deadline: Instant,
+        why: &'static str,
+    ) {
+        if let Some(target) = reserve.pop() {
+            metrics::counter!("ringkv_read_speculations_total").increment(1);
+            debug!(node = %target.node, why, "speculative read");
+            reads.push(self.clone().read_from(target.node, key.clone(), deadline));
+        }
     }
 
     /// One target's read, as a future the coordinator polls.

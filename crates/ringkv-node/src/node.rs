@@ -438,10 +438,13 @@ impl Node {
     async fn serve_request(self: Arc<Self>, request: Request, timeout: Duration) -> Response {
         match request {
             Request::Ping => Response::Ok,
-            Request::Read { key } => match self.read_held(key).await {
-                Ok(v) => Response::Versions(v),
-                Err(e) => Response::Error(e.to_string()),
-            },
+            Request::Read { key } => {
+                metrics::counter!("ringkv_replica_reads_total").increment(1);
+                match self.read_held(key).await {
+                    Ok(v) => Response::Versions(v),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
             Request::Write {
                 key,
                 versions,

@@ -52,6 +52,8 @@ const ZERO_FROM_START: &[&str] = &[
     "ringkv_anti_entropy_partitions_compared_total",
     "ringkv_anti_entropy_keys_repaired_total",
     "ringkv_read_repairs_total",
+    "ringkv_read_speculations_total",
+    "ringkv_replica_reads_total",
     "ringkv_forwarded_total",
     "ringkv_fallback_coordinated_total",
     "ringkv_hints_delivered_total",

@@ -23,6 +23,19 @@ pub enum StorageKind {
     Memory,
 }
 
+/// Which home replicas a read asks (an addition to API.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFanout {
+    /// Every reachable home replica, answering after the first R (Dynamo §4.5, Riak): every
+    /// read compares, and repairs, all N copies.
+    All,
+    /// R replicas (this node first), more only when one fails or is slow (Cassandra,
+    /// Garage): a third fewer messages per read at N = 3, R = 2; read repair reaches only
+    /// the replicas asked, anti-entropy the rest.
+    Quorum,
+}
+
 /// `ringkv server` flags. Every field is optional here so the file can fill gaps.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServerArgs {
@@ -96,6 +109,10 @@ pub struct ServerArgs {
     /// API.md §1). It covers messages still in flight when stability is first seen.
     #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_MS")]
     pub tombstone_grace_ms: Option<u64>,
+    /// Which home replicas a read asks: `all` (default) or `quorum` (an addition to API.md
+    /// §1).
+    #[arg(long, env = "RINGKV_READ_FANOUT", value_enum)]
+    pub read_fanout: Option<ReadFanout>,
     /// FOR TESTS ONLY: turn off hinted handoff delivery, anti-entropy and read repair, so
     /// that the fault harness can show it detects the losses this causes.
     #[arg(long, hide = true)]
@@ -130,6 +147,7 @@ struct FileSettings {
     handoff_concurrency: Option<usize>,
     handoff_interval_ms: Option<u64>,
     tombstone_grace_ms: Option<u64>,
+    read_fanout: Option<ReadFanout>,
 }
 
 /// Everything a node needs to know about itself, validated.
@@ -162,6 +180,8 @@ pub struct Settings {
     pub handoff_interval: Duration,
     /// How long a tombstone stays causally stable before it is purged.
     pub tombstone_grace: Duration,
+    /// Which home replicas a read asks.
+    pub read_fanout: ReadFanout,
     /// Tests only: no hinted handoff delivery, anti-entropy or read repair.
     pub disable_repair: bool,
     pub limits: Limits,
@@ -186,6 +206,9 @@ pub struct Limits {
     pub reconnect_backoff_max: Duration,
     /// Largest timeout a client may ask for with `timeout_ms`.
     pub request_timeout_max: Duration,
+    /// With `--read-fanout quorum`: how long a read waits for the replicas it asked before it
+    /// asks the remaining home replicas too (a speculative read).
+    pub read_speculate_after: Duration,
 }
 
 impl Default for Limits {
@@ -199,6 +222,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_millis(500),
             reconnect_backoff_max: Duration::from_secs(2),
             request_timeout_max: Duration::from_secs(60),
+            read_speculate_after: Duration::from_millis(10),
         }
     }
 }
@@ -333,6 +357,10 @@ impl Settings {
                 .tombstone_grace_ms
                 .or(file.tombstone_grace_ms)
                 .unwrap_or(60_000)),
+            read_fanout: args
+                .read_fanout
+                .or(file.read_fanout)
+                .unwrap_or(ReadFanout::All),
             disable_repair: args.test_disable_repair,
             limits: Limits::default(),
         };
@@ -425,6 +453,11 @@ mod tests {
         assert_eq!(s.request_timeout, Duration::from_millis(2000));
         assert_eq!(s.max_value_bytes, 1_048_576);
         assert!(s.resp.is_none());
+        assert_eq!(
+            s.read_fanout,
+            ReadFanout::All,
+            "reads ask every home replica"
+        );
     }
 
     #[test]
@@ -434,7 +467,8 @@ mod tests {
         let path = dir.join("node.toml");
         std::fs::write(
             &path,
-            "node_id = \"from-file\"\nzone = \"z9\"\nw = 3\nseeds = [\"127.0.0.1:7002\"]\n",
+            "node_id = \"from-file\"\nzone = \"z9\"\nw = 3\nseeds = [\"127.0.0.1:7002\"]\n\
+             read_fanout = \"quorum\"\n",
         )
         .unwrap();
         let mut args = base();
@@ -445,6 +479,7 @@ mod tests {
         assert_eq!(s.zone, "z1");
         assert_eq!(s.w, 3, "the file fills what flags leave out");
         assert_eq!(s.seeds, vec!["127.0.0.1:7002".parse().unwrap()]);
+        assert_eq!(s.read_fanout, ReadFanout::Quorum);
     }
 
     #[test]

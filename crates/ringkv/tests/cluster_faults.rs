@@ -1,5 +1,6 @@
 //! Faults on a real cluster: read repair of a stale replica, failure detection, quorums with a
-//! dead or frozen peer, and the deadline a slow peer must not stretch.
+//! dead or frozen peer, the deadline a slow peer must not stretch, and the quorum read fanout
+//! getting past a frozen replica it asked.
 
 mod common;
 
@@ -264,4 +265,59 @@ async fn a_frozen_peer_never_stretches_a_request_past_its_deadline() {
     c.cont(2);
     c.wait_formed().await;
     c.assert_serves_with(2, "thawed", "w=3", "r=3").await;
+}
+
+/// Replica reads served by nodes 1 and 2 so far, and the speculative reads node 0 sent.
+async fn read_fanout_counts(c: &Cluster) -> (f64, f64) {
+    let served = c.metric(1, "ringkv_replica_reads_total").await
+        + c.metric(2, "ringkv_replica_reads_total").await;
+    let speculated = c.metric(0, "ringkv_read_speculations_total").await;
+    (served, speculated)
+}
+
+/// `--read-fanout quorum`: an R=2 read asks its coordinator and one other replica (not all
+/// three), and when the one it asked is frozen (SIGSTOP, not yet suspected by the failure
+/// detector) it asks the third after `read_speculate_after` instead of waiting out the
+/// request's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_fanout_asks_r_replicas_and_gets_past_a_frozen_one() {
+    let c = Cluster::start_with(3, &["--read-fanout", "quorum"]).await;
+    let keys: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("fanout-{i}").into_bytes())
+        .collect();
+    for key in &keys {
+        let r = c.put(0, key, key, None, "w=3").await;
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+    let (served0, spec0) = read_fanout_counts(&c).await;
+    for key in &keys {
+        let got = c.get(0, key, "r=2").await;
+        assert_eq!(got.status, 200, "{got:?}");
+        assert_eq!(&got.body, key);
+    }
+    let (served1, spec1) = read_fanout_counts(&c).await;
+    let (reads, speculated) = (served1 - served0, spec1 - spec0);
+    eprintln!("40 reads: {reads} replica reads served, {speculated} speculative");
+    // One remote replica per read, plus one for each read that was slow enough to speculate
+    // (a loaded machine); asking every replica would serve 80.
+    assert_eq!(reads, 40.0 + speculated, "replica reads served for 40 GETs");
+    assert!(
+        speculated <= 10.0,
+        "{speculated} of 40 reads on an idle cluster speculated"
+    );
+
+    // n2 frozen: the reads that asked it go on to n3 within the request's deadline.
+    c.stop(1);
+    let spec_before = c.metric(0, "ringkv_read_speculations_total").await;
+    for key in &keys {
+        let got = c.get(0, key, &format!("r=2&timeout_ms={TIMEOUT_MS}")).await;
+        assert_eq!(got.status, 200, "read with n2 frozen: {got:?}");
+        assert_eq!(&got.body, key);
+    }
+    let speculated = c.metric(0, "ringkv_read_speculations_total").await - spec_before;
+    c.cont(1);
+    assert!(
+        speculated >= 1.0,
+        "no read asked past frozen n2: did any ask it at all?"
+    );
 }

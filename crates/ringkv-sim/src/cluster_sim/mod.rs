@@ -36,7 +36,7 @@ use ringkv_node::Settings;
 use ringkv_node::handoff::{LeaveError, REFUSED_PREFIX};
 use ringkv_node::node::Node;
 use ringkv_node::seams::{Blocking, Network, Seams};
-use ringkv_node::settings::{ServerArgs, StorageKind};
+use ringkv_node::settings::{ReadFanout, ServerArgs, StorageKind};
 use ringkv_node::transport::Handler;
 use ringkv_node::wire::{Request, Response, RingState};
 use ringkv_storage::{HintStore, MemoryEngine, MemoryHintStore, StorageEngine};
@@ -171,6 +171,8 @@ pub struct ScheduledFault {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub nodes: usize,
+    /// Which replicas the nodes' reads ask: half the seeds run each fanout.
+    pub read_fanout: ReadFanout,
     pub skews_ms: Vec<i64>,
     pub faults: Vec<ScheduledFault>,
 }
@@ -235,8 +237,14 @@ impl Plan {
         } else {
             skews_ms = vec![0; nodes + 1];
         }
+        // From a stream of its own, so the rest of a seed's plan is the same either way.
+        let read_fanout = match Rng::new(config.seed ^ 0x6661_6e6f_7574).below(2) {
+            0 => ReadFanout::All,
+            _ => ReadFanout::Quorum,
+        };
         Ok(Plan {
             nodes,
+            read_fanout,
             skews_ms,
             faults,
         })
@@ -409,7 +417,7 @@ fn addr_of(name: &str, port: u16) -> SocketAddr {
     SocketAddr::new(turmoil::lookup(name), port)
 }
 
-fn settings_for(index: usize, broken: bool) -> Result<Settings, String> {
+fn settings_for(index: usize, broken: bool, read_fanout: ReadFanout) -> Result<Settings, String> {
     let name = node_name(index);
     let listen = addr_of(&name, NODE_PORT);
     let seeds = if index == 0 {
@@ -437,6 +445,7 @@ fn settings_for(index: usize, broken: bool) -> Result<Settings, String> {
         handoff_interval_ms: Some(200),
         handoff_bytes_per_second: Some(10_000_000),
         hint_backlog_max: Some(HINT_BACKLOG),
+        read_fanout: Some(read_fanout),
         test_disable_repair: broken,
         ..Default::default()
     };
@@ -451,9 +460,10 @@ async fn run_node(
     seed: u64,
     skew_ms: i64,
     broken: bool,
+    read_fanout: ReadFanout,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let start = slot.starts.fetch_add(1, Ordering::SeqCst);
-    let settings = settings_for(index, broken)?;
+    let settings = settings_for(index, broken, read_fanout)?;
     let incarnation = seed ^ ((index as u64 + 1) << 32) ^ (start << 48);
     let network: Arc<dyn Network> = Arc::new(SimNetwork::new(faults, incarnation ^ 0x6e6574));
     let seams = Seams {
@@ -494,8 +504,8 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
     let plan = Plan::draw(config)?;
     let history = History::default();
     history.push(format!(
-        "plan seed={} nodes={} broken={} skews_ms={:?}",
-        config.seed, plan.nodes, config.broken, plan.skews_ms
+        "plan seed={} nodes={} broken={} read_fanout={:?} skews_ms={:?}",
+        config.seed, plan.nodes, config.broken, plan.read_fanout, plan.skews_ms
     ));
     for f in &plan.faults {
         history.push(format!(
@@ -527,14 +537,23 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, ClusterSimError> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(index, slot.clone());
-        let (faults, seed, skew, broken) = (
+        let (faults, seed, skew, broken, fanout) = (
             faults.clone(),
             config.seed,
             plan.skews_ms.get(index).copied().unwrap_or(0),
             config.broken,
+            plan.read_fanout,
         );
         sim.host(node_name(index), move || {
-            run_node(index, slot.clone(), faults.clone(), seed, skew, broken)
+            run_node(
+                index,
+                slot.clone(),
+                faults.clone(),
+                seed,
+                skew,
+                broken,
+                fanout,
+            )
         });
     };
     for index in 0..plan.nodes {

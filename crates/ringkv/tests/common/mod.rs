@@ -630,6 +630,17 @@ impl Api {
         self.send(req).await
     }
 
+    /// The value of counter or gauge `name` (without labels) on node `i`'s `/metrics`.
+    pub async fn metric(&self, node: usize, name: &str) -> f64 {
+        let r = self.get_path(node, "/metrics").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let text = String::from_utf8_lossy(&r.body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} is not on node {node}'s /metrics:\n{text}"))
+    }
+
     /// GET a raw path (already encoded) on node `i`.
     pub async fn get_path(&self, node: usize, path: &str) -> Resp {
         self.send(self.client.get(format!("{}{path}", self.http(node))))
