@@ -15,6 +15,7 @@
 # BENCH_CONCURRENCY (`ringkv bench` workers, default 32), BENCH_NODES (cluster size, default 3;
 # zero-hop routing can only save a hop when the cluster is larger than N), BENCH_NODE_WORKERS
 # (tokio worker threads of each node only, not of the load generator; default: one per core),
+# BENCH_READ_FANOUT (the nodes' --read-fanout: `all`, the default, or `quorum`),
 # BENCH_OUT (where the JSON reports
 # and logs go, default a temporary folder that is kept), BENCH_PERF=1 (profile node n1 with
 # `perf record` during the closed-loop zero-hop run; the top symbols go to $OUT/perf-top.txt).
@@ -28,6 +29,7 @@ REQUESTS=${BENCH_REQUESTS:-200000}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 NODE_COUNT=${BENCH_NODES:-3}
 NODE_WORKERS=${BENCH_NODE_WORKERS:-}
+READ_FANOUT=${BENCH_READ_FANOUT:-all}
 OUT=${BENCH_OUT:-$(mktemp -d /tmp/ringkv-compare.XXXXXX)}
 WORK=$(mktemp -d /tmp/ringkv-compare-data.XXXXXX)
 # How long a server may take to answer its first request.
@@ -173,7 +175,8 @@ done
 for ((i = 0; i < NODE_COUNT; i++)); do
     args=(server --node-id "n$((i + 1))" --listen "127.0.0.1:${LISTEN_PORTS[i]}"
         --http "127.0.0.1:${HTTP_PORTS[i]}" --resp "127.0.0.1:${RESP_PORTS[i]}"
-        --data-dir "$WORK/n$((i + 1))" --storage fjall --n 3 --r 2 --w 2)
+        --data-dir "$WORK/n$((i + 1))" --storage fjall --n 3 --r 2 --w 2
+        --read-fanout "$READ_FANOUT")
     if ((i > 0)); then args+=(--seed "127.0.0.1:${LISTEN_PORTS[0]}"); fi
     if [[ -n $NODE_WORKERS ]]; then
         TOKIO_WORKER_THREADS=$NODE_WORKERS RUST_LOG=warn "$RINGKV" "${args[@]}" \
@@ -233,9 +236,9 @@ done
     echo "| server | SET req/s | GET req/s | errors | server CPU per SET / GET (us) | CPU stolen (s) |"
     echo "|---|---|---|---|---|---|"
     echo "| redis-server (1 process, no persistence) | $REDIS_SET | $REDIS_GET | $REDIS_ERRORS | $REDIS_SET_CPU / $REDIS_GET_CPU | $REDIS_STOLEN |"
-    echo "| ringkv $NODE_COUNT nodes N=3 R=W=2, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS | $RKV_SET_CPU / $RKV_GET_CPU (all nodes) | $RKV_STOLEN |"
+    echo "| ringkv $NODE_COUNT nodes N=3 R=W=2, read fanout $READ_FANOUT, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS | $RKV_SET_CPU / $RKV_GET_CPU (all nodes) | $RKV_STOLEN |"
     echo
-    echo "## ringkv bench, workload A, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
+    echo "## ringkv bench, workload A, read fanout $READ_FANOUT, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
     echo
     echo "| run | ops/s | read p50 / p99 / p99.9 / max ms | update p50 / p99 / p99.9 / max ms | errors | late | CPU stolen (s) |"
     echo "|---|---|---|---|---|---|---|"

@@ -658,7 +658,15 @@ impl Node {
             .filter(|(t, _)| !t.is_fallback())
             .map(|(t, _)| t.node.clone())
             .collect();
-        if !self.settings.disable_repair {
+        // With every target heard from and every reply already holding the merged set there is
+        // nothing to repair (the common case of a quorum-fanout read, or of R = N): no task.
+        let repair_due = !reads.is_empty()
+            || merged.as_ref().is_some_and(|m| {
+                replies
+                    .iter()
+                    .any(|(node, held)| lacks(&home, node, held, m))
+            });
+        if repair_due && !self.settings.disable_repair {
             let me = self.clone();
             tokio::spawn(async move { me.read_repair(key, home, replies, reads, deadline).await });
         }
@@ -745,7 +753,7 @@ impl Node {
         };
         let repair_deadline = Instant::now() + self.settings.request_timeout;
         for (node, held) in replies {
-            if !home.contains(&node) || held.as_ref().is_some_and(|h| h.includes(&merged)) {
+            if !lacks(&home, &node, &held, &merged) {
                 continue;
             }
             metrics::counter!("ringkv_read_repairs_total").increment(1);
@@ -764,6 +772,12 @@ impl Node {
             }
         }
     }
+}
+
+/// Whether read repair owes `node` the merged set: it is a home replica and what it answered
+/// (`held`) lacks something of `merged`.
+fn lacks(home: &[NodeId], node: &NodeId, held: &Option<VersionSet>, merged: &VersionSet) -> bool {
+    home.contains(node) && !held.as_ref().is_some_and(|h| h.includes(merged))
 }
 
 /// Whether `node` is one of the candidates of a plan (home replicas only when strict).
