@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use ringkv_core::NodeId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -182,18 +182,32 @@ async fn serve_connection<H: Handler>(
                 timeout_ms,
                 body,
             } => {
+                let timeout = Duration::from_millis(timeout_ms as u64);
+                let at_once = matches!(body, Request::Read { .. } | Request::Ping);
+                let mut work = handler.clone().handle(body, timeout);
+                // A read or ping usually answers from memory on its first poll: answered here,
+                // it costs no task and no hand-over to another worker. One that has to wait
+                // (a hint store read), like every other request, goes on on a task of its own,
+                // so a slow request never holds up the connection.
+                if at_once && let Some(body) = (&mut work).now_or_never() {
+                    if reply_tx
+                        .send(encode(&Frame::Response { id, body }))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let handler = handler.clone();
                 let reply_tx = reply_tx.clone();
-                let timeout = Duration::from_millis(timeout_ms as u64);
                 tokio::spawn(async move {
-                    let body =
-                        match tokio::time::timeout(timeout, handler.handle(body, timeout)).await {
-                            Ok(body) => body,
-                            Err(_) => Response::Error("deadline passed".into()),
-                        };
+                    let body = match tokio::time::timeout(timeout, work).await {
+                        Ok(body) => body,
+                        Err(_) => Response::Error("deadline passed".into()),
+                    };
                     let _ = reply_tx.send(encode(&Frame::Response { id, body })).await;
                     drop(permit);
                 });
@@ -504,5 +518,87 @@ mod tests {
         assert!(flushed.is_ok(), "the writer waited for more frames");
         assert_eq!(sink.flushes, vec![vec![Bytes::from_static(b"only")]]);
         drop(tx);
+    }
+
+    /// Serves reads of `slow` only once released; every other read at once.
+    struct SlowReads {
+        arrived: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    impl Handler for SlowReads {
+        fn handle(
+            self: Arc<Self>,
+            request: Request,
+            _timeout: Duration,
+        ) -> futures::future::BoxFuture<'static, Response> {
+            Box::pin(async move {
+                if let Request::Read { key } = &request
+                    && key.as_ref() == b"slow"
+                {
+                    self.arrived.notify_one();
+                    self.release.notified().await;
+                }
+                Response::Versions(None)
+            })
+        }
+    }
+
+    /// Reads answered on the connection's own task (the quick path) still never queue behind
+    /// a read that has to wait: that one goes on on a task of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_waits_does_not_hold_up_the_reads_behind_it() {
+        let network: Arc<dyn Network> = crate::seams::Seams::production().network;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let listener = network.bind(addr).await.unwrap();
+        let handler = Arc::new(SlowReads {
+            arrived: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            handler.clone(),
+            Limits::default(),
+            shutdown.clone(),
+        ));
+        let peers = Arc::new(Peers::new(
+            NodeId::new("client").unwrap(),
+            Limits::default(),
+            network,
+        ));
+        let read = |key: &'static [u8]| {
+            let peers = peers.clone();
+            async move {
+                peers
+                    .call(
+                        addr,
+                        Request::Read {
+                            key: Bytes::from_static(key),
+                        },
+                        Duration::from_secs(10),
+                    )
+                    .await
+            }
+        };
+        let slow = tokio::spawn(read(b"slow"));
+        tokio::time::timeout(Duration::from_secs(5), handler.arrived.notified())
+            .await
+            .expect("the slow read reached the server");
+        // Both go over the one connection to `addr`, after the slow read.
+        for key in [&b"a"[..], b"b"] {
+            let answer = tokio::time::timeout(Duration::from_secs(5), read(key))
+                .await
+                .expect("a quick read waited behind the slow one");
+            assert!(matches!(answer, Ok(Response::Versions(None))), "{answer:?}");
+        }
+        assert!(!slow.is_finished(), "the slow read was not held");
+        handler.release.notify_one();
+        let answer = slow.await.unwrap();
+        assert!(matches!(answer, Ok(Response::Versions(None))), "{answer:?}");
+        shutdown.cancel();
+        server.await.unwrap();
     }
 }
