@@ -138,88 +138,132 @@ async fn serve_connection<H: Handler>(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    // One task reads the frames, answers those that answer at once and writes every answer:
+    // a replica read costs no task and no wakeup beyond the connection's own. Requests that
+    // wait run on tasks of their own and send their answers back through `replies`.
     let (mut sink, mut stream) = Framed::new(stream, codec(&limits)).split();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(limits.inbound_inflight_max);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = reply_rx.recv().await {
-            if send_batch(&mut sink, frame, &mut reply_rx).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (reply_tx, mut replies) = mpsc::channel::<Bytes>(limits.inbound_inflight_max);
     let slots = Arc::new(Semaphore::new(limits.inbound_inflight_max));
-    loop {
-        let next = tokio::select! {
+    'connection: loop {
+        let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some(answer) = replies.recv() => {
+                if send_batch(&mut sink, answer, &mut replies).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             next = stream.next() => next,
         };
-        let bytes = match next {
-            None => break,
-            Some(Err(e)) => {
-                warn!(%peer, error = %e, "inter-node connection failed; closing it");
-                break;
-            }
-            Some(Ok(bytes)) => bytes,
-        };
-        let frame = match postcard::from_bytes::<Frame>(&bytes) {
-            Ok(frame) => frame,
-            Err(e) => {
-                warn!(%peer, error = %e, "undecodable inter-node frame; closing the connection");
-                break;
-            }
-        };
-        match frame {
-            Frame::Hello { protocol, node } => {
-                if protocol != PROTOCOL_VERSION {
-                    warn!(%peer, %node, protocol, "peer speaks another protocol version; closing");
-                    break;
+        // This frame and those already received behind it, up to a flush's worth: the answers
+        // given at once share one flush. The bound also keeps `replies` from filling while this
+        // waits for a slot: `replies` was empty when the select chose a frame, and since then at
+        // most the tasks already running plus FRAMES_PER_FLUSH new ones can answer, fewer than
+        // its capacity plus the slots (so a task holding a slot never waits on a full channel
+        // while this waits on it for a slot).
+        let mut next = first;
+        let (mut frames, mut answered) = (0, 0);
+        loop {
+            frames += 1;
+            let bytes = match next {
+                None => break 'connection,
+                Some(Err(e)) => {
+                    warn!(%peer, error = %e, "inter-node connection failed; closing it");
+                    break 'connection;
                 }
-                debug!(%peer, %node, "peer connected");
-            }
-            Frame::Request {
-                id,
-                timeout_ms,
-                body,
-            } => {
-                let timeout = Duration::from_millis(timeout_ms as u64);
-                let at_once = matches!(body, Request::Read { .. } | Request::Ping);
-                let mut work = handler.clone().handle(body, timeout);
-                // A read or ping usually answers from memory on its first poll: answered here,
-                // it costs no task and no hand-over to another worker. One that has to wait
-                // (a hint store read), like every other request, goes on on a task of its own,
-                // so a slow request never holds up the connection.
-                if at_once && let Some(body) = (&mut work).now_or_never() {
-                    if reply_tx
-                        .send(encode(&Frame::Response { id, body }))
-                        .await
-                        .is_err()
-                    {
-                        break;
+                Some(Ok(bytes)) => bytes,
+            };
+            match serve_frame(&bytes, peer, &handler, &slots, &reply_tx).await {
+                Served::Answer(answer) => {
+                    if sink.feed(answer).await.is_err() {
+                        break 'connection;
                     }
-                    continue;
+                    answered += 1;
                 }
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let reply_tx = reply_tx.clone();
-                tokio::spawn(async move {
-                    let body = match tokio::time::timeout(timeout, work).await {
-                        Ok(body) => body,
-                        Err(_) => Response::Error("deadline passed".into()),
-                    };
-                    let _ = reply_tx.send(encode(&Frame::Response { id, body })).await;
-                    drop(permit);
-                });
+                Served::Elsewhere => {}
+                Served::Close => break 'connection,
             }
-            Frame::Response { .. } => {
-                warn!(%peer, "unexpected response frame on an inbound connection; closing");
+            if frames >= FRAMES_PER_FLUSH {
                 break;
+            }
+            match stream.next().now_or_never() {
+                Some(more) => next = more,
+                None => break,
             }
         }
+        if answered > 0 && sink.flush().await.is_err() {
+            break;
+        }
     }
-    drop(reply_tx);
-    let _ = writer.await;
+}
+
+/// What became of one inbound frame.
+enum Served {
+    /// Answered at once: this frame goes back.
+    Answer(Bytes),
+    /// Nothing to send now (a hello, or a request running on a task of its own).
+    Elsewhere,
+    /// The frame is not acceptable: close the connection.
+    Close,
+}
+
+async fn serve_frame<H: Handler>(
+    bytes: &[u8],
+    peer: SocketAddr,
+    handler: &Arc<H>,
+    slots: &Arc<Semaphore>,
+    reply_tx: &mpsc::Sender<Bytes>,
+) -> Served {
+    let frame = match postcard::from_bytes::<Frame>(bytes) {
+        Ok(frame) => frame,
+        Err(e) => {
+            warn!(%peer, error = %e, "undecodable inter-node frame; closing the connection");
+            return Served::Close;
+        }
+    };
+    match frame {
+        Frame::Hello { protocol, node } => {
+            if protocol != PROTOCOL_VERSION {
+                warn!(%peer, %node, protocol, "peer speaks another protocol version; closing");
+                return Served::Close;
+            }
+            debug!(%peer, %node, "peer connected");
+            Served::Elsewhere
+        }
+        Frame::Request {
+            id,
+            timeout_ms,
+            body,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms as u64);
+            let at_once = matches!(body, Request::Read { .. } | Request::Ping);
+            let mut work = handler.clone().handle(body, timeout);
+            // A read or ping usually answers from memory on its first poll. One that has to
+            // wait (a hint store read), like every other request, goes on on a task of its
+            // own, so a slow request never holds up the connection.
+            if at_once && let Some(body) = (&mut work).now_or_never() {
+                return Served::Answer(encode(&Frame::Response { id, body }));
+            }
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return Served::Close;
+            };
+            let reply_tx = reply_tx.clone();
+            tokio::spawn(async move {
+                let body = match tokio::time::timeout(timeout, work).await {
+                    Ok(body) => body,
+                    Err(_) => Response::Error("deadline passed".into()),
+                };
+                let _ = reply_tx.send(encode(&Frame::Response { id, body })).await;
+                drop(permit);
+            });
+            Served::Elsewhere
+        }
+        Frame::Response { .. } => {
+            warn!(%peer, "unexpected response frame on an inbound connection; closing");
+            Served::Close
+        }
+    }
 }
 
 /// Requests waiting for their answer, by id (ordered: closing a connection wakes them in
