@@ -193,7 +193,18 @@ async fn serve_connection<H: Handler>(
             }
         }
         if answered > 0 && sink.flush().await.is_err() {
-            break;
+            return;
+        }
+    }
+    // No new requests; those still running answer as before (each within its deadline), as a
+    // clean stop answers what is in flight.
+    drop(reply_tx);
+    if sink.flush().await.is_err() {
+        return;
+    }
+    while let Some(answer) = replies.recv().await {
+        if send_batch(&mut sink, answer, &mut replies).await.is_err() {
+            return;
         }
     }
 }
@@ -564,7 +575,7 @@ mod tests {
         drop(tx);
     }
 
-    /// Serves reads of `slow` only once released; every other read at once.
+    /// Serves reads of `slow`, and `FetchRing`, only once released; every other read at once.
     struct SlowReads {
         arrived: tokio::sync::Notify,
         release: tokio::sync::Notify,
@@ -577,9 +588,12 @@ mod tests {
             _timeout: Duration,
         ) -> futures::future::BoxFuture<'static, Response> {
             Box::pin(async move {
-                if let Request::Read { key } = &request
-                    && key.as_ref() == b"slow"
-                {
+                let slow = match &request {
+                    Request::Read { key } => key.as_ref() == b"slow",
+                    Request::FetchRing => true,
+                    _ => false,
+                };
+                if slow {
                     self.arrived.notify_one();
                     self.release.notified().await;
                 }
@@ -644,5 +658,46 @@ mod tests {
         assert!(matches!(answer, Ok(Response::Versions(None))), "{answer:?}");
         shutdown.cancel();
         server.await.unwrap();
+    }
+
+    /// A clean stop stops reading new requests but still answers those in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_in_flight_at_shutdown_is_still_answered() {
+        let network: Arc<dyn Network> = crate::seams::Seams::production().network;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let listener = network.bind(addr).await.unwrap();
+        let handler = Arc::new(SlowReads {
+            arrived: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            handler.clone(),
+            Limits::default(),
+            shutdown.clone(),
+        ));
+        let peers = Peers::new(NodeId::new("client").unwrap(), Limits::default(), network);
+        let call = tokio::spawn(async move {
+            peers
+                .call(addr, Request::FetchRing, Duration::from_secs(10))
+                .await
+        });
+        tokio::time::timeout(Duration::from_secs(5), handler.arrived.notified())
+            .await
+            .expect("the request reached the server");
+        shutdown.cancel();
+        server.await.unwrap();
+        handler.release.notify_one();
+        let answer = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call ended")
+            .unwrap();
+        assert!(
+            matches!(answer, Ok(Response::Versions(None))),
+            "the request in flight was not answered: {answer:?}"
+        );
     }
 }
