@@ -602,31 +602,59 @@ mod tests {
         }
     }
 
+    /// A `SlowReads` server on a free loopback port, and a client of it, over the production
+    /// network.
+    struct SlowServer {
+        peers: Arc<Peers>,
+        addr: SocketAddr,
+        handler: Arc<SlowReads>,
+        shutdown: CancellationToken,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl SlowServer {
+        async fn start() -> SlowServer {
+            let network: Arc<dyn Network> = crate::seams::Seams::production().network;
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap();
+            let listener = network.bind(addr).await.unwrap();
+            let handler = Arc::new(SlowReads {
+                arrived: tokio::sync::Notify::new(),
+                release: tokio::sync::Notify::new(),
+            });
+            let shutdown = CancellationToken::new();
+            let server = tokio::spawn(serve(
+                listener,
+                handler.clone(),
+                Limits::default(),
+                shutdown.clone(),
+            ));
+            SlowServer {
+                peers: Arc::new(Peers::new(
+                    NodeId::new("client").unwrap(),
+                    Limits::default(),
+                    network,
+                )),
+                addr,
+                handler,
+                shutdown,
+                server,
+            }
+        }
+    }
+
     /// Reads answered on the connection's own task (the quick path) still never queue behind
     /// a read that has to wait: that one goes on on a task of its own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_that_waits_does_not_hold_up_the_reads_behind_it() {
-        let network: Arc<dyn Network> = crate::seams::Seams::production().network;
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap();
-        let listener = network.bind(addr).await.unwrap();
-        let handler = Arc::new(SlowReads {
-            arrived: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            handler.clone(),
-            Limits::default(),
-            shutdown.clone(),
-        ));
-        let peers = Arc::new(Peers::new(
-            NodeId::new("client").unwrap(),
-            Limits::default(),
-            network,
-        ));
+        let SlowServer {
+            peers,
+            addr,
+            handler,
+            shutdown,
+            server,
+        } = SlowServer::start().await;
         let read = |key: &'static [u8]| {
             let peers = peers.clone();
             async move {
@@ -663,23 +691,9 @@ mod tests {
     /// A clean stop stops reading new requests but still answers those in flight.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_in_flight_at_shutdown_is_still_answered() {
-        let network: Arc<dyn Network> = crate::seams::Seams::production().network;
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap();
-        let listener = network.bind(addr).await.unwrap();
-        let handler = Arc::new(SlowReads {
-            arrived: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            handler.clone(),
-            Limits::default(),
-            shutdown.clone(),
-        ));
-        let peers = Peers::new(NodeId::new("client").unwrap(), Limits::default(), network);
+        let server = SlowServer::start().await;
+        let (peers, addr, handler) = (server.peers, server.addr, server.handler);
+        let (shutdown, server) = (server.shutdown, server.server);
         let call = tokio::spawn(async move {
             peers
                 .call(addr, Request::FetchRing, Duration::from_secs(10))
