@@ -589,14 +589,20 @@ impl Api {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
-        let r = req.send().await.expect("HTTP request failed");
+        self.try_send(req).await.expect("HTTP request failed")
+    }
+
+    /// A request that may get no HTTP answer at all (the node may be dying, or the
+    /// connection may close under the request).
+    pub async fn try_send(&self, req: reqwest::RequestBuilder) -> Result<Resp, reqwest::Error> {
+        let r = req.send().await?;
         let status = r.status().as_u16();
         let ctx = r
             .headers()
             .get("x-context")
             .map(|v| v.to_str().expect("X-Context is ASCII").to_string());
-        let body = r.bytes().await.expect("reading the body").to_vec();
-        Resp { status, body, ctx }
+        let body = r.bytes().await?.to_vec();
+        Ok(Resp { status, body, ctx })
     }
 
     pub async fn put(
@@ -730,20 +736,22 @@ impl Api {
         value: &[u8],
         query: &str,
     ) -> Result<Resp, reqwest::Error> {
-        let r = self
+        let req = self
             .client
             .put(self.kv_url(node, key, query))
-            .body(value.to_vec())
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        let ctx = r
-            .headers()
-            .get("x-context")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = r.bytes().await?.to_vec();
-        Ok(Resp { status, body, ctx })
+            .body(value.to_vec());
+        self.try_send(req).await
+    }
+
+    /// A GET that may fail at the transport level.
+    pub async fn try_get(
+        &self,
+        node: usize,
+        key: &[u8],
+        query: &str,
+    ) -> Result<Resp, reqwest::Error> {
+        self.try_send(self.client.get(self.kv_url(node, key, query)))
+            .await
     }
 }
 
