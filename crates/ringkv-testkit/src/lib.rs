@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Pause between two polls.
@@ -100,13 +101,71 @@ pub fn encode_key(key: &[u8]) -> String {
     out
 }
 
+/// `program args...` set up to run a node: its stdout and stderr appended to `stdout.log` and
+/// `stderr.log` in `dir`, stdin closed, `RUST_LOG` passed through (`info` when unset).
+pub fn node_command(program: impl AsRef<std::ffi::OsStr>, args: &[String], dir: &Path) -> Command {
+    let log = |name: &str| {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .unwrap_or_else(|e| panic!("opening {}: {e}", dir.join(name).display()))
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log("stdout.log"))
+        .stderr(log("stderr.log"));
+    cmd
+}
+
+/// A harness's teardown: kills and reaps every child still running; then, when `keep` (a
+/// test failed), prints each node's stderr tail and says where `root` is kept, else removes
+/// `root`. `nodes` are (node id, node dir, its child if running).
+pub fn stop_nodes<'a>(
+    root: &Path,
+    keep: bool,
+    tail_bytes: u64,
+    nodes: impl IntoIterator<Item = (&'a str, &'a Path, &'a mut Option<Child>)>,
+) {
+    let mut dirs = Vec::new();
+    for (id, dir, child) in nodes {
+        if let Some(mut child) = child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        dirs.push((id, dir));
+    }
+    if keep {
+        for (id, dir) in dirs {
+            eprintln!(
+                "----- {id} stderr tail ({}) -----\n{}",
+                dir.display(),
+                log_tail(dir, tail_bytes)
+            );
+        }
+        eprintln!("data kept in {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
 /// The last `STDERR_TAIL_BYTES` of `dir/stderr.log`, for failure reports.
 pub fn stderr_tail(dir: &Path) -> String {
+    log_tail(dir, STDERR_TAIL_BYTES)
+}
+
+/// The last `bytes` of `dir/stderr.log`.
+pub fn log_tail(dir: &Path, bytes: u64) -> String {
     let Ok(mut f) = File::open(dir.join("stderr.log")) else {
         return String::from("(no stderr.log)");
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)));
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(bytes)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
@@ -145,5 +204,49 @@ mod tests {
         let err =
             try_poll_until(Duration::from_millis(100), "never", || async { None::<()> }).await;
         assert!(err.unwrap_err().contains("waiting for never"));
+    }
+
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ringkv-testkit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a scratch dir");
+        dir
+    }
+
+    #[test]
+    fn a_node_command_logs_to_its_dir_and_stop_nodes_reaps_and_cleans() {
+        let root = scratch_dir("logs");
+        let out = node_command("sh", &["-c".into(), "echo out; echo err >&2".into()], &root)
+            .status()
+            .expect("running sh");
+        assert!(out.success());
+        assert_eq!(
+            std::fs::read_to_string(root.join("stdout.log")).unwrap(),
+            "out\n"
+        );
+        assert_eq!(stderr_tail(&root), "err\n");
+        assert_eq!(log_tail(&root, 2), "r\n");
+
+        // A running child is killed and reaped; without `keep` the root goes.
+        let mut child = Some(
+            node_command("sleep", &["30".into()], &root)
+                .spawn()
+                .expect("spawning sleep"),
+        );
+        let pid = child.as_ref().unwrap().id();
+        stop_nodes(&root, false, 100, [("n1", root.as_path(), &mut child)]);
+        assert!(child.is_none());
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "sleep still running"
+        );
+        assert!(!root.exists(), "root removed");
+
+        // With `keep` the root stays for inspection.
+        let root = scratch_dir("keep");
+        stop_nodes(&root, true, 100, [("n1", root.as_path(), &mut None)]);
+        assert!(root.exists(), "root kept");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -8,14 +8,14 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ringkv_testkit::{STDERR_TAIL_BYTES, node_command, stop_nodes};
 #[allow(unused_imports)] // each test binary uses a subset
 pub use ringkv_testkit::{encode_key, free_port, poll_until, stderr_tail};
 use serde_json::Value;
@@ -24,7 +24,6 @@ use serde_json::Value;
 pub const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two polls.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-const STDERR_TAIL_BYTES: u64 = 4000;
 
 /// The `ringkv` binary, built on first use by `cargo build --workspace --bins`: the same
 /// package set as `cargo nextest run --workspace`, so dependency features unify the same way
@@ -328,46 +327,20 @@ impl Cluster {
 }
 
 fn spawn(binary: &Path, spec: &NodeSpec) -> Child {
-    let log = |name: &str| {
-        File::options()
-            .create(true)
-            .append(true)
-            .open(spec.dir.join(name))
-            .expect("opening a log file")
-    };
-    Command::new(binary)
-        .args(&spec.args)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(log("stdout.log"))
-        .stderr(log("stderr.log"))
+    node_command(binary, &spec.args, &spec.dir)
         .spawn()
         .expect("spawning ringkv server")
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "----- {} stderr tail ({}) -----\n{}",
-                    node.spec.id,
-                    node.spec.dir.display(),
-                    stderr_tail(&node.spec.dir)
-                );
-            }
-            eprintln!("data kept in {}", self.root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
+        stop_nodes(
+            &self.root,
+            std::thread::panicking(),
+            STDERR_TAIL_BYTES,
+            self.nodes
+                .iter_mut()
+                .map(|n| (n.spec.id.as_str(), n.spec.dir.as_path(), &mut n.child)),
+        );
     }
 }

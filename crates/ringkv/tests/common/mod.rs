@@ -6,11 +6,10 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 #[allow(unused_imports)] // each test binary uses a subset
 pub use ringkv_testkit::{Rng, encode_key, free_port, poll_until, stderr_tail};
+use ringkv_testkit::{STDERR_TAIL_BYTES, node_command, stop_nodes};
 use serde_json::Value;
 
 /// Default deadline for a cluster to form or a node to become ready.
@@ -26,8 +26,6 @@ pub const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between two polls.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// How many stderr bytes of each node to print when a test fails.
-const STDERR_TAIL_BYTES: u64 = 4000;
 
 /// A seed from the clock, printed so that a failing run can be replayed.
 pub fn seed_from_env_or_clock(test: &str) -> u64 {
@@ -756,25 +754,7 @@ impl Api {
 }
 
 fn spawn(spec: &NodeSpec) -> Child {
-    let stderr = File::options()
-        .create(true)
-        .append(true)
-        .open(spec.dir.join("stderr.log"))
-        .expect("opening stderr.log");
-    let stdout = File::options()
-        .create(true)
-        .append(true)
-        .open(spec.dir.join("stdout.log"))
-        .expect("opening stdout.log");
-    Command::new(env!("CARGO_BIN_EXE_ringkv"))
-        .args(&spec.args)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+    node_command(env!("CARGO_BIN_EXE_ringkv"), &spec.args, &spec.dir)
         .spawn()
         .expect("spawning ringkv server")
 }
@@ -810,24 +790,13 @@ impl Drop for Cluster {
                 }
             }
         }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "----- {} stderr tail ({}) -----\n{}",
-                    node.spec.id,
-                    node.spec.dir.display(),
-                    stderr_tail(&node.spec.dir)
-                );
-            }
-            eprintln!("data kept in {}", self.root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
+        stop_nodes(
+            &self.root,
+            std::thread::panicking(),
+            STDERR_TAIL_BYTES,
+            self.nodes
+                .iter_mut()
+                .map(|n| (n.spec.id.as_str(), n.spec.dir.as_path(), &mut n.child)),
+        );
     }
 }

@@ -1,17 +1,16 @@
 //! Five (or n) real `ringkv server` processes, one per network namespace, and the faults a
 //! process can suffer: SIGKILL and restart, SIGSTOP/SIGCONT, restart with a wiped data dir.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::net::Net;
 use super::{POLL_INTERVAL, poll_until};
+use ringkv_testkit::{log_tail, node_command, stop_nodes};
 
 /// Inter-node port and client HTTP port, the same on every node (each has its own address).
 pub const LISTEN_PORT: u16 = 7000;
@@ -179,22 +178,7 @@ impl Cluster {
         }
         args.extend(NODE_FLAGS.iter().map(|s| s.to_string()));
         args.extend(self.extra.iter().cloned());
-        let log = |name: &str| {
-            File::options()
-                .create(true)
-                .append(true)
-                .open(node.dir.join(name))
-                .expect("opening a node log")
-        };
-        let mut cmd = Command::new("ip");
-        cmd.args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log("stdout.log"))
-            .stderr(log("stderr.log"));
+        let mut cmd = node_command("ip", &args, &node.dir);
         // SAFETY: prctl in the forked child before exec touches no shared state. `ip netns
         // exec` execs the server in place, so the server dies with the test process.
         unsafe {
@@ -351,36 +335,18 @@ impl Cluster {
 }
 
 fn stderr_tail(dir: &Path) -> String {
-    let Ok(mut f) = File::open(dir.join("stderr.log")) else {
-        return String::from("(no stderr.log)");
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+    log_tail(dir, STDERR_TAIL_BYTES)
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if self.keep || std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "----- {} stderr tail ({}) -----\n{}",
-                    node.id,
-                    node.dir.display(),
-                    stderr_tail(&node.dir)
-                );
-            }
-            eprintln!("fault harness: run dir kept in {}", self.root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
+        stop_nodes(
+            &self.root,
+            self.keep || std::thread::panicking(),
+            STDERR_TAIL_BYTES,
+            self.nodes
+                .iter_mut()
+                .map(|n| (n.id.as_str(), n.dir.as_path(), &mut n.child)),
+        );
     }
 }
