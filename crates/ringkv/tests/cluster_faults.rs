@@ -52,28 +52,7 @@ async fn read_repair_brings_a_stale_replica_up_to_date() {
     assert_eq!(new.status, 204, "{new:?}");
     c.restart(2).await;
     c.wait_status(0, 2, "up").await;
-    assert_eq!(
-        c.local(2, key).await,
-        Some(vec![Some(b"old".to_vec())]),
-        "the restarted replica is stale before the read"
-    );
-    // A read with R=3 sees the stale reply and repairs it.
-    let got = poll_until(
-        Duration::from_secs(10),
-        "a GET with r=3 to succeed",
-        || async {
-            let got = c.get(0, key, "r=3").await;
-            (got.status == 200).then_some(got)
-        },
-    )
-    .await;
-    assert_eq!(got.body, b"new");
-    poll_until(
-        Duration::from_secs(5),
-        "read repair to write the new value to n3",
-        || async { (c.local(2, key).await == Some(vec![Some(b"new".to_vec())])).then_some(()) },
-    )
-    .await;
+    assert_read_repairs(&c, key).await;
 }
 
 /// The brief's variant with SIGSTOP: n3 is frozen and seen `down` by the others before the
@@ -93,10 +72,16 @@ async fn read_repair_after_a_sigstopped_replica_resumes() {
     let new = c.put(0, key, b"new", old.ctx.as_deref(), "w=2").await;
     assert_eq!(new.status, 204, "{new:?}");
     c.cont(2);
+    assert_read_repairs(&c, key).await;
+}
+
+/// n3 still holds `old` for `key`; a read with R=3 sees that stale reply, answers `new` and
+/// repairs n3.
+async fn assert_read_repairs(c: &Cluster, key: &[u8]) {
     assert_eq!(
         c.local(2, key).await,
         Some(vec![Some(b"old".to_vec())]),
-        "the resumed replica is stale before the read"
+        "n3 is stale before the read"
     );
     let got = poll_until(
         Duration::from_secs(10),
