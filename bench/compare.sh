@@ -2,7 +2,8 @@
 # bench/compare.sh: redis and ringkv side by side on this machine, everything on loopback.
 #
 #   1. redis-benchmark -c 50 -r 100000 -d 100 -t set, then -t get, against one redis-server
-#      (no persistence) and against a ringkv cluster of BENCH_NODES nodes (default 3; N=3,
+#      (no persistence; the targets' reference), the same with every write fsynced
+#      (appendfsync always; shown for reference) and against a ringkv cluster of BENCH_NODES nodes (default 3; N=3,
 #      R=W=2, fjall) via RESP, with the CPU the servers used per request;
 #   2. `ringkv bench` YCSB workload A on the same cluster: closed loop over HTTP and over
 #      the zero-hop client, the client with every request sent to one node, and an open
@@ -167,6 +168,18 @@ kill -TERM "${PIDS[0]}"
 wait "${PIDS[0]}" 2>/dev/null || true
 PIDS=()
 
+# The same redis with every write fsynced before its reply (AOF, appendfsync always): not
+# what the targets are measured against, a reference for what durability costs one process.
+mkdir -p "$WORK/redis-aof"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync always --daemonize no --dir "$WORK/redis-aof" >"$OUT/redis-server-aof.log" 2>&1 &
+PIDS+=($!)
+wait_for "redis-server (appendfsync always)" redis-cli -p "$REDIS_PORT" ping
+read -r AOF_SET AOF_GET AOF_ERRORS AOF_SET_CPU AOF_GET_CPU AOF_STOLEN < <(redis_bench redis-aof "$REDIS_PORT" "${PIDS[0]}")
+kill -TERM "${PIDS[0]}"
+wait "${PIDS[0]}" 2>/dev/null || true
+PIDS=()
+
 # --- ringkv cluster ----------------------------------------------------------------------
 HTTP_PORTS=() RESP_PORTS=() LISTEN_PORTS=()
 for ((i = 0; i < NODE_COUNT; i++)); do
@@ -236,6 +249,7 @@ done
     echo "| server | SET req/s | GET req/s | errors | server CPU per SET / GET (us) | CPU stolen (s) |"
     echo "|---|---|---|---|---|---|"
     echo "| redis-server (1 process, no persistence) | $REDIS_SET | $REDIS_GET | $REDIS_ERRORS | $REDIS_SET_CPU / $REDIS_GET_CPU | $REDIS_STOLEN |"
+    echo "| redis-server, appendfsync always (reference only) | $AOF_SET | $AOF_GET | $AOF_ERRORS | $AOF_SET_CPU / $AOF_GET_CPU | $AOF_STOLEN |"
     echo "| ringkv $NODE_COUNT nodes N=3 R=W=2, read fanout $READ_FANOUT, RESP of n1 | $RKV_SET | $RKV_GET | $RKV_ERRORS | $RKV_SET_CPU / $RKV_GET_CPU (all nodes) | $RKV_STOLEN |"
     echo
     echo "## ringkv bench, workload A, read fanout $READ_FANOUT, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
@@ -261,6 +275,9 @@ done
     echo "| workload A P99.9 <= 10 ms at half max throughput (open loop, $HALF ops/s) | $P999 ms | $(verdict "$P999" 10 le) |"
     echo "| zero-hop >= 1.3x one node (closed loop) | ${ZERO_HOP}x | $(verdict "$ZERO_HOP" 1.3 ge) |"
     echo "| ringkv bench errors = 0 | $BENCH_ERRORS | $(verdict "$BENCH_ERRORS" 0 le) |"
+    echo
+    echo "For reference (no target): ringkv SET is $(ratio "$RKV_SET" "$AOF_SET")x and GET" \
+        "$(ratio "$RKV_GET" "$AOF_GET")x of redis with appendfsync always."
     echo
     echo "Reports and logs: $OUT"
 } | tee "$OUT/summary.md"
