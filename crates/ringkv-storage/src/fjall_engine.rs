@@ -31,6 +31,7 @@ use crate::layout::{
     hint_target_prefix, leaf_prefix, next_partition_start, partition_of, partition_prefix,
     prefix_successor, record_key, unframe, user_key,
 };
+use crate::read_cache::ReadCache;
 use crate::{
     DEFAULT_MAX_HINTS, DROP_BATCH_KEYS, Hint, HintStore, Key, StorageEngine, StorageError,
 };
@@ -49,13 +50,19 @@ pub struct FjallOptions {
     pub cache_size_bytes: u64,
     /// Bound of the hint store (distinct hints held).
     pub max_hints: usize,
+    /// Bytes of decoded version sets kept for reads (`read_cache`); 0 turns it off.
+    pub read_cache_bytes: usize,
 }
+
+/// The read cache's default budget.
+pub const DEFAULT_READ_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for FjallOptions {
     fn default() -> FjallOptions {
         FjallOptions {
             cache_size_bytes: 64 * 1024 * 1024,
             max_hints: DEFAULT_MAX_HINTS,
+            read_cache_bytes: DEFAULT_READ_CACHE_BYTES,
         }
     }
 }
@@ -181,11 +188,27 @@ pub struct FjallEngine {
     key_locks: Vec<Mutex<()>>,
     partitions: Mutex<HashMap<PartitionId, Arc<Mutex<PartitionState>>>>,
     hint_store: OnceLock<Arc<FjallHintStore>>,
+    /// Decoded sets for `get`; kept coherent under the key and partition locks.
+    cache: ReadCache,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below leaves its state consistent before anything can panic.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `lock` without waiting: `None` if another thread holds it.
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Which of the `KEY_LOCK_STRIPES` key locks guards `encoded`.
+fn key_stripe(encoded: &[u8]) -> usize {
+    (xxh3_64(encoded) % KEY_LOCK_STRIPES as u64) as usize
 }
 
 fn describe_key(key: &[u8]) -> String {
@@ -215,12 +238,14 @@ impl FjallEngine {
             journal,
             commit: GroupCommit::new(sync),
         });
+        let cache = ReadCache::new(options.read_cache_bytes);
         Ok(FjallEngine {
             shared,
             options,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             partitions: Mutex::new(HashMap::new()),
             hint_store: OnceLock::new(),
+            cache,
         })
     }
 
@@ -243,7 +268,7 @@ impl FjallEngine {
     }
 
     fn key_lock(&self, encoded: &[u8]) -> MutexGuard<'_, ()> {
-        lock(&self.key_locks[(xxh3_64(encoded) % KEY_LOCK_STRIPES as u64) as usize])
+        lock(&self.key_locks[key_stripe(encoded)])
     }
 
     fn partition_state(&self, partition: PartitionId) -> Arc<Mutex<PartitionState>> {
@@ -364,23 +389,22 @@ impl FjallEngine {
             current = self.read_record(partition, &encoded)?;
             change = decide(current.as_ref());
         }
+        // The cache follows the store while both locks are held.
         match change {
             Change::Keep => Ok((None, current)),
-            Change::Put(new) => Ok((
-                Some(self.append_change(
-                    &mut state,
-                    partition,
-                    key,
-                    current.as_ref(),
-                    Some(&new),
-                )?),
-                Some(new),
-            )),
+            Change::Put(new) => {
+                let ticket =
+                    self.append_change(&mut state, partition, key, current.as_ref(), Some(&new))?;
+                self.cache.update(&encoded, &new);
+                Ok((Some(ticket), Some(new)))
+            }
             Change::Delete if current.is_none() => Ok((None, None)),
-            Change::Delete => Ok((
-                Some(self.append_change(&mut state, partition, key, current.as_ref(), None)?),
-                None,
-            )),
+            Change::Delete => {
+                let ticket =
+                    self.append_change(&mut state, partition, key, current.as_ref(), None)?;
+                self.cache.remove(&encoded);
+                Ok((Some(ticket), None))
+            }
         }
     }
 
@@ -484,7 +508,30 @@ fn decode_entries(
 impl StorageEngine for FjallEngine {
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
         check_key(key)?;
-        self.read_record(partition, &record_key(partition, key))
+        let encoded = record_key(partition, key);
+        if let Some(versions) = self.cache.get(&encoded) {
+            return Ok(Some(versions));
+        }
+        // A miss fills the cache under the key's lock, so no write of this key interleaves
+        // (writes update the cache under it), and only if no drop ran since the read. A read
+        // runs on a runtime thread: it never waits for either lock (a writer may hold the key's
+        // stripe while fjall stalls it, a drop holds the partition's lock for the whole drop),
+        // it then just reads without filling.
+        let Some(_key_guard) = try_lock(&self.key_locks[key_stripe(&encoded)]) else {
+            return self.read_record(partition, &encoded);
+        };
+        let part = self.partition_state(partition);
+        let Some(generation) = try_lock(&part).map(|state| state.generation) else {
+            return self.read_record(partition, &encoded);
+        };
+        let current = self.read_record(partition, &encoded)?;
+        if let Some(versions) = &current
+            && let Some(state) = try_lock(&part)
+            && state.generation == generation
+        {
+            self.cache.put(&encoded, versions);
+        }
+        Ok(current)
     }
 
     fn update(
@@ -644,6 +691,7 @@ impl StorageEngine for FjallEngine {
         }
         state.tree = Some(MerkleTree::new());
         state.generation += 1;
+        self.cache.remove_prefix(&partition_prefix(partition));
         drop(state);
         match last_ticket {
             Some(ticket) => self.shared.commit.wait_durable(ticket),

@@ -66,13 +66,14 @@ pub mod fjall_engine;
 pub mod group_commit;
 pub mod layout;
 pub mod memory;
+pub mod read_cache;
 
 use bytes::Bytes;
 use ringkv_core::merkle::{LeafIndex, MerkleTree};
 use ringkv_core::{NodeId, PartitionId, VersionSet};
 
 pub use error::StorageError;
-pub use fjall_engine::{FjallEngine, FjallHintStore, FjallOptions};
+pub use fjall_engine::{DEFAULT_READ_CACHE_BYTES, FjallEngine, FjallHintStore, FjallOptions};
 pub use group_commit::Durable;
 pub use memory::{MemoryEngine, MemoryHintStore};
 

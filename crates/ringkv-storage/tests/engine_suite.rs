@@ -223,6 +223,58 @@ fn concurrent_updates_are_atomic(engine: &dyn StorageEngine) {
     assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
 }
 
+fn reads_never_go_back_behind_a_finished_write(engine: &dyn StorageEngine) {
+    // One writer raises a counter key by key; readers check every read shows at least the
+    // last write that finished before the read began (a read cache filled with what a read
+    // saw before a write would show an older value after it).
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let p = partition(12);
+    let keys = 64u64;
+    let rounds = 60u64;
+    let finished: Vec<AtomicU64> = (0..keys).map(|_| AtomicU64::new(0)).collect();
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while writing.load(Ordering::SeqCst) {
+                    for k in 0..keys {
+                        let floor = finished[k as usize].load(Ordering::SeqCst);
+                        let key = format!("monotonic-{k}");
+                        let seen = engine
+                            .get(p, key.as_bytes())
+                            .unwrap()
+                            .map_or(0, |set| values(&set)[0].parse::<u64>().unwrap());
+                        assert!(
+                            seen >= floor,
+                            "{key}: read {seen} after write {floor} finished"
+                        );
+                    }
+                }
+            });
+        }
+        let r = replica(0);
+        for i in 1..=rounds {
+            for k in 0..keys {
+                let key = format!("monotonic-{k}");
+                engine
+                    .update(p, key.as_bytes(), &mut |cur| {
+                        Some(write(cur, &i.to_string(), &r, true))
+                    })
+                    .unwrap();
+                finished[k as usize].store(i, Ordering::SeqCst);
+            }
+        }
+        writing.store(false, Ordering::SeqCst);
+    });
+    for k in 0..keys {
+        let set = engine
+            .get(p, format!("monotonic-{k}").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(values(&set), vec![rounds.to_string()]);
+    }
+}
+
 fn writes_racing_drops_keep_the_tree_consistent(engine: &dyn StorageEngine) {
     // Writers keep writing to a partition that is dropped under them; whatever survives, the
     // stored tree must equal the tree of the stored records.
@@ -344,6 +396,10 @@ macro_rules! engine_suite {
                 run(super::concurrent_updates_are_atomic)
             }
             #[test]
+            fn reads_never_go_back_behind_a_finished_write() {
+                run(super::reads_never_go_back_behind_a_finished_write)
+            }
+            #[test]
             fn writes_racing_drops_keep_the_tree_consistent() {
                 run(super::writes_racing_drops_keep_the_tree_consistent)
             }
@@ -355,5 +411,16 @@ engine_suite!(memory, (Arc::new(MemoryEngine::new()), None));
 engine_suite!(fjall, {
     let dir = tempfile::tempdir().unwrap();
     let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    (Arc::new(engine), Some(dir))
+});
+// The read cache so small that entries are evicted all the time: reads miss and fill it
+// while writes update it.
+engine_suite!(fjall_tiny_read_cache, {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FjallOptions {
+        read_cache_bytes: 64 * 400,
+        ..FjallOptions::default()
+    };
+    let engine = FjallEngine::open(dir.path(), options).unwrap();
     (Arc::new(engine), Some(dir))
 });

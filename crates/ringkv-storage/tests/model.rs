@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use ringkv_core::merkle::{LeafIndex, MERKLE_LEAVES};
 use ringkv_core::{PartitionId, VersionSet};
 use ringkv_storage::{
-    FjallEngine, FjallHintStore, FjallOptions, Hint, HintStore, MemoryEngine, MemoryHintStore,
-    StorageEngine, StorageError,
+    DEFAULT_READ_CACHE_BYTES, FjallEngine, FjallHintStore, FjallOptions, Hint, HintStore,
+    MemoryEngine, MemoryHintStore, StorageEngine, StorageError,
 };
 
 const MODEL_PARTITIONS: u32 = 3;
@@ -30,6 +30,10 @@ enum Op {
         replace: bool,
     },
     Keep {
+        p: u32,
+        key: u8,
+    },
+    Get {
         p: u32,
         key: u8,
     },
@@ -67,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (p.clone(), k.clone(), any::<u8>(), 0..3usize, any::<bool>())
             .prop_map(|(p, key, value, replica, replace)| Op::Write { p, key, value, replica, replace }),
         1 => (p.clone(), k.clone()).prop_map(|(p, key)| Op::Keep { p, key }),
+        3 => (p.clone(), k.clone()).prop_map(|(p, key)| Op::Get { p, key }),
         2 => (p.clone(), k.clone()).prop_map(|(p, key)| Op::Remove { p, key }),
         2 => (p.clone(), proptest::option::of(k.clone()), 0..6usize)
             .prop_map(|(p, after, limit)| Op::Scan { p, after, limit }),
@@ -103,6 +108,7 @@ fn apply(engine: &dyn StorageEngine, op: &Op) -> Result<Outcome, StorageError> {
         Op::Keep { p, key: k } => {
             Outcome::Stored(engine.update(partition(*p), &key(*k), &mut |_| None)?)
         }
+        Op::Get { p, key: k } => Outcome::Stored(engine.get(partition(*p), &key(*k))?),
         Op::Remove { p, key: k } => {
             engine.remove(partition(*p), &key(*k))?;
             Outcome::Unit
@@ -164,21 +170,33 @@ fn assert_same_state(model: &dyn StorageEngine, real: &dyn StorageEngine) {
 }
 
 fn open(dir: &Path) -> FjallEngine {
-    FjallEngine::open(dir, FjallOptions::default()).unwrap()
+    open_with_cache(dir, DEFAULT_READ_CACHE_BYTES)
+}
+
+fn open_with_cache(dir: &Path, read_cache_bytes: usize) -> FjallEngine {
+    let options = FjallOptions {
+        read_cache_bytes,
+        ..FjallOptions::default()
+    };
+    FjallEngine::open(dir, options).unwrap()
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn fjall_engine_behaves_like_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn fjall_engine_behaves_like_the_model(
+        ops in proptest::collection::vec(op(), 1..40),
+        // The read cache off, small enough to evict all the time, and the default.
+        cache in prop_oneof![Just(0usize), Just(16 * 1024), Just(DEFAULT_READ_CACHE_BYTES)],
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let model = MemoryEngine::new();
-        let mut real = Some(open(dir.path()));
+        let mut real = Some(open_with_cache(dir.path(), cache));
         for op in &ops {
             if let Op::Reopen = op {
                 drop(real.take());
-                real = Some(open(dir.path()));
+                real = Some(open_with_cache(dir.path(), cache));
                 assert_same_state(&model, real.as_ref().unwrap());
             }
             let expected = apply(&model, op).unwrap();
@@ -247,7 +265,7 @@ fn assert_same_hints(model: &MemoryHintStore, real: &dyn HintStore) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn fjall_hint_store_behaves_like_the_model(ops in proptest::collection::vec(hint_op(), 1..40)) {
