@@ -422,6 +422,14 @@ async fn empty_key() -> ApiError {
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    // The read cache counts under its own shard locks; its totals are read at scrape time.
+    if let Some(cache) = state.node.storage.read_cache_stats() {
+        metrics::counter!("ringkv_read_cache_hits_total").absolute(cache.hits);
+        metrics::counter!("ringkv_read_cache_misses_total").absolute(cache.misses);
+        metrics::gauge!("ringkv_read_cache_entries").set(cache.entries as f64);
+        metrics::gauge!("ringkv_read_cache_bytes").set(cache.bytes as f64);
+        metrics::gauge!("ringkv_read_cache_budget_bytes").set(cache.budget_bytes as f64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

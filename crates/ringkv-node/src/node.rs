@@ -86,6 +86,7 @@ impl Node {
                     kind,
                     &settings.data_dir.join("fjall"),
                     settings.hint_backlog_max,
+                    settings.read_cache_bytes,
                 )?;
                 (opened.engine, opened.hints)
             }

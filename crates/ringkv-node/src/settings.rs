@@ -113,6 +113,10 @@ pub struct ServerArgs {
     /// §1).
     #[arg(long, env = "RINGKV_READ_FANOUT", value_enum)]
     pub read_fanout: Option<ReadFanout>,
+    /// Bytes of recently read values kept decoded in memory in front of fjall; 0 turns the
+    /// cache off (an addition to API.md §1).
+    #[arg(long, env = "RINGKV_READ_CACHE_BYTES")]
+    pub read_cache_bytes: Option<usize>,
     /// FOR TESTS ONLY: turn off hinted handoff delivery, anti-entropy and read repair, so
     /// that the fault harness can show it detects the losses this causes.
     #[arg(long, hide = true)]
@@ -148,6 +152,7 @@ struct FileSettings {
     handoff_interval_ms: Option<u64>,
     tombstone_grace_ms: Option<u64>,
     read_fanout: Option<ReadFanout>,
+    read_cache_bytes: Option<usize>,
 }
 
 /// Everything a node needs to know about itself, validated.
@@ -182,6 +187,8 @@ pub struct Settings {
     pub tombstone_grace: Duration,
     /// Which home replicas a read asks.
     pub read_fanout: ReadFanout,
+    /// Budget of the storage engine's read cache (0: off).
+    pub read_cache_bytes: usize,
     /// Tests only: no hinted handoff delivery, anti-entropy or read repair.
     pub disable_repair: bool,
     pub limits: Limits,
@@ -361,6 +368,10 @@ impl Settings {
                 .read_fanout
                 .or(file.read_fanout)
                 .unwrap_or(ReadFanout::All),
+            read_cache_bytes: args
+                .read_cache_bytes
+                .or(file.read_cache_bytes)
+                .unwrap_or(ringkv_storage::DEFAULT_READ_CACHE_BYTES),
             disable_repair: args.test_disable_repair,
             limits: Limits::default(),
         };

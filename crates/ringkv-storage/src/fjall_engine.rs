@@ -564,6 +564,10 @@ impl StorageEngine for FjallEngine {
         Ok((stored, durable))
     }
 
+    fn read_cache_stats(&self) -> Option<crate::ReadCacheStats> {
+        Some(self.cache.stats())
+    }
+
     fn writes_may_stall(&self) -> bool {
         // fjall halts writers while 4 or more sealed memtables wait for their flush; from 2 on,
         // writes go where sleeping is harmless.

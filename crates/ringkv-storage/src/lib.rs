@@ -76,6 +76,7 @@ pub use error::StorageError;
 pub use fjall_engine::{DEFAULT_READ_CACHE_BYTES, FjallEngine, FjallHintStore, FjallOptions};
 pub use group_commit::Durable;
 pub use memory::{MemoryEngine, MemoryHintStore};
+pub use read_cache::ReadCacheStats;
 
 /// A user key.
 pub type Key = Bytes;
@@ -121,6 +122,10 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// blocking thread while this is true.
     fn writes_may_stall(&self) -> bool {
         false
+    }
+    /// The read cache's counters, for engines that keep one.
+    fn read_cache_stats(&self) -> Option<ReadCacheStats> {
+        None
     }
     /// Removes a key (tombstone purge, or data this node no longer replicates), updating the
     /// Merkle leaf in the same batch. Removing an absent key is not an error.
@@ -237,11 +242,12 @@ pub struct OpenedStorage {
 }
 
 /// Opens the engine of `kind` in `dir` (created if absent) with a hint store bounded by
-/// `max_hints`.
+/// `max_hints` and, for fjall, a read cache of `read_cache_bytes` (0: none).
 pub fn open(
     kind: EngineKind,
     dir: &std::path::Path,
     max_hints: usize,
+    read_cache_bytes: usize,
 ) -> Result<OpenedStorage, StorageError> {
     match kind {
         EngineKind::Memory => Ok(OpenedStorage {
@@ -254,6 +260,7 @@ pub fn open(
                 dir,
                 FjallOptions {
                     max_hints,
+                    read_cache_bytes,
                     ..FjallOptions::default()
                 },
             )?;

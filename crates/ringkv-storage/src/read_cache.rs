@@ -4,7 +4,7 @@
 //! decodes the record; profiles put that walk at about a tenth of a node's CPU per GET. This
 //! cache keeps the decoded set of recently read keys in sharded hash maps.
 //!
-//! Coherence (the engine keeps these; docs/design.md §3):
+//! Coherence (the engine keeps these; docs/design.md §5):
 //! - a write updates the key's entry if there is one (or, for a delete, removes it) under the
 //!   key's lock and its partition's lock, right after its batch is appended, so an entry never
 //!   lags the store; writes do not add entries (a write-heavy load would only churn the cache);
@@ -35,6 +35,10 @@ const SIBLING_OVERHEAD: usize = 64;
 struct Shard {
     entries: HashMap<Vec<u8>, (VersionSet, usize)>,
     bytes: usize,
+    /// Lookups answered and not, counted under the shard's lock (no shared counter to
+    /// bounce between cores on every read).
+    hits: u64,
+    misses: u64,
 }
 
 impl Shard {
@@ -48,6 +52,21 @@ impl Shard {
 pub struct ReadCache {
     shards: Vec<Mutex<Shard>>,
     shard_budget: usize,
+}
+
+/// What the cache holds and how it has served, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCacheStats {
+    /// Lookups that found the key's set.
+    pub hits: u64,
+    /// Lookups that did not (the read went to fjall).
+    pub misses: u64,
+    /// Keys held.
+    pub entries: u64,
+    /// Bytes held, as counted against the budget.
+    pub bytes: u64,
+    /// The budget, in bytes (0: the cache is off).
+    pub budget_bytes: u64,
 }
 
 /// What an entry is counted as.
@@ -79,7 +98,13 @@ impl ReadCache {
 
     /// The cached set of `key` (an encoded record key), if any.
     pub fn get(&self, key: &[u8]) -> Option<VersionSet> {
-        self.shard(key).entries.get(key).map(|(v, _)| v.clone())
+        let mut shard = self.shard(key);
+        let found = shard.entries.get(key).map(|(v, _)| v.clone());
+        match found {
+            Some(_) => shard.hits += 1,
+            None => shard.misses += 1,
+        }
+        found
     }
 
     /// Caches `versions` as `key`'s set, evicting other entries of its shard to stay within
@@ -152,6 +177,22 @@ impl ReadCache {
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes)
             .sum()
     }
+
+    /// Totals over the shards (each locked in turn, so not one instant's).
+    pub fn stats(&self) -> ReadCacheStats {
+        let mut stats = ReadCacheStats {
+            budget_bytes: (self.shard_budget * SHARDS) as u64,
+            ..ReadCacheStats::default()
+        };
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.hits += shard.hits;
+            stats.misses += shard.misses;
+            stats.entries += shard.entries.len() as u64;
+            stats.bytes += shard.bytes as u64;
+        }
+        stats
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +243,31 @@ mod tests {
         cache.update(b"k", &set(&vec![0u8; 1 << 20]));
         assert_eq!(cache.get(b"k"), None, "a set past the budget is dropped");
         assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn stats_count_hits_misses_entries_and_bytes() {
+        let cache = ReadCache::new(1 << 20);
+        assert_eq!(
+            cache.stats(),
+            ReadCacheStats {
+                budget_bytes: (((1 << 20) / SHARDS) * SHARDS) as u64,
+                ..ReadCacheStats::default()
+            }
+        );
+        assert_eq!(cache.get(b"a"), None);
+        cache.put(b"a", &set(b"x"));
+        cache.put(b"b", &set(b"y"));
+        assert!(cache.get(b"a").is_some());
+        assert!(cache.get(b"a").is_some());
+        assert_eq!(cache.get(b"c"), None);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 2, 2));
+        assert_eq!(stats.bytes, cache.bytes() as u64);
+        assert!(stats.bytes > 0);
+        cache.remove(b"a");
+        assert_eq!(cache.stats().entries, 1);
+        assert_eq!(ReadCache::new(0).stats().budget_bytes, 0);
     }
 
     #[test]

@@ -4,7 +4,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Api, Cluster, Rng, seed_from_env_or_clock};
+use std::time::Duration;
+
+use common::{Api, Cluster, Rng, poll_until, seed_from_env_or_clock};
 
 /// Every node's `/status` lists all members `up`, with the cluster's N and Q, and the
 /// members' `partitions_owned` add up to Q.
@@ -200,5 +202,68 @@ async fn metrics_show_repair_hint_and_handoff_counters_before_their_first_event(
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok());
         assert!(value.is_some(), "{name} is not on /metrics:\n{text}");
+    }
+}
+
+/// Each node's read cache shows on `/metrics`: reads of a key fill it on every replica and
+/// then hit, and `--read-cache-bytes` sets its budget (0 turns it off: nothing is held or hit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_read_cache_reports_hits_misses_and_size_on_metrics() {
+    let budget = 1 << 20;
+    let c = Cluster::launch_each(
+        &[
+            &["--read-cache-bytes", "1048576"],
+            &["--read-cache-bytes", "1048576"],
+            &["--read-cache-bytes", "0"],
+        ],
+        &[],
+    )
+    .await;
+    c.wait_formed().await;
+    c.wait_settled().await;
+    let put = c.put(0, b"cached", b"v1", None, "").await;
+    assert_eq!(put.status, 204, "{put:?}");
+    // With N = 3 on three nodes and the default fanout, every GET reads every replica.
+    for _ in 0..3 {
+        let got = c.get(0, b"cached", "").await;
+        assert_eq!(got.values(), vec![b"v1".to_vec()], "{got:?}");
+    }
+    for node in 0..2 {
+        poll_until(Duration::from_secs(10), "the cache to hit", || async {
+            (c.metric(node, "ringkv_read_cache_hits_total").await >= 1.0).then_some(())
+        })
+        .await;
+        assert!(c.metric(node, "ringkv_read_cache_misses_total").await >= 1.0);
+        assert!(c.metric(node, "ringkv_read_cache_entries").await >= 1.0);
+        assert!(c.metric(node, "ringkv_read_cache_bytes").await > 0.0);
+        assert_eq!(
+            c.metric(node, "ringkv_read_cache_budget_bytes").await,
+            budget as f64
+        );
+    }
+    // Node 2 served the same reads without a cache.
+    poll_until(
+        Duration::from_secs(10),
+        "node 2's reads to count",
+        || async { (c.metric(2, "ringkv_read_cache_misses_total").await >= 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(c.metric(2, "ringkv_read_cache_hits_total").await, 0.0);
+    assert_eq!(c.metric(2, "ringkv_read_cache_entries").await, 0.0);
+    assert_eq!(c.metric(2, "ringkv_read_cache_budget_bytes").await, 0.0);
+    // A write through another node keeps the cached entries current.
+    let ctx = c.get(0, b"cached", "").await.ctx;
+    let put = c.put(1, b"cached", b"v2", ctx.as_deref(), "").await;
+    assert_eq!(put.status, 204, "{put:?}");
+    // What each replica itself serves (through its cache) moves to v2.
+    for node in 0..3 {
+        poll_until(
+            Duration::from_secs(10),
+            "every replica to serve v2",
+            || async {
+                (c.local(node, b"cached").await == Some(vec![Some(b"v2".to_vec())])).then_some(())
+            },
+        )
+        .await;
     }
 }
