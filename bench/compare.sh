@@ -8,7 +8,8 @@
 #   2. `ringkv bench` YCSB workload A on the same cluster: closed loop over HTTP and over
 #      the zero-hop client, the client with every request sent to one node, and an open
 #      loop at half of the zero-hop client's maximum throughput;
-#   3. a side-by-side table and the ratios against the targets of docs/benchmarks.md.
+#   3. a side-by-side table and the ratios against the targets of docs/benchmarks.md, and
+#      each node's resident memory once formed and after the runs.
 #
 # Settings (environment): BENCH_TARGET_DIR (cargo target dir of the release build, kept
 # apart from target/debug so running tests keep their binary), BENCH_DURATION_SECS (each
@@ -202,6 +203,15 @@ for ((i = 0; i < NODE_COUNT; i++)); do
 done
 wait_for "the cluster to form" cluster_formed
 log "cluster up: HTTP ${HTTP_PORTS[*]}, RESP ${RESP_PORTS[*]}"
+# rss_mib PID...: each process's resident memory in MiB. Nothing scrapes /metrics during the
+# runs, so a node that kept per-request data until a scrape would show here as growth.
+rss_mib() {
+    local pid
+    for pid in "$@"; do
+        awk '/^VmRSS:/ { printf "%.0f ", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null || printf '? '
+    done
+}
+RSS_BEFORE=$(rss_mib "${PIDS[@]}")
 NODES=()
 for port in "${HTTP_PORTS[@]}"; do NODES+=(--node "http://127.0.0.1:$port"); done
 
@@ -227,6 +237,8 @@ ringkv_bench one-node-closed --driver client-one-node "${NODES[@]}"
 MAX=$(field client-closed .throughput_ops_per_sec)
 HALF=$(awk -v m="$MAX" 'BEGIN { printf "%d", m / 2 }')
 ringkv_bench client-open --driver client "${NODES[@]}" --rate "$HALF"
+
+RSS_AFTER=$(rss_mib "${PIDS[@]}")
 
 # --- report ------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -278,6 +290,8 @@ done
     echo
     echo "For reference (no target): ringkv SET is $(ratio "$RKV_SET" "$AOF_SET")x and GET" \
         "$(ratio "$RKV_GET" "$AOF_GET")x of redis with appendfsync always."
+    echo
+    echo "Node memory (RSS, MiB, n1..n$NODE_COUNT): ${RSS_BEFORE% } once formed, ${RSS_AFTER% } after the runs."
     echo
     echo "Reports and logs: $OUT"
 } | tee "$OUT/summary.md"
