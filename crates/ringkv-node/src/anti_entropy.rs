@@ -298,6 +298,8 @@ impl Node {
                 }
             }
             Request::MerkleLeaves { partition, groups } => {
+                // A tree has MERKLE_FANOUT groups: a longer list only repeats them.
+                let groups: Vec<u16> = groups.into_iter().take(MERKLE_FANOUT).collect();
                 match self.store(move |s| s.merkle(partition)).await {
                     Ok(Ok(tree)) => Response::Leaves(
                         groups

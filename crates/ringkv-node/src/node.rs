@@ -437,6 +437,9 @@ impl Node {
     }
 
     async fn serve_request(self: Arc<Self>, request: Request, timeout: Duration) -> Response {
+        if let Some(why) = self.outside_the_ring(&request) {
+            return Response::Error(why);
+        }
         match request {
             Request::Ping => Response::Ok,
             Request::Read { key } => {
@@ -483,6 +486,14 @@ impl Node {
                 if self.membership.claimant().as_ref() != Some(self.membership.me()) {
                     return Response::Error("this node is not the claimant".into());
                 }
+                // Kept until the transition ends: only for members (a bounded set).
+                if !self
+                    .membership
+                    .ring()
+                    .is_some_and(|r| r.topology.is_member(&node))
+                {
+                    return Response::Error(format!("{node} is not a member of the ring"));
+                }
                 self.membership.record_received(node, target, partitions);
                 Response::Ok
             }
@@ -511,6 +522,36 @@ impl Node {
 }
 
 impl Node {
+    /// Why a peer's request names a partition this cluster's ring does not have (the engine
+    /// keeps state per partition it is asked about, so a peer must not make it count to
+    /// 2^32), if it does.
+    fn outside_the_ring(&self, request: &Request) -> Option<String> {
+        let named: &[u32] = match request {
+            Request::MerkleSummary { partition }
+            | Request::MerkleLeaves { partition, .. }
+            | Request::LeafDigests { partition, .. }
+            | Request::HandoffChunk { partition, .. }
+            | Request::SameVersions { partition, .. }
+            | Request::OtherCopies { partition, .. }
+            | Request::Purge { partition, .. } => &[partition.index()],
+            Request::HandoffReceived { partitions, .. } => partitions,
+            Request::Ping
+            | Request::Read { .. }
+            | Request::Write { .. }
+            | Request::Coordinate(_)
+            | Request::FetchRing
+            | Request::Leave { .. } => return None,
+        };
+        let Some(ring) = self.membership.ring() else {
+            return Some("this node has no ring yet".into());
+        };
+        let q = ring.topology.params().partitions;
+        named
+            .iter()
+            .find(|p| **p >= q)
+            .map(|p| format!("partition {p} is not in this ring of {q} partitions"))
+    }
+
     /// Records that this node stopped cleanly, so the next start keeps the epoch. From here
     /// on the node coordinates no write under its replica id (`stopped`); every write it
     /// coordinated before is in the journal ahead of the marker, so it is durable once the

@@ -8,6 +8,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Rng, seed_from_env_or_clock};
+use ringkv_core::{NodeId, PartitionId};
+use ringkv_node::wire::{Request, Response};
 
 /// How long the node has to close a connection that sent garbage.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,4 +139,120 @@ async fn random_gossip_datagrams_do_not_disturb_the_cluster() {
     }
     // The cluster still converges on one view with everyone up.
     c.wait_formed().await;
+}
+
+/// Sends `frames` as one peer (after its `Hello`) and returns the response to each request.
+fn exchange(addr: SocketAddr, requests: Vec<Request>) -> Vec<Response> {
+    use ringkv_node::wire::{Frame, PROTOCOL_VERSION};
+    let mut s = TcpStream::connect(addr).expect("connect to the inter-node port");
+    s.set_read_timeout(Some(CLOSE_TIMEOUT))
+        .expect("set_read_timeout");
+    let send = |s: &mut TcpStream, frame: &Frame| {
+        let body = postcard::to_stdvec(frame).expect("encode a frame");
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        s.write_all(&bytes).expect("send a frame");
+    };
+    let hello = Frame::Hello {
+        protocol: PROTOCOL_VERSION,
+        node: NodeId::new("peer-x").expect("a node id"),
+    };
+    send(&mut s, &hello);
+    let mut answers = Vec::new();
+    for (id, body) in requests.into_iter().enumerate() {
+        let id = id as u64;
+        send(
+            &mut s,
+            &Frame::Request {
+                id,
+                timeout_ms: 2_000,
+                body,
+            },
+        );
+        loop {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).expect("a response frame's length");
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut body).expect("a response frame");
+            match postcard::from_bytes::<Frame>(&body).expect("a decodable frame") {
+                Frame::Response { id: got, body } if got == id => {
+                    answers.push(body);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+    answers
+}
+
+/// A well-formed request that names a partition the ring does not have is refused with an
+/// error (the engine keeps state per partition asked about: a peer must not make it count
+/// to 2^32), and a request for more Merkle groups than a tree has is answered with the
+/// tree's groups only; the connection stays open and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_outside_the_ring_are_refused_and_oversized_lists_are_cut() {
+    let c = Cluster::start(3).await;
+    let q = c.status(0).await["cluster"]["partitions"]
+        .as_u64()
+        .expect("Q") as u32;
+    let outside = |index: u32| PartitionId::new(index, u32::MAX).expect("a partition id");
+    let inside = PartitionId::new(q - 1, q).expect("a partition id");
+    let requests = vec![
+        Request::MerkleSummary {
+            partition: outside(q),
+        },
+        Request::MerkleSummary {
+            partition: outside(u32::MAX - 1),
+        },
+        Request::LeafDigests {
+            partition: outside(q + 7),
+            leaves: vec![0, 1],
+        },
+        Request::HandoffChunk {
+            partition: outside(q),
+            after: None,
+            max_bytes: 1024,
+        },
+        Request::SameVersions {
+            partition: outside(q),
+            keys: vec![],
+        },
+        Request::HandoffReceived {
+            node: NodeId::new("peer-x").expect("a node id"),
+            target: 1,
+            partitions: vec![0, q],
+        },
+        Request::MerkleLeaves {
+            partition: inside,
+            groups: vec![3; 100_000],
+        },
+        Request::MerkleSummary { partition: inside },
+    ];
+    let addr = c.listen_addr(0);
+    let answers = tokio::task::spawn_blocking(move || exchange(addr, requests))
+        .await
+        .expect("socket task");
+    for (i, answer) in answers[..6].iter().enumerate() {
+        match answer {
+            Response::Error(why) => assert!(
+                why.contains("not in this ring") || why.contains("claimant"),
+                "request {i}: {why}"
+            ),
+            other => panic!("request {i} outside the ring was answered {other:?}"),
+        }
+    }
+    match &answers[6] {
+        Response::Leaves(groups) => assert_eq!(groups.len(), 16, "groups answered"),
+        other => panic!("MerkleLeaves was answered {other:?}"),
+    }
+    assert!(
+        matches!(answers[7], Response::Merkle { .. }),
+        "a partition inside the ring is served: {:?}",
+        answers[7]
+    );
+    for i in 0..3 {
+        c.assert_serves_with(i, "after-outside-the-ring", "w=3", "r=3")
+            .await;
+    }
 }
