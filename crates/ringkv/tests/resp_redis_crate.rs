@@ -233,3 +233,42 @@ async fn redis_crate_many_connections_at_once() {
     let info: String = redis::cmd("INFO").query_async(&mut con).await.unwrap();
     assert!(info.contains("connected_clients:"), "{info}");
 }
+
+/// `MGET` answers at most `MAX_MGET_REPLY_BYTES` of values (64 MiB): naming one 1 MiB value
+/// 65 times is refused with an error instead of a reply of any size, 64 times is answered,
+/// and the connection serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_crate_mget_past_the_reply_budget_is_an_error() {
+    let c = RespCluster::start(3, &[]).await;
+    // 64 MiB answers take a debug build longer than the crate's default response timeout.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(60)));
+    let mut con = redis::Client::open(format!("redis://{}/", c.resp(0)))
+        .expect("a redis client")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connecting with the redis crate");
+    let value = vec![7u8; 1024 * 1024];
+    let () = redis::cmd("SET")
+        .arg("big")
+        .arg(&value)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let answered: Vec<Vec<u8>> = redis::cmd("MGET")
+        .arg(vec!["big"; 64])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(answered.len(), 64);
+    assert!(answered.iter().all(|v| *v == value));
+    let err = redis::cmd("MGET")
+        .arg(vec!["big"; 65])
+        .query_async::<Vec<Vec<u8>>>(&mut con)
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("ask for fewer keys"), "{err}");
+    let pong: String = redis::cmd("PING").query_async(&mut con).await.unwrap();
+    assert_eq!(pong, "PONG");
+}

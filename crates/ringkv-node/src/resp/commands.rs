@@ -16,6 +16,10 @@ use crate::wire::{ClientContext, ClientError, ClientOp, ClientReply};
 
 /// Keys of one multi-key command (`DEL`, `EXISTS`, `MGET`, `MSET`) in flight at once.
 pub const MULTI_KEY_CONCURRENCY: usize = 32;
+/// Most value bytes one `MGET` answers (as much as one inter-node frame): past it the command
+/// fails, asking for fewer keys, instead of building a reply of any size (`MGET k k k ...`
+/// names one large value as often as the request allows).
+pub const MAX_MGET_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Longest client name kept by `CLIENT SETNAME`.
 pub const MAX_CLIENT_NAME_BYTES: usize = 256;
 /// Longest command name echoed back in an `unknown command` error.
@@ -445,8 +449,30 @@ async fn mget(session: &Session, args: &[Bytes]) -> Reply {
     if let Some(e) = keys.iter().find_map(|k| check_key(k).err()) {
         return e;
     }
+    let answered = AtomicUsize::new(0);
+    let answered = &answered;
+    let too_large = || {
+        Reply::err(format!(
+            "the values would pass {MAX_MGET_REPLY_BYTES} bytes; ask for fewer keys"
+        ))
+    };
+    // Past the budget the keys left are not read; what was read is dropped with the error.
+    // A key starts only after every key before it did, so a key that finds the budget
+    // spent comes after the one that spent it, whose error is the one answered: the skipped
+    // keys' placeholder (no allocation per key) is never seen.
     let values = for_each(keys.to_vec(), |key| async move {
-        Ok(value_reply(&read(session, key).await?))
+        if answered.load(Ordering::Relaxed) > MAX_MGET_REPLY_BYTES {
+            return Err(Reply::Nil);
+        }
+        let reply = value_reply(&read(session, key).await?);
+        let size = match &reply {
+            Reply::Bulk(value) => value.len(),
+            _ => 0,
+        };
+        if answered.fetch_add(size, Ordering::Relaxed) + size > MAX_MGET_REPLY_BYTES {
+            return Err(too_large());
+        }
+        Ok(reply)
     })
     .await;
     values.map_or_else(|e| e, Reply::Array)

@@ -65,6 +65,10 @@
 //!   `parser::MAX_INLINE_BYTES` per inline line; `parser::MIN_COMMAND_BYTES` or more per
 //!   command). An announcement over a limit is refused before its bytes are read:
 //!   `-ERR Protocol error: ...` and the connection is closed, as for any malformed request.
+//! - One reply: `MGET` answers at most `commands::MAX_MGET_REPLY_BYTES` (64 MiB) of values;
+//!   past it the command fails with `-ERR the values would pass ... bytes; ask for fewer
+//!   keys`, the keys left unread, and the connection serves on. Every other reply is one
+//!   key's or a fixed size.
 //! - Replies are written at least every `OUTPUT_FLUSH_BYTES`, and no more input is read
 //!   while a write is blocked, so a client that sends without reading holds at most about
 //!   one read chunk, one partial request and `OUTPUT_FLUSH_BYTES` of replies. A write blocked
