@@ -14,7 +14,7 @@
 //! divergence (a wiped node coming back) refills steadily without starving client traffic.
 //! Progress is counted in `/metrics` and summarised in `/status`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -84,17 +84,17 @@ impl Node {
         let pass = self.anti_entropy.passes.fetch_add(1, Ordering::Relaxed);
         let mut budget = Budget::new();
         let q = ring.topology.params().partitions;
+        let mut led = HashSet::new();
         for index in 0..q {
             if self.shutdown.is_cancelled() {
                 return;
             }
             let partition = PartitionId::new(index, q).expect("in range");
-            let peers: Vec<NodeId> = ring
-                .topology
-                .home(partition)
-                .into_iter()
-                .filter(|n| *n != me)
-                .collect();
+            let home = ring.topology.home(partition);
+            if home.first() == Some(&me) {
+                led.insert(index);
+            }
+            let peers: Vec<NodeId> = home.into_iter().filter(|n| *n != me).collect();
             if !ring.topology.is_home(partition, &me) || peers.is_empty() {
                 continue;
             }
@@ -106,6 +106,7 @@ impl Node {
             }
             self.purge_tombstones(&ring, partition).await;
         }
+        self.tombstones.retain_partitions(|p| led.contains(&p));
         let now = self.seams.clock.unix_millis();
         self.anti_entropy
             .last_full_pass_unix_ms

@@ -112,6 +112,11 @@ impl Candidates {
     pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }
+
+    /// Forgets the candidates of every partition `keep` rejects.
+    fn retain_partitions(&mut self, keep: impl Fn(u32) -> bool) {
+        self.seen.retain(|(p, _), _| keep(*p));
+    }
 }
 
 /// Purge progress, as `/status` and `/metrics` report it.
@@ -147,6 +152,14 @@ impl TombstoneState {
 
     pub fn candidates(&self) -> usize {
         self.candidates.lock().unwrap().len()
+    }
+
+    /// Forgets the candidates and scan cursors of partitions this node no longer leads
+    /// (`keep` says which it does): only a leader purges, and the table is bounded, so
+    /// entries left by a ring change would otherwise fill it and stop purging for good.
+    pub(crate) fn retain_partitions(&self, keep: impl Fn(u32) -> bool) {
+        self.candidates.lock().unwrap().retain_partitions(&keep);
+        self.cursors.lock().unwrap().retain(|p, _| keep(*p));
     }
 }
 
@@ -534,6 +547,34 @@ mod tests {
 
     fn key(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn candidates_and_cursors_of_partitions_not_led_are_forgotten() {
+        let state = TombstoneState::load(None);
+        let now = Instant::now();
+        {
+            let mut c = state.candidates.lock().unwrap();
+            for p in 0..4 {
+                assert!(c.observe(p, key("a"), 1, now));
+                assert!(c.observe(p, key("b"), 2, now));
+            }
+        }
+        state
+            .cursors
+            .lock()
+            .unwrap()
+            .extend((0..4).map(|p| (p, key("a"))));
+        state.retain_partitions(|p| p % 2 == 0);
+        assert_eq!(state.candidates(), 4);
+        let c = state.candidates.lock().unwrap();
+        for p in 0..4 {
+            let left = c.ripe(p, now, Duration::ZERO, None, 10).len();
+            assert_eq!(left, if p % 2 == 0 { 2 } else { 0 }, "partition {p}");
+        }
+        let mut cursors: Vec<u32> = state.cursors.lock().unwrap().keys().copied().collect();
+        cursors.sort_unstable();
+        assert_eq!(cursors, vec![0, 2]);
     }
 
     #[test]
