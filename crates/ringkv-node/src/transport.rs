@@ -36,6 +36,8 @@ pub enum TransportError {
     TimedOut(SocketAddr),
     #[error("connection to {0} closed before the answer")]
     Closed(SocketAddr),
+    #[error("a request of {0} bytes is over the {1}-byte frame limit")]
+    TooLarge(usize, usize),
 }
 
 /// Serves one inbound request. Implemented by the node.
@@ -55,6 +57,29 @@ fn codec(limits: &Limits) -> LengthDelimitedCodec {
 
 fn encode(frame: &Frame) -> Bytes {
     Bytes::from(postcard::to_allocvec(frame).expect("frames always serialize"))
+}
+
+/// The response frame for request `id`; an answer over the frame limit (a key whose
+/// siblings grew past it) becomes an error for that request alone, not a frame the codec
+/// refuses, which would close the connection every other request shares.
+fn encode_answer(id: u64, body: Response, max_frame_bytes: usize) -> Bytes {
+    let frame = encode(&Frame::Response { id, body });
+    if frame.len() <= max_frame_bytes {
+        return frame;
+    }
+    warn!(
+        id,
+        bytes = frame.len(),
+        "an answer is over the frame limit; answering an error"
+    );
+    let why = format!(
+        "the answer is {} bytes, over the {max_frame_bytes}-byte frame limit",
+        frame.len()
+    );
+    encode(&Frame::Response {
+        id,
+        body: Response::Error(why),
+    })
 }
 
 /// Most frames written with one flush (one `writev` when they fit the socket buffer).
@@ -174,7 +199,8 @@ async fn serve_connection<H: Handler>(
                 }
                 Some(Ok(bytes)) => bytes,
             };
-            match serve_frame(&bytes, peer, &handler, &slots, &reply_tx).await {
+            let max = limits.max_frame_bytes;
+            match serve_frame(&bytes, peer, &handler, &slots, &reply_tx, max).await {
                 Served::Answer(answer) => {
                     if sink.feed(answer).await.is_err() {
                         break 'connection;
@@ -225,6 +251,7 @@ async fn serve_frame<H: Handler>(
     handler: &Arc<H>,
     slots: &Arc<Semaphore>,
     reply_tx: &mpsc::Sender<Bytes>,
+    max_frame_bytes: usize,
 ) -> Served {
     let frame = match postcard::from_bytes::<Frame>(bytes) {
         Ok(frame) => frame,
@@ -254,7 +281,7 @@ async fn serve_frame<H: Handler>(
             // wait (a hint store read), like every other request, goes on on a task of its
             // own, so a slow request never holds up the connection.
             if at_once && let Some(body) = (&mut work).now_or_never() {
-                return Served::Answer(encode(&Frame::Response { id, body }));
+                return Served::Answer(encode_answer(id, body, max_frame_bytes));
             }
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return Served::Close;
@@ -265,7 +292,9 @@ async fn serve_frame<H: Handler>(
                     Ok(body) => body,
                     Err(_) => Response::Error("deadline passed".into()),
                 };
-                let _ = reply_tx.send(encode(&Frame::Response { id, body })).await;
+                let _ = reply_tx
+                    .send(encode_answer(id, body, max_frame_bytes))
+                    .await;
                 drop(permit);
             });
             Served::Elsewhere
@@ -282,6 +311,24 @@ async fn serve_frame<H: Handler>(
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Response>>>>;
 
 /// One live outbound connection.
+/// Removes a call's entry from its connection's pending map when dropped, unless disarmed.
+struct PendingEntry<'a> {
+    pending: &'a Pending,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&self.id);
+        }
+    }
+}
+
 struct Connection {
     frames: mpsc::Sender<Bytes>,
     pending: Pending,
@@ -341,8 +388,6 @@ impl Peers {
             .await
             .map_err(|_| TransportError::TimedOut(addr))??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        conn.pending.lock().unwrap().insert(id, tx);
         let timeout_ms = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .as_millis()
@@ -352,18 +397,33 @@ impl Peers {
             timeout_ms,
             body: request,
         });
+        // The codec would refuse it and close the connection every other call shares.
+        if frame.len() > self.limits.max_frame_bytes {
+            return Err(TransportError::TooLarge(
+                frame.len(),
+                self.limits.max_frame_bytes,
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap().insert(id, tx);
+        // Whatever ends this call (an answer, a timeout, the caller dropping it while it waits
+        // to send or for the answer), its entry does not outlive it.
+        let mut entry = PendingEntry {
+            pending: &conn.pending,
+            id,
+            armed: true,
+        };
         let sent = tokio::time::timeout_at(deadline, conn.frames.send(frame)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            conn.pending.lock().unwrap().remove(&id);
             return Err(TransportError::Closed(addr));
         }
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) => Err(TransportError::Closed(addr)),
-            Err(_) => {
-                conn.pending.lock().unwrap().remove(&id);
-                Err(TransportError::TimedOut(addr))
+            Ok(Ok(response)) => {
+                entry.armed = false; // the reader took it out to answer
+                Ok(response)
             }
+            Ok(Err(_)) => Err(TransportError::Closed(addr)),
+            Err(_) => Err(TransportError::TimedOut(addr)),
         }
     }
 
@@ -597,6 +657,9 @@ mod tests {
                     self.arrived.notify_one();
                     self.release.notified().await;
                 }
+                if matches!(&request, Request::Read { key } if key.as_ref() == b"big") {
+                    return Response::Versions(Some(versions_of(BIG_BYTES)));
+                }
                 Response::Versions(None)
             })
         }
@@ -612,8 +675,36 @@ mod tests {
         server: tokio::task::JoinHandle<()>,
     }
 
+    /// The frame limit of `SlowServer::start_limited`, and a value size that passes it.
+    const SMALL_FRAME_BYTES: usize = 4096;
+    const BIG_BYTES: usize = 2 * SMALL_FRAME_BYTES;
+
+    fn versions_of(bytes: usize) -> ringkv_core::VersionSet {
+        let replica = ringkv_core::ReplicaId::new(NodeId::new("w").unwrap(), 1);
+        ringkv_core::VersionSet::new()
+            .update(
+                &ringkv_core::VersionVector::new(),
+                Some(Bytes::from(vec![7u8; bytes])),
+                &replica,
+            )
+            .0
+    }
+
     impl SlowServer {
         async fn start() -> SlowServer {
+            SlowServer::start_with(Limits::default()).await
+        }
+
+        /// Server and client with a `SMALL_FRAME_BYTES` frame limit.
+        async fn start_limited() -> SlowServer {
+            SlowServer::start_with(Limits {
+                max_frame_bytes: SMALL_FRAME_BYTES,
+                ..Limits::default()
+            })
+            .await
+        }
+
+        async fn start_with(limits: Limits) -> SlowServer {
             let network: Arc<dyn Network> = crate::seams::Seams::production().network;
             let addr = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -627,15 +718,11 @@ mod tests {
             let server = tokio::spawn(serve(
                 listener,
                 handler.clone(),
-                Limits::default(),
+                limits.clone(),
                 shutdown.clone(),
             ));
             SlowServer {
-                peers: Arc::new(Peers::new(
-                    NodeId::new("client").unwrap(),
-                    Limits::default(),
-                    network,
-                )),
+                peers: Arc::new(Peers::new(NodeId::new("client").unwrap(), limits, network)),
                 addr,
                 handler,
                 shutdown,
@@ -713,5 +800,108 @@ mod tests {
             matches!(answer, Ok(Response::Versions(None))),
             "the request in flight was not answered: {answer:?}"
         );
+    }
+
+    /// Starts a read of `slow` (held until released) and waits until the server has it.
+    async fn hold_a_slow_read(
+        server: &SlowServer,
+    ) -> tokio::task::JoinHandle<Result<Response, TransportError>> {
+        let (peers, addr) = (server.peers.clone(), server.addr);
+        let slow = tokio::spawn(async move {
+            let key = Bytes::from_static(b"slow");
+            peers
+                .call(addr, Request::Read { key }, Duration::from_secs(10))
+                .await
+        });
+        tokio::time::timeout(Duration::from_secs(5), server.handler.arrived.notified())
+            .await
+            .expect("the slow read reached the server");
+        slow
+    }
+
+    /// An answer over the frame limit (a key whose siblings outgrew it) fails that request
+    /// with an error; the connection, and the request in flight beside it, carry on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_over_the_frame_limit_fails_that_request_alone() {
+        let server = SlowServer::start_limited().await;
+        let slow = hold_a_slow_read(&server).await;
+        let key = Bytes::from_static(b"big");
+        let big = server
+            .peers
+            .call(server.addr, Request::Read { key }, Duration::from_secs(5))
+            .await;
+        match big {
+            Ok(Response::Error(why)) => assert!(why.contains("frame limit"), "{why}"),
+            other => panic!("an oversized answer came back as {other:?}"),
+        }
+        server.handler.release.notify_one();
+        let answer = slow.await.unwrap();
+        assert!(
+            matches!(answer, Ok(Response::Versions(None))),
+            "the request beside it: {answer:?}"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// A request over the frame limit is refused before it is sent; the connection it would
+    /// have gone on, and the request in flight on it, carry on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_over_the_frame_limit_is_refused_before_it_is_sent() {
+        let server = SlowServer::start_limited().await;
+        let slow = hold_a_slow_read(&server).await;
+        let write = Request::Write {
+            key: Bytes::from_static(b"k"),
+            versions: versions_of(BIG_BYTES),
+            hinted_for: None,
+        };
+        let refused = server
+            .peers
+            .call(server.addr, write, Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(refused, Err(TransportError::TooLarge(n, SMALL_FRAME_BYTES)) if n > SMALL_FRAME_BYTES),
+            "{refused:?}"
+        );
+        server.handler.release.notify_one();
+        let answer = slow.await.unwrap();
+        assert!(
+            matches!(answer, Ok(Response::Versions(None))),
+            "the request beside it: {answer:?}"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// A call its caller drops while it waits for the answer leaves nothing in the
+    /// connection's table of calls awaiting answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_call_leaves_no_entry_behind() {
+        let server = SlowServer::start().await;
+        let (peers, addr) = (server.peers.clone(), server.addr);
+        let call = tokio::spawn(async move {
+            let key = Bytes::from_static(b"slow");
+            peers
+                .call(addr, Request::Read { key }, Duration::from_secs(60))
+                .await
+        });
+        tokio::time::timeout(Duration::from_secs(5), server.handler.arrived.notified())
+            .await
+            .expect("the read reached the server");
+        let waiting = || {
+            let peers = server.peers.peers.lock().unwrap();
+            let conn = peers[&server.addr]
+                .connection
+                .as_ref()
+                .expect("a connection");
+            conn.pending.lock().unwrap().len()
+        };
+        assert_eq!(waiting(), 1, "the call waits for its answer");
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(waiting(), 0, "the dropped call's entry is gone");
+        server.handler.release.notify_one();
+        server.shutdown.cancel();
+        server.server.await.unwrap();
     }
 }
