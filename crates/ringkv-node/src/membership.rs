@@ -40,8 +40,6 @@ pub use crate::wire::RingState;
 /// (chitchat's phi is the time since the last heartbeat over the mean interval). 8 is
 /// chitchat's default; lower values made loaded machines report live nodes down.
 pub const PHI_THRESHOLD: f64 = 8.0;
-/// How long chitchat keeps the state of a dead node before forgetting it.
-const DEAD_NODE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Storage meta key holding the adopted ring.
 pub const RING_META_KEY: &str = "ring";
 
@@ -174,7 +172,7 @@ impl Membership {
                 sampling_window_size: 100,
                 max_interval: settings.gossip_interval * 20,
                 initial_interval: settings.gossip_interval,
-                dead_node_grace_period: DEAD_NODE_GRACE,
+                dead_node_grace_period: settings.dead_node_grace,
             },
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
@@ -350,6 +348,9 @@ impl Membership {
             .chitchat
             .with_chitchat(|c| {
                 let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                // Every generation gossip still carries, dead ones included: what a datagram
+                // must hold (docs/design.md §12).
+                metrics::gauge!("ringkv_gossip_node_states").set(c.node_states().len() as f64);
                 let mut newest: BTreeMap<String, PeerInfo> = BTreeMap::new();
                 let mut generation: HashMap<String, u64> = HashMap::new();
                 for (id, state) in c.node_states() {

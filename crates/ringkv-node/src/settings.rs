@@ -15,6 +15,13 @@ use ringkv_core::constants::{
 };
 use serde::Deserialize;
 
+/// How long gossip keeps the state of a dead node. Each restart of a node leaves its previous
+/// generation behind as a dead node, and every gossip message lists the known nodes for half
+/// this time, so it bounds what a node restarting over and over (a crash loop) adds to gossip:
+/// a week let one node restarting every five minutes fill a datagram in days. A member down
+/// for longer stays in the ring and in `/status`; its gossip state returns when it does.
+pub const DEAD_NODE_GRACE_DEFAULT: Duration = Duration::from_secs(3600);
+
 /// Which storage engine keeps the node's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +128,10 @@ pub struct ServerArgs {
     /// that the fault harness can show it detects the losses this causes.
     #[arg(long, hide = true)]
     pub test_disable_repair: bool,
+    /// FOR TESTS ONLY: how long gossip keeps the state of a dead node (or of a restarted
+    /// node's previous generation), instead of `DEAD_NODE_GRACE_DEFAULT`.
+    #[arg(long, hide = true)]
+    pub test_dead_node_grace_ms: Option<u64>,
 }
 
 /// The same settings as read from `--config FILE`.
@@ -191,6 +202,8 @@ pub struct Settings {
     pub read_cache_bytes: usize,
     /// Tests only: no hinted handoff delivery, anti-entropy or read repair.
     pub disable_repair: bool,
+    /// How long gossip keeps a dead node's state (every restart leaves one behind).
+    pub dead_node_grace: Duration,
     pub limits: Limits,
 }
 
@@ -373,6 +386,9 @@ impl Settings {
                 .or(file.read_cache_bytes)
                 .unwrap_or(ringkv_storage::DEFAULT_READ_CACHE_BYTES),
             disable_repair: args.test_disable_repair,
+            dead_node_grace: args
+                .test_dead_node_grace_ms
+                .map_or(DEAD_NODE_GRACE_DEFAULT, ms),
             limits: Limits::default(),
         };
         settings.validate()?;

@@ -51,8 +51,8 @@ pub const UDP_PAYLOAD_MAX_BYTES: usize = 65_507;
 const PHI_THRESHOLD: f64 = 8.0;
 /// Heartbeat samples per peer in ringkv's failure detector configuration.
 const SAMPLING_WINDOW: usize = 100;
-/// How long a dead node's state is kept (ringkv keeps it a week; nothing dies here).
-const DEAD_NODE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a dead node's state is kept, as in ringkv (nothing dies here).
+const DEAD_NODE_GRACE: Duration = ringkv_node::settings::DEAD_NODE_GRACE_DEFAULT;
 /// The gossip port every simulated node listens on (each node has its own address).
 const GOSSIP_PORT: u16 = 7946;
 /// The cluster id ringkv gossips under.

@@ -267,3 +267,32 @@ async fn the_read_cache_reports_hits_misses_and_size_on_metrics() {
         .await;
     }
 }
+
+/// A restart leaves the node's previous gossip generation behind as a dead node; gossip
+/// forgets it after the dead-node grace (shortened here), so restarts, a crash loop's
+/// included, do not pile up in every gossip message. The restarted node stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_nodes_old_gossip_generation_is_forgotten_after_the_grace() {
+    let mut c = Cluster::start_with(3, &["--test-dead-node-grace-ms", "2000"]).await;
+    const STATES: &str = "ringkv_gossip_node_states";
+    poll_until(Duration::from_secs(10), "three gossip states", || async {
+        (c.metric(0, STATES).await == 3.0).then_some(())
+    })
+    .await;
+    c.kill(2);
+    c.restart(2).await;
+    poll_until(
+        Duration::from_secs(10),
+        "the new generation beside the old",
+        || async { (c.metric(0, STATES).await >= 4.0).then_some(()) },
+    )
+    .await;
+    poll_until(
+        Duration::from_secs(30),
+        "the old generation to be forgotten",
+        || async { (c.metric(0, STATES).await == 3.0).then_some(()) },
+    )
+    .await;
+    c.wait_status(0, 2, "up").await;
+    c.assert_serves_with(2, "after-restart", "w=3", "r=3").await;
+}
