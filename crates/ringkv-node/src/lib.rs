@@ -31,6 +31,7 @@ pub mod resp;
 pub mod seams;
 pub mod server;
 pub mod settings;
+pub mod sockets;
 pub mod tombstones;
 pub mod transport;
 pub mod wire;

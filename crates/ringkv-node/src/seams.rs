@@ -105,7 +105,7 @@ impl Listener for TokioListener {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxConnection, SocketAddr)>> {
         Box::pin(async move {
             let (stream, peer) = self.0.accept().await?;
-            let _ = stream.set_nodelay(true);
+            crate::sockets::tune(&stream);
             Ok((Box::new(stream) as BoxConnection, peer))
         })
     }
@@ -115,7 +115,7 @@ impl Network for TokioNetwork {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxConnection>> {
         Box::pin(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
-            let _ = stream.set_nodelay(true);
+            crate::sockets::tune(&stream);
             Ok(Box::new(stream) as BoxConnection)
         })
     }

@@ -131,11 +131,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
     info!(http = %node.settings().http, listen = %node.settings().listen, "serving");
     let http_shutdown = shutdown.clone();
-    // Responses go out as written (as on the RESP and inter-node sockets): with Nagle's
-    // algorithm a response split over two writes would wait for the client's delayed ACK.
-    let http_listener = http_listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
+    // No Nagle, and keepalive, as on the RESP and inter-node sockets (`sockets.rs`).
+    let http_listener = http_listener.tap_io(|stream| crate::sockets::tune(stream));
     axum::serve(http_listener, app)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
         .await?;

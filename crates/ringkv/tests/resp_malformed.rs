@@ -233,3 +233,57 @@ async fn a_client_that_never_reads_is_bounded_and_dropped() {
     }
     assert_serves(&c).await;
 }
+
+/// A client or peer whose host vanishes without closing sends nothing more, not even a FIN:
+/// every established connection of a node (RESP, HTTP, inter-node, both directions) has
+/// TCP keepalive on, so the kernel finds such a connection dead and the node drops it
+/// instead of holding it, and its connection slot, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_connection_of_a_node_is_kept_alive() {
+    let c = RespCluster::start(3, &[]).await;
+    let mut resp = Raw::connect(c.resp(0)).await;
+    assert_eq!(resp.call(&["PING"]).await, Value::Status("PONG".into()));
+    // The harness's HTTP client keeps its connection to node 0 open after this.
+    assert!(c.http_get(0, "/status").await.contains("members"));
+    let pid = c.pid(0);
+    let (resp_port, http_port) = (c.resp(0).port(), c.http(0).port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("ss")
+            .args(["-tnpoH", "state", "established"])
+            .output()
+            .expect("ss (iproute2) runs");
+        assert!(out.status.success(), "ss failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mine: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!("pid={pid},")))
+            .collect();
+        let local_port = |l: &str| {
+            l.split_whitespace()
+                .nth(2)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok())
+        };
+        let on = |port: u16| mine.iter().any(|l| local_port(l) == Some(port));
+        let outbound = mine
+            .iter()
+            .filter(|l| ![resp_port, http_port].contains(&local_port(l).unwrap_or(0)))
+            .count();
+        // RESP, HTTP, and the inter-node connections (at least one to each peer).
+        if on(resp_port)
+            && on(http_port)
+            && outbound >= 2
+            && mine.iter().all(|l| l.contains("timer:(keepalive"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every connection of node 0 is kept alive (or some are missing):\n{}",
+            mine.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(resp.call(&["PING"]).await, Value::Status("PONG".into()));
+}

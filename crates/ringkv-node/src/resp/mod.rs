@@ -237,7 +237,7 @@ async fn connection(
     limits: ParserLimits,
     shutdown: CancellationToken,
 ) -> End {
-    let _ = stream.set_nodelay(true);
+    crate::sockets::tune(&stream);
     let mut parser = Parser::new(limits);
     let mut out = BytesMut::new();
     loop {
