@@ -20,3 +20,11 @@ pub const MAX_N: u8 = 16;
 pub const MAX_CONTEXT_ENTRIES: usize = 1024;
 /// Longest context token accepted, in bytes of its printable form.
 pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+/// Most siblings a write may leave a key with (Riak's `siblings_maximum` default). Concurrent
+/// writes that no client reconciles (writes without a context, or with one that was never
+/// read back) add one each; past this a write that would add another is refused, while
+/// writes that do not grow the set, a reconciling write among them, always go through.
+pub const MAX_SIBLINGS: usize = 100;
+/// Most bytes of values a write may leave a key's siblings holding, together: a set must
+/// stay well inside one inter-node frame (64 MiB) to be read and replicated at all.
+pub const MAX_SIBLING_VALUE_BYTES: usize = 32 * 1024 * 1024;

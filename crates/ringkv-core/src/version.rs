@@ -354,6 +354,11 @@ impl VersionSet {
         &self.siblings
     }
 
+    /// Bytes of all sibling values together.
+    pub fn value_bytes(&self) -> usize {
+        self.values().map(Bytes::len).sum()
+    }
+
     /// The live values (tombstones left out), in dot order.
     pub fn values(&self) -> impl Iterator<Item = &Bytes> {
         self.siblings.iter().filter_map(|s| s.value.as_ref())

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use ringkv_core::constants::{MAX_SIBLING_VALUE_BYTES, MAX_SIBLINGS};
 use ringkv_core::quorum::{
     MAX_FALLBACKS_PER_REQUEST, Progress, Quorum, QuorumMode, QuorumPlan, QuorumTracker, Reply,
     Target,
@@ -68,6 +69,28 @@ impl Failure {
             Failure::Failed(_) => Reply::Failed,
         }
     }
+}
+
+/// Why a write taking a key from `current` to `next` is refused, if it is: it grows the
+/// siblings past `MAX_SIBLINGS`, or their values past `MAX_SIBLING_VALUE_BYTES`. A write
+/// that does not grow them (one that reconciles siblings with their context) always goes
+/// through, so a key over a limit can always be brought back under it.
+fn grows_too_large(current: &VersionSet, next: &VersionSet) -> Option<String> {
+    const RECONCILE: &str = "read it and write back with its context to reconcile them";
+    let (was, now) = (current.siblings().len(), next.siblings().len());
+    if now > MAX_SIBLINGS && now > was {
+        return Some(format!(
+            "the key would have {now} siblings, over the limit of {MAX_SIBLINGS}: {RECONCILE}"
+        ));
+    }
+    let (was, now) = (current.value_bytes(), next.value_bytes());
+    if now > MAX_SIBLING_VALUE_BYTES && now > was {
+        return Some(format!(
+            "the key's siblings would hold {now} bytes, over the limit of \
+             {MAX_SIBLING_VALUE_BYTES}: {RECONCILE}"
+        ));
+    }
+    None
 }
 
 impl From<TransportError> for Failure {
@@ -293,6 +316,9 @@ impl Node {
             None => (current.context().clone(), current.cloud().to_vec()),
         };
         let (versions, dot) = current.update_exact(&vector, &dots, value, &actor);
+        if let Some(why) = grows_too_large(&current, &versions) {
+            return Err(ClientError::TooLarge(why));
+        }
         metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
         self.write_incoming(&key, &versions);
         let (stored, dot) = self
@@ -475,8 +501,9 @@ impl Node {
                         "the node is stopping".into(),
                     ));
                 }
-                let mut dot = None;
+                let (mut dot, mut refused) = (None, None);
                 let stored = s.update_deferred(partition, &key, &mut |current| {
+                    refused = None;
                     // Read inside the key's lock: a purge raises the floor before it removes.
                     let floor = floor.load(std::sync::atomic::Ordering::SeqCst);
                     let current = current
@@ -495,19 +522,25 @@ impl Node {
                             &replica,
                         ),
                     };
+                    if let Some(why) = grows_too_large(&current, &next) {
+                        refused = Some(why);
+                        return None;
+                    }
                     dot = Some(d);
                     Some(next)
                 });
-                stored.map(|(s, durable)| {
-                    (
+                stored.map(|(s, durable)| match refused {
+                    Some(why) => Err(why),
+                    None => Ok((
                         s.expect("an update always stores a set"),
                         dot.expect("the update ran"),
                         durable,
-                    )
+                    )),
                 })
             })
             .await?
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .map_err(ClientError::TooLarge)?;
         Ok((stored, dot, durable))
     }
 
@@ -822,4 +855,48 @@ fn own_fsync(
         };
         (me, result)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ringkv_core::{ReplicaId, VersionVector};
+
+    /// `n` concurrent siblings of `bytes` bytes each.
+    fn siblings(n: usize, bytes: usize) -> VersionSet {
+        let writer = ReplicaId::new(NodeId::new("w").unwrap(), 1);
+        (0..n).fold(VersionSet::new(), |set, _| {
+            let value = Some(Bytes::from(vec![1u8; bytes]));
+            set.update(&VersionVector::new(), value, &writer).0
+        })
+    }
+
+    #[test]
+    fn writes_that_grow_siblings_past_a_limit_are_refused_and_others_are_not() {
+        let writer = ReplicaId::new(NodeId::new("w").unwrap(), 1);
+        let add = |set: &VersionSet, bytes: usize| {
+            let value = Some(Bytes::from(vec![2u8; bytes]));
+            set.update(&VersionVector::new(), value, &writer).0
+        };
+        let full = siblings(MAX_SIBLINGS, 1);
+        assert!(grows_too_large(&siblings(MAX_SIBLINGS - 1, 1), &full).is_none());
+        let why = grows_too_large(&full, &add(&full, 1)).expect("one sibling too many");
+        assert!(why.contains("siblings"), "{why}");
+        // A reconciling write (the whole context) leaves one sibling: always allowed.
+        let merged = full
+            .update(full.context(), Some(Bytes::from_static(b"m")), &writer)
+            .0;
+        assert_eq!(merged.siblings().len(), 1);
+        assert!(grows_too_large(&full, &merged).is_none());
+
+        let big = MAX_SIBLING_VALUE_BYTES / 4;
+        let heavy = siblings(4, big);
+        let why = grows_too_large(&heavy, &add(&heavy, 1)).expect("bytes past the limit");
+        assert!(why.contains("bytes"), "{why}");
+        assert!(
+            grows_too_large(&siblings(3, big), &heavy).is_none(),
+            "at the limit"
+        );
+    }
 }

@@ -81,6 +81,7 @@ impl From<ClientError> for ApiError {
             }
             ClientError::BadRequest(m) => ApiError::bad_request(m),
             ClientError::Internal(m) => ApiError::internal(m),
+            ClientError::TooLarge(m) => ApiError::too_large(m),
         }
     }
 }

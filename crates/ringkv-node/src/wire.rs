@@ -197,6 +197,10 @@ pub enum ClientError {
     BadRequest(String),
     #[error("{0}")]
     Internal(String),
+    /// The write would leave the key with more siblings, or sibling bytes, than allowed
+    /// (`ringkv_core::constants::MAX_SIBLINGS`); nothing was written.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// The topology (committed ring, transition, leaving members) and its version. Version 0

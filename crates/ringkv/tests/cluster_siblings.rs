@@ -144,3 +144,39 @@ async fn reusing_the_context_of_ones_own_put_never_erases_another_clients_write(
     assert_eq!(b3.status, 204, "{b3:?}");
     assert_siblings_everywhere(&c, key, &[b"from-a", b"from-b-third"]).await;
 }
+
+/// Siblings are bounded: once a key holds `MAX_SIBLINGS` (100) concurrent values, a write
+/// that would add another is refused with 413 `too_large` and changes nothing, through any
+/// node; a write with the key's context reconciles them and goes through, and the key takes
+/// new concurrent writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_past_the_sibling_limit_is_refused_and_a_reconciling_write_goes_through() {
+    const LIMIT: usize = ringkv_core::constants::MAX_SIBLINGS;
+    let c = Cluster::start(3).await;
+    let key = b"many-siblings";
+    // A PUT without a context is concurrent with everything stored: one sibling each.
+    for i in 0..LIMIT {
+        let put = c
+            .put(i % 3, key, format!("v{i}").as_bytes(), None, "w=3")
+            .await;
+        assert_eq!(put.status, 204, "write {i}: {put:?}");
+    }
+    for node in 0..3 {
+        let refused = c.put(node, key, b"one too many", None, "").await;
+        assert_eq!(refused.status, 413, "through node {node}: {refused:?}");
+        assert_eq!(refused.error_code(), "too_large", "{refused:?}");
+    }
+    let got = c.get(1, key, "r=3").await;
+    assert_eq!(got.status, 300, "{got:?}");
+    let values = got.values();
+    assert_eq!(values.len(), LIMIT, "the refused writes changed nothing");
+    assert!(!values.contains(&b"one too many".to_vec()));
+    let ctx = got.ctx.expect("a 300 answers X-Context");
+    let merged = c.put(2, key, b"merged", Some(&ctx), "w=3").await;
+    assert_eq!(merged.status, 204, "{merged:?}");
+    let got = c.get(0, key, "r=3").await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.body, b"merged");
+    let put = c.put(0, key, b"concurrent again", None, "w=3").await;
+    assert_eq!(put.status, 204, "{put:?}");
+}

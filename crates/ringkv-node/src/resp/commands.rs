@@ -254,6 +254,7 @@ fn node_error(e: ClientError) -> Reply {
         ClientError::Unavailable { message, .. } => Reply::Error(format!("UNAVAILABLE {message}")),
         ClientError::BadRequest(m) => Reply::err(m),
         ClientError::Internal(m) => Reply::err(format!("internal: {m}")),
+        ClientError::TooLarge(m) => Reply::err(m),
     }
 }
 
