@@ -49,6 +49,11 @@ pub trait Entropy: Send + Sync + 'static {
     fn next_u64(&self) -> u64;
 }
 
+/// Most storage calls handed to tokio's blocking pool at once, queued or running (the pool
+/// runs up to 512 threads and queues the rest without a bound). Each call carries a key and
+/// possibly values; past this, callers wait for a slot.
+pub const BLOCKING_CALLS_MAX: usize = 1024;
+
 /// Where blocking storage calls run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blocking {
@@ -65,6 +70,8 @@ pub struct Seams {
     pub clock: Arc<dyn WallClock>,
     pub entropy: Arc<dyn Entropy>,
     pub blocking: Blocking,
+    /// Calls on the blocking pool at once, queued or running (`BLOCKING_CALLS_MAX`).
+    pub blocking_slots: Arc<tokio::sync::Semaphore>,
     /// An engine and hint store already open. `None`: open the engine the settings name in
     /// the data directory (the simulation passes the in-memory engine it keeps across a
     /// simulated crash, which is what survives the crash).
@@ -78,6 +85,7 @@ impl Seams {
             clock: Arc::new(SystemClock),
             entropy: Arc::new(OsEntropy),
             blocking: Blocking::Pool,
+            blocking_slots: Arc::new(tokio::sync::Semaphore::new(BLOCKING_CALLS_MAX)),
             storage: None,
         }
     }
@@ -88,9 +96,24 @@ impl Seams {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, String> {
         match self.blocking {
-            Blocking::Pool => tokio::task::spawn_blocking(f)
+            Blocking::Pool => {
+                // A call holds its slot from before it is queued until it returns, so while
+                // the engine stalls (fjall throttling writers, a slow fsync) the pool holds at
+                // most BLOCKING_CALLS_MAX calls and their keys and values; later callers wait
+                // here, where their deadlines reach them, instead of in the pool's queue.
+                let slot = self
+                    .blocking_slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    f()
+                })
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+            }
             Blocking::Inline => Ok(f()),
         }
     }
@@ -150,5 +173,65 @@ pub struct OsEntropy;
 impl Entropy for OsEntropy {
     fn next_u64(&self) -> u64 {
         rand::random()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// While the pool's calls are stuck (an engine stall), no more than the slots are handed
+    /// to it; the next caller waits for one and runs once a slot is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_blocking_pool_holds_at_most_its_slots() {
+        let seams = Seams {
+            blocking_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            ..Seams::production()
+        };
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let (ran_tx, mut ran) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let (seams, started, gate, ran_tx) =
+                    (seams.clone(), started.clone(), gate.clone(), ran_tx.clone());
+                tokio::spawn(async move {
+                    seams
+                        .run_blocking(move || {
+                            started.fetch_add(1, Ordering::SeqCst);
+                            ran_tx.send(i).unwrap();
+                            gate.lock().unwrap().recv().unwrap();
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // Two calls get slots and block in the "engine"; the third waits for a slot.
+        ran.recv().await.unwrap();
+        ran.recv().await.unwrap();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            2,
+            "a third call reached the pool"
+        );
+        assert_eq!(seams.blocking_slots.available_permits(), 0);
+        for _ in 0..3 {
+            release.send(()).unwrap();
+        }
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            seams.blocking_slots.available_permits(),
+            2,
+            "every slot given back"
+        );
     }
 }

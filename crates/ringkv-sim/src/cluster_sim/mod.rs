@@ -35,7 +35,7 @@ use ringkv_core::NodeId;
 use ringkv_node::Settings;
 use ringkv_node::handoff::{LeaveError, REFUSED_PREFIX};
 use ringkv_node::node::Node;
-use ringkv_node::seams::{Blocking, Network, Seams};
+use ringkv_node::seams::{BLOCKING_CALLS_MAX, Blocking, Network, Seams};
 use ringkv_node::settings::{ReadFanout, ServerArgs, StorageKind};
 use ringkv_node::transport::Handler;
 use ringkv_node::wire::{Request, Response, RingState};
@@ -471,6 +471,7 @@ async fn run_node(
         clock: Arc::new(SkewedClock { skew_ms }),
         entropy: Arc::new(SeededEntropy::new(incarnation)),
         blocking: Blocking::Inline,
+        blocking_slots: Arc::new(tokio::sync::Semaphore::new(BLOCKING_CALLS_MAX)),
         storage: Some((slot.storage.clone(), slot.hints.clone())),
     };
     let limits = settings.limits.clone();
