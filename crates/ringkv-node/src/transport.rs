@@ -819,6 +819,21 @@ mod tests {
         slow
     }
 
+    /// Releases the slow read and checks it was answered (its connection stayed up); stops.
+    async fn the_slow_read_is_answered(
+        server: SlowServer,
+        slow: tokio::task::JoinHandle<Result<Response, TransportError>>,
+    ) {
+        server.handler.release.notify_one();
+        let answer = slow.await.unwrap();
+        assert!(
+            matches!(answer, Ok(Response::Versions(None))),
+            "the request beside it: {answer:?}"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
     /// An answer over the frame limit (a key whose siblings outgrew it) fails that request
     /// with an error; the connection, and the request in flight beside it, carry on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -834,14 +849,7 @@ mod tests {
             Ok(Response::Error(why)) => assert!(why.contains("frame limit"), "{why}"),
             other => panic!("an oversized answer came back as {other:?}"),
         }
-        server.handler.release.notify_one();
-        let answer = slow.await.unwrap();
-        assert!(
-            matches!(answer, Ok(Response::Versions(None))),
-            "the request beside it: {answer:?}"
-        );
-        server.shutdown.cancel();
-        server.server.await.unwrap();
+        the_slow_read_is_answered(server, slow).await;
     }
 
     /// A request over the frame limit is refused before it is sent; the connection it would
@@ -863,14 +871,7 @@ mod tests {
             matches!(refused, Err(TransportError::TooLarge(n, SMALL_FRAME_BYTES)) if n > SMALL_FRAME_BYTES),
             "{refused:?}"
         );
-        server.handler.release.notify_one();
-        let answer = slow.await.unwrap();
-        assert!(
-            matches!(answer, Ok(Response::Versions(None))),
-            "the request beside it: {answer:?}"
-        );
-        server.shutdown.cancel();
-        server.server.await.unwrap();
+        the_slow_read_is_answered(server, slow).await;
     }
 
     /// A call its caller drops while it waits for the answer leaves nothing in the
