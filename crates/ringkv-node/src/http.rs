@@ -52,8 +52,15 @@ pub fn router(state: HttpState) -> Router {
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
+        .layer(concurrency_limit(concurrency))
         .with_state(state)
+}
+
+/// At most `max` client requests in flight on the node, whatever their route. `Router::layer`
+/// wraps each route (and method) in its own copy of a layer, so a plain
+/// `ConcurrencyLimitLayer` made one semaphore per route: the global layer shares one.
+fn concurrency_limit(max: usize) -> tower::limit::GlobalConcurrencyLimitLayer {
+    tower::limit::GlobalConcurrencyLimitLayer::new(max)
 }
 
 impl IntoResponse for ApiError {
@@ -467,6 +474,52 @@ async fn admin_local(
 
 #[cfg(test)]
 mod tests {
+    /// The limit holds across routes and methods: with one slot, a request to one route
+    /// that is still running holds up a request to another until it is done.
+    #[tokio::test]
+    async fn the_concurrency_limit_is_one_for_every_route() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let held = {
+            let gate = gate.clone();
+            move || async move {
+                entered_tx.send(()).unwrap();
+                let _ = gate.acquire().await;
+                "a"
+            }
+        };
+        let app = axum::Router::new()
+            .route("/a", get(held))
+            .route("/b", get(|| async { "b" }).put(|| async { "b" }))
+            .layer(super::concurrency_limit(1));
+        let request = |method: &str, path: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let first = tokio::spawn(app.clone().oneshot(request("GET", "/a")));
+        entered.recv().await.expect("the first request is running");
+        for (method, path) in [("GET", "/b"), ("PUT", "/b")] {
+            let waited = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                app.clone().oneshot(request(method, path)),
+            )
+            .await;
+            assert!(
+                waited.is_err(),
+                "{method} {path} ran beside a request holding the only slot"
+            );
+        }
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
+        let after = app.oneshot(request("PUT", "/b")).await.unwrap();
+        assert_eq!(after.status(), 200, "the slot is free again");
+    }
+
     use axum::http::HeaderValue;
 
     use super::*;
