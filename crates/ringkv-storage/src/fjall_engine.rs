@@ -154,6 +154,9 @@ struct Shared {
     /// The sync thread's journal state, read by tests.
     #[cfg(test)]
     journal: Arc<JournalSync>,
+    /// Held by a test to keep the sync thread from completing a sync.
+    #[cfg(test)]
+    sync_gate: Arc<Mutex<()>>,
     commit: GroupCommit<SyncFn>,
 }
 
@@ -227,7 +230,15 @@ impl FjallEngine {
         let (meta, hints) = (keyspace(META_KEYSPACE)?, keyspace(HINTS_KEYSPACE)?);
         let journal = Arc::new(JournalSync::new(db.clone(), dir.as_ref().to_path_buf())?);
         let syncer = journal.clone();
-        let sync: SyncFn = Box::new(move || syncer.sync());
+        #[cfg(test)]
+        let sync_gate = Arc::new(Mutex::new(()));
+        #[cfg(test)]
+        let gate = sync_gate.clone();
+        let sync: SyncFn = Box::new(move || {
+            #[cfg(test)]
+            let _held = lock(&gate);
+            syncer.sync()
+        });
         let shared = Arc::new(Shared {
             db,
             records,
@@ -236,6 +247,8 @@ impl FjallEngine {
             hints,
             #[cfg(test)]
             journal,
+            #[cfg(test)]
+            sync_gate,
             commit: GroupCommit::new(sync),
         });
         let cache = ReadCache::new(options.read_cache_bytes);
@@ -362,20 +375,20 @@ impl FjallEngine {
         decide: &mut dyn FnMut(Option<&VersionSet>) -> Change,
     ) -> Result<Option<VersionSet>, StorageError> {
         let (ticket, stored) = self.modify_staged(partition, key, decide)?;
-        if let Some(ticket) = ticket {
-            self.shared.commit.wait_durable(ticket)?;
-        }
+        self.shared.commit.wait_durable(ticket)?;
         Ok(stored)
     }
 
-    /// `modify` up to the journal: returns the ticket to wait for (`None` if nothing changed)
-    /// and what is stored afterwards.
+    /// `modify` up to the journal: returns the ticket to wait for and what is stored
+    /// afterwards. When nothing changed the ticket is the newest one taken (under the key
+    /// lock, so it covers whatever write of this key was read): a caller that answers "I hold
+    /// this" must not do so while that state is only in the journal's buffer.
     fn modify_staged(
         &self,
         partition: PartitionId,
         key: &[u8],
         decide: &mut dyn FnMut(Option<&VersionSet>) -> Change,
-    ) -> Result<(Option<u64>, Option<VersionSet>), StorageError> {
+    ) -> Result<(u64, Option<VersionSet>), StorageError> {
         check_key(key)?;
         let encoded = record_key(partition, key);
         let _key_guard = self.key_lock(&encoded);
@@ -391,19 +404,19 @@ impl FjallEngine {
         }
         // The cache follows the store while both locks are held.
         match change {
-            Change::Keep => Ok((None, current)),
+            Change::Keep => Ok((self.shared.commit.latest(), current)),
             Change::Put(new) => {
                 let ticket =
                     self.append_change(&mut state, partition, key, current.as_ref(), Some(&new))?;
                 self.cache.update(&encoded, &new);
-                Ok((Some(ticket), Some(new)))
+                Ok((ticket, Some(new)))
             }
-            Change::Delete if current.is_none() => Ok((None, None)),
+            Change::Delete if current.is_none() => Ok((self.shared.commit.latest(), None)),
             Change::Delete => {
                 let ticket =
                     self.append_change(&mut state, partition, key, current.as_ref(), None)?;
                 self.cache.remove(&encoded);
-                Ok((Some(ticket), None))
+                Ok((ticket, None))
             }
         }
     }
@@ -557,11 +570,7 @@ impl StorageEngine for FjallEngine {
                 Some(new) => Change::Put(new),
                 None => Change::Keep,
             })?;
-        let durable = match ticket {
-            Some(ticket) => self.shared.commit.durable(ticket),
-            None => Durable::ready(),
-        };
-        Ok((stored, durable))
+        Ok((stored, self.shared.commit.durable(ticket)))
     }
 
     fn read_cache_stats(&self) -> Option<crate::ReadCacheStats> {
@@ -611,19 +620,16 @@ impl StorageEngine for FjallEngine {
         entries: &[(Key, VersionSet)],
         f: &mut dyn FnMut(Option<&VersionSet>, &VersionSet) -> Option<VersionSet>,
     ) -> Result<(), StorageError> {
-        let mut last = None;
+        let mut last = 0;
         for (key, incoming) in entries {
             let (ticket, _) =
                 self.modify_staged(partition, key, &mut |current| match f(current, incoming) {
                     Some(new) => Change::Put(new),
                     None => Change::Keep,
                 })?;
-            last = ticket.or(last);
+            last = last.max(ticket);
         }
-        match last {
-            Some(ticket) => self.shared.commit.wait_durable(ticket),
-            None => Ok(()),
-        }
+        self.shared.commit.wait_durable(last)
     }
 
     fn scan(
@@ -868,6 +874,59 @@ mod tests {
             .collect();
         ids.sort();
         ids
+    }
+
+    fn one_value(value: &[u8]) -> VersionSet {
+        let replica = ringkv_core::ReplicaId::new(ringkv_core::NodeId::new("n1").unwrap(), 1);
+        VersionSet::new()
+            .update(
+                &ringkv_core::VersionVector::new(),
+                Some(bytes::Bytes::copy_from_slice(value)),
+                &replica,
+            )
+            .0
+    }
+
+    /// A replica write that finds the key already holding what it brings changes nothing,
+    /// but its acknowledgement vouches for that state: it must wait for the sync of the write
+    /// it read (here still unsynced), not answer at once.
+    #[test]
+    fn a_write_that_changes_nothing_is_durable_only_with_what_it_read() {
+        use std::task::{Context, Poll, Waker};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        let partition = PartitionId::new(7, 1024).unwrap();
+        let versions = one_value(b"v");
+        let gate = lock(&engine.shared.sync_gate);
+        let (_, first) = engine
+            .update_deferred(partition, b"k", &mut |_| Some(versions.clone()))
+            .unwrap();
+        let (stored, second) = engine
+            .update_deferred(partition, b"k", &mut |current| match current {
+                Some(cur) if cur.includes(&versions) => None,
+                _ => Some(versions.clone()),
+            })
+            .unwrap();
+        assert_eq!(
+            stored.as_ref(),
+            Some(&versions),
+            "the second write changed nothing"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut second = std::pin::pin!(second.wait());
+        assert!(
+            second.as_mut().poll(&mut cx).is_pending(),
+            "acknowledged before the sync of the state it vouches for"
+        );
+        drop(gate);
+        engine
+            .shared
+            .commit
+            .wait_durable(engine.shared.commit.latest())
+            .unwrap();
+        assert!(matches!(second.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        let mut first = std::pin::pin!(first.wait());
+        assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
     }
 
     /// `JournalSync` fsyncs the file fjall appends to, also after fjall rotated its journal

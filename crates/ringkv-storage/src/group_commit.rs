@@ -129,6 +129,13 @@ impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> GroupCommit<S>
         ticket
     }
 
+    /// The newest ticket taken: waiting for it covers every batch appended so far. A caller
+    /// that changed nothing but read what others appended (and is about to vouch for it)
+    /// waits for this, so it never confirms data that a crash could still take back.
+    pub fn latest(&self) -> u64 {
+        self.inner.written.load(Ordering::SeqCst)
+    }
+
     /// Blocks until a sync that started after `ticket` was appended has completed.
     pub fn wait_durable(&self, ticket: u64) -> Result<(), StorageError> {
         let mut state = self.inner.lock();
