@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
+use crate::tombstones::Forget;
 use crate::wire::{HandoffProgress, Request, Response, RingState};
 
 /// Storage meta key of the receiving side's progress.
@@ -476,17 +477,12 @@ impl Node {
             for home in homes {
                 self.hand_over(partition, home, &batch).await?;
             }
-            for (key, versions) in batch {
-                let digest = versions.digest();
-                let removed = self
-                    .store(move |s| s.remove_if(partition, &key, digest))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                if removed {
-                    dropped += 1;
-                }
-            }
+            let keys = batch
+                .into_iter()
+                .map(|(key, versions)| (key, versions.digest()))
+                .collect();
+            let removed = self.forget_local(partition, keys, Forget::Any).await?;
+            dropped += removed.iter().filter(|r| **r).count() as u64;
         }
         self.handoff
             .keys_dropped

@@ -26,12 +26,13 @@
 //! and a client still holding a context from before the delete would cover, and silently
 //! replace, a new write. Every write this node coordinates raises its replica's vector entry
 //! to the floor first (`VersionSet::raise_floor`), so its dots stay above any counter that a
-//! context handed out before a purge can name.
+//! context handed out before a purge can name. The handoff sweep forgets keys too, so it
+//! raises the floor the same way (`Node::forget_local`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -119,6 +120,15 @@ impl Candidates {
     }
 }
 
+/// Which keys `Node::forget_local` may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forget {
+    /// Only a set of tombstones (a purge).
+    Tombstones,
+    /// Any set (data handed to its home replicas).
+    Any,
+}
+
 /// Purge progress, as `/status` and `/metrics` report it.
 #[derive(Debug, Default)]
 pub struct TombstoneState {
@@ -127,6 +137,8 @@ pub struct TombstoneState {
     cursors: Mutex<HashMap<u32, Bytes>>,
     /// This node's dot floor: every dot it issues from now on is above it.
     pub(crate) dot_floor: Arc<AtomicU64>,
+    /// Held while the floor is raised and persisted.
+    floor_persist: Arc<Mutex<()>>,
     /// The last time this node, or a node it asked, saw a ring member down or a membership
     /// change in progress: grace periods start again from it.
     unhealthy_at: Mutex<Option<Instant>>,
@@ -483,37 +495,59 @@ impl Node {
         partition: PartitionId,
         keys: Vec<(Bytes, u64)>,
     ) -> Result<Vec<bool>, String> {
-        let replica = self.replica.clone();
-        let floor = self.tombstones.dot_floor.clone();
         let removed = self
-            .store(
-                move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
-                    // The floor first: a write that runs after a removal must see it.
-                    let mut highest = 0;
-                    for (key, digest) in &keys {
-                        if let Some(v) = s.get(partition, key)?
-                            && v.is_tombstone_only()
-                            && v.digest() == *digest
-                        {
-                            highest = highest.max(v.highest_counter(&replica));
-                        }
-                    }
-                    if highest > floor.load(Ordering::SeqCst) {
-                        s.put_meta(DOT_FLOOR_META_KEY, &highest.to_be_bytes())?;
-                        floor.fetch_max(highest, Ordering::SeqCst);
-                    }
-                    keys.iter()
-                        .map(|(key, digest)| s.remove_if(partition, key, *digest))
-                        .collect()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .forget_local(partition, keys, Forget::Tombstones)
+            .await?;
         let count = removed.iter().filter(|r| **r).count() as u64;
         self.tombstones.purged.fetch_add(count, Ordering::Relaxed);
         metrics::counter!("ringkv_tombstones_purged_total").increment(count);
         Ok(removed)
+    }
+
+    /// Removes the keys whose sets still have the given digests (and, for `Tombstones`, hold
+    /// only tombstones). First the dot floor is raised above every counter of this node's
+    /// replica id in them and persisted: the node forgets its history of those keys, and a
+    /// write it coordinates for one of them later (it gains the partition back, or a peer with
+    /// an older ring forwards one to it) must not issue a dot it issued before, which the
+    /// replicas' contexts already cover and would drop. Returns, per key, whether it is gone.
+    pub(crate) async fn forget_local(
+        &self,
+        partition: PartitionId,
+        keys: Vec<(Bytes, u64)>,
+        which: Forget,
+    ) -> Result<Vec<bool>, String> {
+        let replica = self.replica.clone();
+        let floor = self.tombstones.dot_floor.clone();
+        let persisting = self.tombstones.floor_persist.clone();
+        self.store(
+            move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                // The floor first: a write that runs after a removal must see it.
+                let mut highest = 0;
+                for (key, digest) in &keys {
+                    if let Some(v) = s.get(partition, key)?
+                        && (which == Forget::Any || v.is_tombstone_only())
+                        && v.digest() == *digest
+                    {
+                        highest = highest.max(v.highest_counter(&replica));
+                    }
+                }
+                // One raise at a time, so the stored floor never goes back (two callers
+                // writing 10 then 7 would leave 7 on disk for the next start).
+                let _persisting = persisting.lock().unwrap_or_else(PoisonError::into_inner);
+                if highest > floor.load(Ordering::SeqCst) {
+                    s.put_meta(DOT_FLOOR_META_KEY, &highest.to_be_bytes())?;
+                    floor.store(highest, Ordering::SeqCst);
+                }
+                drop(_persisting);
+                // By digest: a key written since it was read above stays.
+                keys.iter()
+                    .map(|(key, digest)| s.remove_if(partition, key, *digest))
+                    .collect()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 
     /// Serves a purge leader's `OtherCopies` and `Purge` requests.

@@ -703,3 +703,63 @@ async fn a_node_that_is_down_for_good_is_removed_with_leave() {
     })
     .await;
 }
+
+/// A node that hands keys over and removes them forgets their history, so it first raises
+/// its dot floor above every dot it issued for them: a write it coordinates for one of them
+/// later (a peer still on the old ring forwards one, or the partition comes back) must not
+/// reuse a dot the home replicas' contexts already cover, which they would drop as old news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_hands_keys_over_raises_its_dot_floor_above_their_dots() {
+    let common = ["--partitions", Q, "--handoff-interval-ms", "200"];
+    let c = Cluster::start_with(4, &common).await;
+    let api = c.api();
+    // Three writes of each key through n4, each with the context of the last: where n4 is a
+    // home replica it coordinates them and issues (n4, 1..3).
+    for i in 0..40 {
+        let key = format!("k{i}").into_bytes();
+        let mut ctx: Option<String> = None;
+        for round in 0..3 {
+            let r = api
+                .put(
+                    3,
+                    &key,
+                    format!("v{round}").as_bytes(),
+                    ctx.as_deref(),
+                    "w=3",
+                )
+                .await;
+            assert_eq!(r.status, 204, "{r:?}");
+            ctx = r.ctx;
+        }
+    }
+    assert_eq!(c.status(3).await["tombstones"]["dot_floor"], 0);
+    let r = api
+        .send(
+            api.client
+                .post(format!("{}/admin/leave?node=n4", api.http(0))),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    wait_transition_done(&api, &[0, 1, 2], 3).await;
+    poll_until(
+        TRANSITION_TIMEOUT,
+        "n4 to drop what it handed over",
+        || async {
+            for i in 0..40 {
+                if api.local(3, format!("k{i}").as_bytes()).await.is_some() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    assert!(handoff(&c.status(3).await, "keys_dropped") >= 1);
+    let floor = c.status(3).await["tombstones"]["dot_floor"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        floor >= 3,
+        "n4 removed keys it wrote with dots up to 3, its dot floor is {floor}"
+    );
+}
