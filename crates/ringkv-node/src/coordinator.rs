@@ -36,7 +36,7 @@ use ringkv_core::quorum::{
 use ringkv_core::{Dot, NodeId, VersionSet};
 use ringkv_storage::Durable;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::node::Node;
 use crate::settings::ReadFanout;
@@ -274,8 +274,16 @@ impl Node {
         timeout: Duration,
     ) -> Result<(VersionSet, Dot), ClientError> {
         let deadline = Instant::now() + timeout;
-        let (stored, dot, durable) = self.write_locally(key.clone(), context, value).await?;
-        self.write_incoming(&key, &stored);
+        let written = self.write_locally(key.clone(), context, value);
+        let (stored, dot, durable) =
+            tokio::time::timeout_at(deadline, written)
+                .await
+                .map_err(|_| ClientError::Unavailable {
+                    message: "the local write did not finish before the deadline".into(),
+                    // It may still be applied here.
+                    stored_on: Some(1),
+                })??;
+        self.write_incoming(&key, &stored, deadline).await;
         self.replicate(key, stored, dot, Some(durable), tracker, deadline)
             .await
     }
@@ -320,7 +328,7 @@ impl Node {
             return Err(ClientError::TooLarge(why));
         }
         metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
-        self.write_incoming(&key, &versions);
+        self.write_incoming(&key, &versions, deadline).await;
         let (stored, dot) = self
             .replicate(key, versions, dot, None, tracker, deadline)
             .await?;
@@ -328,9 +336,9 @@ impl Node {
     }
 
     /// Sends a written version set to the request's targets and waits for W of them. The
-    /// coordinator itself counts as written if it is a home target (it stored the set
-    /// already; `local`, when given, is its own copy's fsync, and it counts once that
-    /// resolves); as a fallback target it keeps the set as a hint.
+    /// coordinator itself counts as written if it is a home target and holds the set durably
+    /// (`local`, when given, is the fsync of the copy it wrote already; without it, the set
+    /// is merged into its store first); as a fallback target it keeps the set as a hint.
     ///
     /// The set goes out while the coordinator's own fsync runs: if this node crashes before
     /// that fsync, the dot may live on at a replica and be gone here, but the restarted node
@@ -368,12 +376,24 @@ impl Node {
                         own_pending = true;
                         continue;
                     }
-                    None => Reply::Ok,
+                    // Not written here yet: a fallback coordinator whose ring, adopted since
+                    // it found no home replica reachable, now names it a home replica. It
+                    // counts once it holds the set, never before.
+                    None => {
+                        let merged = self.merge_local(key.clone(), stored.clone());
+                        match tokio::time::timeout_at(deadline, merged).await {
+                            Ok(Ok(_)) => Reply::Ok,
+                            _ => Reply::Failed,
+                        }
+                    }
                 },
-                Some(home) => match self.store_hint(home, key.clone(), stored.clone()).await {
-                    Ok(()) => Reply::Ok,
-                    Err(_) => Reply::Failed,
-                },
+                Some(home) => {
+                    let hinted = self.store_hint(home, key.clone(), stored.clone());
+                    match tokio::time::timeout_at(deadline, hinted).await {
+                        Ok(Ok(())) => Reply::Ok,
+                        _ => Reply::Failed,
+                    }
+                }
             };
             if let Ok(Some(next)) = tracker.record(&me, reply) {
                 writes.push(
@@ -448,29 +468,67 @@ impl Node {
     /// During a transition, sends a written set to the nodes gaining the key's partition as
     /// well (they do not count toward W: reads do not reach them yet). A copy that fails is
     /// kept as a hint for that node, so the receiver never misses a write it did not copy.
-    fn write_incoming(self: &Arc<Self>, key: &Bytes, versions: &VersionSet) {
+    /// Copies run on their own tasks, at most `FORWARDS_MAX` at once, each bounded in time;
+    /// when every slot is taken the hint is stored at once, on this request's time.
+    async fn write_incoming(
+        self: &Arc<Self>,
+        key: &Bytes,
+        versions: &VersionSet,
+        deadline: Instant,
+    ) {
         let Some(ring) = self.membership.ring() else {
             return;
         };
         let partition = ring.topology.partition_of(ringkv_core::key_hash(key));
         for node in ring.topology.incoming(partition) {
-            let me = self.clone();
+            metrics::counter!("ringkv_handoff_forwarded_writes_total").increment(1);
             let (key, versions) = (key.clone(), versions.clone());
+            let Ok(permit) = self.handoff.forward_slots.0.clone().try_acquire_owned() else {
+                metrics::counter!("ringkv_handoff_forwards_hinted_at_once_total").increment(1);
+                let _ = tokio::time::timeout_at(
+                    deadline,
+                    self.forward_or_hint(node, key, versions, None),
+                )
+                .await;
+                continue;
+            };
+            let me = self.clone();
             tokio::spawn(async move {
-                metrics::counter!("ringkv_handoff_forwarded_writes_total").increment(1);
-                if node == *me.membership.me() {
-                    let _ = me.merge_local(key, versions).await;
-                    return;
-                }
+                let _permit = permit;
                 let deadline = Instant::now() + me.settings.request_timeout;
-                let sent = me
-                    .send_write(&node, key.clone(), versions.clone(), None, deadline)
-                    .await;
-                if let Err(e) = sent {
-                    debug!(%node, error = %e, "write to a gaining node failed; keeping a hint");
-                    let _ = me.store_hint(node, key, versions).await;
-                }
+                let copied = me.forward_or_hint(node, key, versions, Some(deadline));
+                let _ =
+                    tokio::time::timeout_at(deadline + me.settings.request_timeout, copied).await;
             });
+        }
+    }
+
+    /// One copy for `write_incoming`: into this node's store if it is the gaining node, else
+    /// sent to it (when `send_by` is given) and kept as a hint if that fails or is skipped.
+    async fn forward_or_hint(
+        self: &Arc<Self>,
+        node: NodeId,
+        key: Bytes,
+        versions: VersionSet,
+        send_by: Option<Instant>,
+    ) {
+        if node == *self.membership.me() {
+            let _ = self.merge_local(key, versions).await;
+            return;
+        }
+        if let Some(deadline) = send_by {
+            let sent = self
+                .send_write(&node, key.clone(), versions.clone(), None, deadline)
+                .await;
+            match sent {
+                Ok(()) => return,
+                Err(e) => {
+                    debug!(%node, error = %e, "write to a gaining node failed; keeping a hint")
+                }
+            }
+        }
+        if let Err(e) = self.store_hint(node.clone(), key, versions).await {
+            warn!(%node, error = %e, "no hint kept for a gaining node; its sweep or anti-entropy brings the write");
         }
     }
 

@@ -66,6 +66,22 @@ pub struct HandoffState {
     pub keys_received: AtomicU64,
     pub keys_dropped: AtomicU64,
     throttle: Mutex<Option<Throttle>>,
+    /// Copies of client writes on their way to gaining nodes (`Node::write_incoming`).
+    pub(crate) forward_slots: ForwardSlots,
+}
+
+/// Most copies of client writes sent to gaining nodes at once, each a task holding its key
+/// and value until the copy (or its hint) is stored; past it a write keeps its hint at once.
+pub const FORWARDS_MAX: usize = 1024;
+
+/// The permits of `FORWARDS_MAX`.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardSlots(pub(crate) Arc<tokio::sync::Semaphore>);
+
+impl Default for ForwardSlots {
+    fn default() -> Self {
+        ForwardSlots(Arc::new(tokio::sync::Semaphore::new(FORWARDS_MAX)))
+    }
 }
 
 /// What `/status` shows of this node's handoff.

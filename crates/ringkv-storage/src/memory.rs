@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ringkv_core::merkle::{LeafIndex, MerkleTree};
@@ -25,11 +26,19 @@ struct MemoryState {
 #[derive(Default)]
 pub struct MemoryEngine {
     state: RwLock<MemoryState>,
+    /// What `writes_may_stall` answers: a test sets it to play an engine throttling writers.
+    stalling: AtomicBool,
 }
 
 impl MemoryEngine {
     pub fn new() -> MemoryEngine {
         MemoryEngine::default()
+    }
+
+    /// Makes `writes_may_stall` answer `stalling`, so callers move writes to their blocking
+    /// pool as they do while fjall throttles writers (tests of those callers).
+    pub fn set_stalling(&self, stalling: bool) {
+        self.stalling.store(stalling, Ordering::SeqCst);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, MemoryState> {
@@ -57,6 +66,10 @@ fn collect_range(
 }
 
 impl StorageEngine for MemoryEngine {
+    fn writes_may_stall(&self) -> bool {
+        self.stalling.load(Ordering::SeqCst)
+    }
+
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
         check_key(key)?;
         Ok(self
