@@ -344,7 +344,12 @@ async fn grow_three_to_five_then_shrink_to_four_under_load() {
         moved as f64 <= 1.1 * optimal.ceil(),
         "the leave moved {moved}, optimum {optimal:.0}"
     );
-    let n2 = api.status(1).await;
+    // The others agree; n2 itself may adopt the final ring a gossip round later.
+    let n2 = poll_until(STATUS_TIMEOUT, "n2 to see it left", || async {
+        let s = api.try_status(1).await?;
+        (s["handoff"]["left"] == true).then_some(s)
+    })
+    .await;
     let me = n2["cluster"]["members"]
         .as_array()
         .unwrap()
