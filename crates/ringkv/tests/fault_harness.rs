@@ -95,7 +95,9 @@ async fn harness_reports_divergence_when_repair_is_disabled() {
         name: "can-fail (repair disabled)",
         schedule: Schedule::IsolateHomeReplica {
             cart: "cart-0",
-            hold: Duration::from_secs(4),
+            // Long enough for the others to mark it down and send writes to fallbacks: a
+            // shorter cut (4 s) sometimes ended first, every write then reached it late over TCP.
+            hold: Duration::from_secs(8),
         },
         node_flags: vec!["--test-disable-repair"],
         expect_failure: true,
