@@ -12,6 +12,20 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process. mimalloc asks the kernel for huge pages
+/// on its arenas (`MADV_HUGEPAGE`) and gives freed memory back about once a second; every
+/// refault then zeroes a whole 2 MiB page on the faulting request's thread, which stalled a
+/// node's runtime workers for milliseconds once a second (docs/benchmarks.md, session 11).
+/// The flag is read at fault time, so memory mapped before this call is covered too. Failure
+/// (a kernel without the flag) costs only those stalls.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "ringkv",
@@ -46,6 +60,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {

@@ -5,9 +5,10 @@
 //! cluster piles up no siblings), then runs `--concurrency` workers for `--duration-secs`:
 //! - closed loop (no `--rate`): each worker starts its next operation when the last one
 //!   ends; measures the maximum throughput;
-//! - open loop (`--rate`): operation `i` is due at `i / rate` seconds; workers claim slots
-//!   in order and latency is measured from the slot's due time, so a slot that had to wait
-//!   for a free worker has that queueing delay in its latency (no coordinated omission).
+//! - open loop (`--rate`): operation `i` is due at `i / rate` seconds; a pacer thread hands
+//!   slots in order to free workers at their due times and latency is measured from the
+//!   slot's due time, so a slot that had to wait for a free worker has that queueing delay
+//!   in its latency (no coordinated omission).
 //!
 //! Laws: every loop is bounded (by the deadline and by `MAX_OPS_PER_RUN`, or by the
 //! schedule's slot count and a hard stop); at most `--concurrency` operations are in
@@ -15,6 +16,7 @@
 
 mod driver;
 mod generator;
+mod pacer;
 mod report;
 mod resp;
 mod schedule;
@@ -37,7 +39,7 @@ use driver::{
     ClientDriver, ContextCache, Driver, Found, HttpDriver, OPERATION_TIMEOUT, Quorums, RespDriver,
 };
 use report::{Outcome, Recorder, RunInfo};
-use schedule::{Schedule, Slot, classify};
+use schedule::Schedule;
 use workload::{Operation, StepChooser, Workload};
 
 /// Most workers (and so operations in flight) of one run.
@@ -160,29 +162,26 @@ struct Shared {
     records_acked: AtomicU64,
     /// Next record number an insert creates.
     insert_next: AtomicU64,
-    /// Closed loop: operations started; open loop: next slot to claim.
+    /// Closed loop: operations started.
     claimed: AtomicU64,
     /// For the progress bar.
     done: AtomicU64,
     errors: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 enum Mode {
     Closed {
         deadline: Instant,
     },
-    Open {
-        schedule: Schedule,
-        hard_stop: Instant,
-    },
+    /// Slots come from the pacer thread at their due times.
+    Open(pacer::Releases),
 }
 
 /// The settings one worker runs with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct WorkerPlan {
     value_bytes: usize,
-    start: Instant,
     mode: Mode,
 }
 
@@ -383,14 +382,26 @@ async fn measure(
         .collect();
     let bar = progress_bar(duration.as_millis() as u64, "run");
     let start = Instant::now();
+    let mut pacer = None;
     let mode = match args.rate {
         None => Mode::Closed {
             deadline: start + duration,
         },
-        Some(rate) => Mode::Open {
-            schedule: Schedule::new(rate, duration),
-            hard_stop: start + duration + OPEN_LOOP_GRACE,
-        },
+        Some(rate) => {
+            let schedule = Schedule::new(rate, duration);
+            let hard_stop = start + duration + OPEN_LOOP_GRACE;
+            match pacer::start(schedule, start, hard_stop, drivers.len()) {
+                Ok((releases, thread)) => {
+                    pacer = Some((schedule, thread));
+                    Mode::Open(releases)
+                }
+                Err(e) => {
+                    let mut total = Recorder::default();
+                    total.record_error("pacer", &format!("cannot start the pacer thread: {e}"));
+                    return (total, Duration::ZERO);
+                }
+            }
+        }
     };
     let ticker = tokio::spawn(tick_progress(bar.clone(), shared.clone(), start));
     let tasks: Vec<_> = drivers
@@ -399,12 +410,13 @@ async fn measure(
         .map(|(driver, state)| {
             let plan = WorkerPlan {
                 value_bytes: args.value_bytes,
-                start,
-                mode,
+                mode: mode.clone(),
             };
             tokio::spawn(worker(plan, state, driver, shared.clone()))
         })
         .collect();
+    // The workers hold the only handles on the pacer: it ends once they have all stopped.
+    drop(mode);
     let mut total = Recorder::default();
     for task in tasks {
         match task.await {
@@ -415,10 +427,14 @@ async fn measure(
     let elapsed = start.elapsed();
     ticker.abort();
     bar.finish_and_clear();
-    if let Mode::Open { schedule, .. } = mode {
-        total.lateness.missed = schedule
-            .total_ops()
-            .saturating_sub(total.lateness.started());
+    if let Some((schedule, thread)) = pacer {
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(lateness)) => {
+                total.lateness = lateness;
+                total.lateness.missed = schedule.total_ops().saturating_sub(lateness.started());
+            }
+            _ => total.record_error("pacer", "the pacer thread panicked"),
+        }
     }
     (total, elapsed)
 }
@@ -439,34 +455,14 @@ async fn tick_progress(bar: ProgressBar, shared: Arc<Shared>, start: Instant) {
 }
 
 /// When the next operation starts (its due time in open loop), or `None` when the run is over.
-async fn next_start(
-    mode: &Mode,
-    start: Instant,
-    shared: &Shared,
-    recorder: &mut Recorder,
-) -> Option<Instant> {
-    match *mode {
+async fn next_start(mode: &Mode, shared: &Shared) -> Option<Instant> {
+    match mode {
         Mode::Closed { deadline } => {
             let now = Instant::now();
             let count = shared.claimed.fetch_add(1, Ordering::Relaxed);
-            (now < deadline && count < MAX_OPS_PER_RUN).then_some(now)
+            (now < *deadline && count < MAX_OPS_PER_RUN).then_some(now)
         }
-        Mode::Open {
-            schedule,
-            hard_stop,
-        } => {
-            let due = schedule.due(shared.claimed.fetch_add(1, Ordering::Relaxed))?;
-            let now = Instant::now();
-            if now >= hard_stop {
-                return None;
-            }
-            let slot = classify(due, now - start);
-            recorder.lateness.record(slot);
-            if let Slot::OnTime { .. } = slot {
-                tokio::time::sleep_until((start + due).into()).await;
-            }
-            Some(start + due)
-        }
+        Mode::Open(releases) => releases.next().await,
     }
 }
 
@@ -481,7 +477,7 @@ async fn worker(
         mut chooser,
         mut recorder,
     } = state;
-    while let Some(began) = next_start(&plan.mode, plan.start, &shared, &mut recorder).await {
+    while let Some(began) = next_start(&plan.mode, &shared).await {
         let mut step = chooser.next(&mut rng, shared.records_acked.load(Ordering::Relaxed));
         if step.operation == Operation::Insert {
             step.record = shared.insert_next.fetch_add(1, Ordering::Relaxed);
