@@ -141,7 +141,7 @@ pub fn status_json(node: &Node) -> serde_json::Value {
             "bytes_sent": handoff.bytes_sent,
             "keys_dropped": handoff.keys_dropped,
             "partitions_owned": topology.map(|t| t.partitions_owned(membership.me())).unwrap_or(0),
-            "left": membership.has_left(),
+            "left": node.left_and_drained(),
         },
     })
 }
@@ -401,7 +401,7 @@ impl Node {
                 };
                 for p in held.iter().step_by(step).take(PLAN_SAMPLE_PARTITIONS) {
                     sample.partitions += 1;
-                    for (k, v) in s.scan(*p, None, PLAN_SAMPLE_KEYS)? {
+                    for (k, v) in s.scan_readable(*p, None, PLAN_SAMPLE_KEYS)?.entries {
                         sample.keys += 1;
                         sample.bytes += crate::handoff::record_bytes(&k, &v);
                     }

@@ -45,6 +45,8 @@ pub const HANDOFF_META_KEY: &str = "handoff";
 pub const CHUNK_BYTES: u32 = 256 * 1024;
 /// Most records in one chunk.
 pub const CHUNK_KEYS: usize = 512;
+/// Most scans of one chunk request past records the source cannot read.
+const CHUNK_SCANS_MAX: usize = 8;
 /// Keys compared and dropped per batch of the ownership sweep.
 pub const SWEEP_BATCH_KEYS: usize = 256;
 /// Most keys the sweep examines per round, over all partitions.
@@ -68,6 +70,9 @@ pub struct HandoffState {
     throttle: Mutex<Option<Throttle>>,
     /// Copies of client writes on their way to gaining nodes (`Node::write_incoming`).
     pub(crate) forward_slots: ForwardSlots,
+    /// Set by the handoff round once this node has left and holds neither keys nor hints:
+    /// stopping it then loses nothing (`/status` shows `"left": true` only from then on).
+    drained: std::sync::atomic::AtomicBool,
 }
 
 /// Most copies of client writes sent to gaining nodes at once, each a task holding its key
@@ -153,11 +158,26 @@ impl Node {
         self.receive_partitions(&ring).await;
         self.retry_leaves(&ring).await;
         self.sweep(&ring).await;
+        if self.membership.has_left() {
+            let holds_keys = !matches!(
+                self.store(|s| s.partitions()).await,
+                Ok(Ok(held)) if held.is_empty()
+            );
+            let drained = !holds_keys && self.hints.is_empty();
+            self.handoff.drained.store(drained, Ordering::SeqCst);
+        }
         let report = self.handoff_report();
         metrics::gauge!("ringkv_handoff_partitions_pending").set(report.cluster_pending as f64);
         metrics::gauge!("ringkv_handoff_partitions_awaiting").set(report.awaiting as f64);
         metrics::gauge!("ringkv_handoff_partitions_moving").set(report.moving as f64);
         metrics::gauge!("ringkv_handoff_partitions_done").set(report.done as f64);
+    }
+
+    /// Whether this node has left the ring and passed on everything it held: its keys
+    /// (swept to their home replicas) and its hints (delivered, re-homed or passed on).
+    /// Until then stopping it could lose the only copy of a hinted write.
+    pub fn left_and_drained(&self) -> bool {
+        self.membership.has_left() && self.handoff.drained.load(Ordering::SeqCst)
     }
 
     pub fn handoff_report(&self) -> HandoffReport {
@@ -351,6 +371,19 @@ impl Node {
         }
     }
 
+    /// The live home replicas of `partition` in the committed ring, this node excepted: where
+    /// a gaining node pulls the partition from.
+    fn live_sources(&self, ring: &RingState, partition: PartitionId) -> Vec<NodeId> {
+        let me = self.membership.me();
+        ring.topology
+            .committed()
+            .preference_list(partition)
+            .home()
+            .filter(|n| *n != me && self.membership.is_live(n))
+            .cloned()
+            .collect()
+    }
+
     /// The instant a transfer of `bytes` may go on, by the node's handoff rate.
     fn throttle(&self, bytes: u64) -> Instant {
         let mut throttle = self.handoff.throttle.lock().unwrap();
@@ -370,16 +403,8 @@ impl Node {
         partition: PartitionId,
         after: Option<Bytes>,
     ) -> Result<(Vec<(Bytes, VersionSet)>, bool), String> {
-        let me = self.membership.me();
         let target = ring.topology.target().ok_or("no transition")?;
-        let mut sources: Vec<NodeId> = ring
-            .topology
-            .committed()
-            .preference_list(partition)
-            .home()
-            .filter(|n| *n != me && self.membership.is_live(n))
-            .cloned()
-            .collect();
+        let mut sources = self.live_sources(ring, partition);
         sources.sort_by_key(|n| target.is_home(partition, n));
         let max_bytes = CHUNK_BYTES.min((self.settings.handoff_bytes_per_second / 4) as u32);
         let mut last_error = String::from("no live source");
@@ -405,15 +430,44 @@ impl Node {
         after: Option<Bytes>,
         max_bytes: u32,
     ) -> Response {
-        let scanned = match self
-            .store(move |s| s.scan(partition, after.as_deref(), CHUNK_KEYS))
-            .await
-        {
-            Ok(Ok(entries)) => entries,
-            Ok(Err(e)) => return Response::Error(e.to_string()),
-            Err(e) => return Response::Error(e.to_string()),
+        // Unreadable records are reported and left out (the receiver levels the partition
+        // with the other replicas afterwards); a chunk of nothing but them would not move the
+        // receiver's cursor, so the scan goes on past them, at most `CHUNK_SCANS_MAX` times.
+        let mut after = after;
+        let mut unreadable = 0;
+        let mut scans = 0;
+        let (scanned, complete) = loop {
+            let from = after.clone();
+            let step = match self
+                .store(move |s| s.scan_readable(partition, from.as_deref(), CHUNK_KEYS))
+                .await
+            {
+                Ok(Ok(step)) => step,
+                Ok(Err(e)) => return Response::Error(e.to_string()),
+                Err(e) => return Response::Error(e.to_string()),
+            };
+            scans += 1;
+            unreadable += step.unreadable.len();
+            let complete = step.examined < CHUNK_KEYS;
+            if !step.entries.is_empty() || complete {
+                break (step.entries, complete);
+            }
+            if scans == CHUNK_SCANS_MAX {
+                return Response::Error(format!(
+                    "partition {}: {unreadable} unreadable records in a row",
+                    partition.index()
+                ));
+            }
+            after = step.last;
         };
-        let complete = scanned.len() < CHUNK_KEYS;
+        if unreadable > 0 {
+            warn!(
+                partition = partition.index(),
+                unreadable, "handoff: left out records this node cannot read"
+            );
+            metrics::counter!("ringkv_unreadable_records_skipped_total")
+                .increment(unreadable as u64);
+        }
         let mut entries = Vec::new();
         let mut bytes = 0u64;
         let total = scanned.len();
@@ -480,16 +534,31 @@ impl Node {
         while *budget > 0 {
             let limit = SWEEP_BATCH_KEYS.min(*budget);
             let cursor = after.clone();
-            let batch = self
-                .store(move |s| s.scan(partition, cursor.as_deref(), limit))
+            let scanned = self
+                .store(move |s| s.scan_readable(partition, cursor.as_deref(), limit))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            if batch.is_empty() {
+            if scanned.examined == 0 {
                 break;
             }
-            *budget -= batch.len().min(*budget);
-            after = batch.last().map(|(k, _)| k.clone());
+            *budget -= scanned.examined.min(*budget);
+            after = scanned.last;
+            // A record this node cannot read is neither handed over nor dropped: it stays,
+            // reported, and the node is not drained (a leaving node does not say `left`).
+            if !scanned.unreadable.is_empty() {
+                warn!(
+                    partition = partition.index(),
+                    unreadable = scanned.unreadable.len(),
+                    "sweep: kept records this node cannot read"
+                );
+                metrics::counter!("ringkv_unreadable_records_skipped_total")
+                    .increment(scanned.unreadable.len() as u64);
+            }
+            let batch = scanned.entries;
+            if batch.is_empty() {
+                continue;
+            }
             for home in homes {
                 self.hand_over(partition, home, &batch).await?;
             }

@@ -5,23 +5,76 @@
 //! believes up, the node sends at most `HINT_DELIVERY_BATCH` hints as ordinary replica
 //! writes (the target syncs them in; duplicates are harmless) and deletes each hint on its
 //! acknowledgement, unless it changed meanwhile (then it is delivered again next round). A
-//! target that fails a delivery is left until the next round. The batch bound throttles
+//! target that cannot be reached is left until the next round. The batch bound throttles
 //! delivery so a returning node is not flooded: at most HINT_DELIVERY_BATCH hints per target
 //! per interval.
+//!
+//! Each target's hints are walked with a cursor (`HintCursors`): a hint the target answers
+//! but refuses (its copy of the key is unreadable, the frame is over its limit) is skipped
+//! until the next pass over that target's hints instead of holding back every hint behind it.
+//! A pass ends at the last hint; the next starts from the first again, so a refused hint is
+//! offered once per pass, never dropped.
 //!
 //! A hint whose target is no longer a member (it left the cluster) is delivered instead to
 //! the partition's current home replicas and the nodes gaining it, and deleted once every one
 //! of them acknowledged it: a departed node never strands a write.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tracing::{debug, info};
+use bytes::Bytes;
+use ringkv_core::{NodeId, PartitionId};
+use ringkv_storage::Hint;
+use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::wire::{Request, Response};
 
 /// Most hints delivered to one target per round.
 pub const HINT_DELIVERY_BATCH: usize = 256;
+
+/// Where each target's delivery resumes: the (partition, key) of the last hint offered to it.
+/// Holds at most one entry per target with pending hints (pruned every round).
+#[derive(Default)]
+pub(crate) struct HintCursors(Mutex<HashMap<NodeId, (PartitionId, Bytes)>>);
+
+impl HintCursors {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (PartitionId, Bytes)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, target: &NodeId) -> Option<(PartitionId, Bytes)> {
+        self.map().get(target).cloned()
+    }
+
+    fn advance(&self, hint: &Hint) {
+        self.map()
+            .insert(hint.target.clone(), (hint.partition, hint.key.clone()));
+    }
+
+    fn restart(&self, target: &NodeId) {
+        self.map().remove(target);
+    }
+
+    fn keep_only(&self, targets: &[NodeId]) {
+        self.map().retain(|t, _| targets.contains(t));
+    }
+}
+
+/// What became of one hint offered to a node.
+enum Offer {
+    Stored,
+    /// The node answered but did not store it.
+    Refused(String),
+    /// No answer: the node is down or cut off.
+    Unreachable(String),
+}
+
+/// The next hints of one target's pass, and whether they end the pass.
+struct Batch {
+    hints: Vec<Hint>,
+    last_of_pass: bool,
+}
 
 impl Node {
     /// One round of delivery to every reachable target.
@@ -37,6 +90,7 @@ impl Node {
                 return;
             }
         };
+        self.hint_cursors.keep_only(&targets);
         let ring = self.membership.ring();
         for target in targets {
             let departed = ring
@@ -53,108 +107,205 @@ impl Node {
         metrics::gauge!("ringkv_hints_pending").set(self.hints.len() as f64);
     }
 
-    /// The next `HINT_DELIVERY_BATCH` hints held for `target` (`None` if they cannot be read).
-    async fn hint_batch(&self, target: &ringkv_core::NodeId) -> Option<Vec<ringkv_storage::Hint>> {
-        let t = target.clone();
-        match self
-            .hint_call(move |hints| hints.pending(&t, HINT_DELIVERY_BATCH))
-            .await
-        {
-            Ok(Ok(batch)) => Some(batch),
-            other => {
-                debug!(?other, "could not read hints");
-                None
+    /// The next `HINT_DELIVERY_BATCH` hints held for `target`, after its cursor; `None` if
+    /// they cannot be read. A cursor past the last hint starts the next pass at the first.
+    async fn hint_batch(&self, target: &NodeId) -> Option<Batch> {
+        let mut after = self.hint_cursors.get(target);
+        loop {
+            let t = target.clone();
+            let cursor = after.clone();
+            let hints = match self
+                .hint_call(move |hints| {
+                    let after = cursor.as_ref().map(|(p, k)| (*p, k.as_ref()));
+                    hints.pending(&t, after, HINT_DELIVERY_BATCH)
+                })
+                .await
+            {
+                Ok(Ok(batch)) => batch,
+                other => {
+                    debug!(?other, "could not read hints");
+                    return None;
+                }
+            };
+            if hints.is_empty() && after.is_some() {
+                self.hint_cursors.restart(target);
+                after = None;
+                continue;
             }
+            let last_of_pass = hints.len() < HINT_DELIVERY_BATCH;
+            return Some(Batch {
+                hints,
+                last_of_pass,
+            });
         }
     }
 
-    async fn deliver_to(self: &Arc<Self>, target: &ringkv_core::NodeId) {
-        let Some(addr) = self.membership.address(target) else {
+    /// Offers one hint to `node` as an ordinary replica write.
+    async fn offer(&self, node: &NodeId, hint: &Hint, hinted_for: Option<NodeId>) -> Offer {
+        let Some(addr) = self.membership.address(node) else {
+            return Offer::Unreachable(format!("no address for {node}"));
+        };
+        let request = Request::Write {
+            key: hint.key.clone(),
+            versions: hint.versions.clone(),
+            hinted_for,
+        };
+        match self
+            .peers
+            .call(addr, request, self.settings.request_timeout)
+            .await
+        {
+            Ok(Response::Ok) => Offer::Stored,
+            Ok(Response::Error(e)) => Offer::Refused(e),
+            Ok(_) => Offer::Refused("an answer that is not an acknowledgement".into()),
+            Err(e) => Offer::Unreachable(e.to_string()),
+        }
+    }
+
+    /// Deletes a hint that reached its destination (kept if it changed meanwhile).
+    async fn acknowledge(&self, hint: Hint) {
+        if let Ok(Err(e)) = self.hint_call(move |hints| hints.acknowledge(&hint)).await {
+            debug!(error = %e, "could not delete a delivered hint");
+        }
+    }
+
+    /// Ends a batch walked to its last hint: the next round starts the following pass at the
+    /// first hint (offering refused ones again), or resumes after the last one offered.
+    /// `refused` hints were refused, the first as `first_refusal` says (one log line a batch).
+    fn finish_batch(
+        &self,
+        target: &NodeId,
+        batch_done: bool,
+        last_of_pass: bool,
+        refused: usize,
+        first_refusal: Option<String>,
+    ) {
+        if batch_done && last_of_pass {
+            self.hint_cursors.restart(target);
+        }
+        if refused > 0 {
+            metrics::counter!("ringkv_hint_deliveries_refused_total").increment(refused as u64);
+            warn!(
+                %target,
+                refused,
+                first = first_refusal.as_deref().unwrap_or(""),
+                "hints refused where they were sent; kept, and offered again next pass"
+            );
+        }
+    }
+
+    async fn deliver_to(self: &Arc<Self>, target: &NodeId) {
+        let Some(Batch {
+            hints,
+            last_of_pass,
+        }) = self.hint_batch(target).await
+        else {
             return;
         };
-        let Some(batch) = self.hint_batch(target).await else {
-            return;
-        };
-        let mut delivered = 0usize;
-        for hint in batch {
-            let request = Request::Write {
-                key: hint.key.clone(),
-                versions: hint.versions.clone(),
-                hinted_for: None,
-            };
-            match self
-                .peers
-                .call(addr, request, self.settings.request_timeout)
-                .await
-            {
-                Ok(Response::Ok) => {
-                    if let Ok(Err(e)) = self.hint_call(move |hints| hints.acknowledge(&hint)).await
-                    {
-                        debug!(error = %e, "could not delete a delivered hint");
-                    }
+        let (mut delivered, mut refused) = (0usize, 0usize);
+        let mut first_refusal = None;
+        let mut batch_done = true;
+        for hint in hints {
+            match self.offer(target, &hint, None).await {
+                Offer::Stored => {
+                    self.hint_cursors.advance(&hint);
+                    self.acknowledge(hint).await;
                     delivered += 1;
                     metrics::counter!("ringkv_hints_delivered_total").increment(1);
                 }
-                other => {
-                    debug!(%target, ?other, "hint delivery failed; retrying next round");
+                Offer::Refused(e) => {
+                    self.hint_cursors.advance(&hint);
+                    first_refusal.get_or_insert_with(|| format!("{:?}: {e}", hint.key));
+                    refused += 1;
+                }
+                Offer::Unreachable(e) => {
+                    debug!(%target, error = %e, "hint delivery failed; retrying next round");
+                    batch_done = false;
                     break;
                 }
             }
         }
+        self.finish_batch(target, batch_done, last_of_pass, refused, first_refusal);
         if delivered > 0 {
             info!(%target, delivered, "delivered hinted writes");
         }
     }
 
     /// Delivers the hints held for a node that left to the partitions' current holders.
-    async fn rehome(self: &Arc<Self>, departed: &ringkv_core::NodeId) {
+    async fn rehome(self: &Arc<Self>, departed: &NodeId) {
         let Some(ring) = self.membership.ring() else {
             return;
         };
-        let Some(batch) = self.hint_batch(departed).await else {
+        let Some(Batch {
+            hints,
+            last_of_pass,
+        }) = self.hint_batch(departed).await
+        else {
             return;
         };
-        let mut delivered = 0usize;
-        for hint in batch {
+        let (mut delivered, mut refused) = (0usize, 0usize);
+        let mut first_refusal = None;
+        let mut batch_done = true;
+        'hints: for hint in hints {
             let mut holders = ring.topology.home(hint.partition);
             holders.extend(ring.topology.incoming(hint.partition));
-            let mut all = true;
+            let mut stored_everywhere = true;
             for holder in holders {
-                let ok = if holder == *self.membership.me() {
-                    self.merge_local(hint.key.clone(), hint.versions.clone())
+                let offer = if holder == *self.membership.me() {
+                    match self
+                        .merge_local(hint.key.clone(), hint.versions.clone())
                         .await
-                        .is_ok()
+                    {
+                        Ok(_) => Offer::Stored,
+                        Err(e) => Offer::Refused(e.to_string()),
+                    }
                 } else {
-                    let request = Request::Write {
-                        key: hint.key.clone(),
-                        versions: hint.versions.clone(),
-                        hinted_for: None,
-                    };
-                    matches!(self.ask(&holder, request).await, Ok(Response::Ok))
+                    self.offer(&holder, &hint, None).await
                 };
-                all &= ok;
+                match offer {
+                    Offer::Stored => {}
+                    Offer::Refused(e) => {
+                        first_refusal
+                            .get_or_insert_with(|| format!("{:?} at {holder}: {e}", hint.key));
+                        stored_everywhere = false;
+                    }
+                    Offer::Unreachable(e) => {
+                        debug!(%departed, %holder, error = %e, "re-homing a hint failed; retrying next round");
+                        batch_done = false;
+                        break 'hints;
+                    }
+                }
             }
-            if !all {
-                debug!(%departed, "re-homing a hint failed; retrying next round");
-                break;
+            self.hint_cursors.advance(&hint);
+            if stored_everywhere {
+                self.acknowledge(hint).await;
+                delivered += 1;
+            } else {
+                refused += 1;
             }
-            let _ = self.hint_call(move |hints| hints.acknowledge(&hint)).await;
-            delivered += 1;
         }
+        self.finish_batch(departed, batch_done, last_of_pass, refused, first_refusal);
         if delivered > 0 {
             info!(%departed, delivered, "re-homed the hints of a departed node");
         }
     }
 
     /// A node that left hands the hints it keeps for a down member to a live member.
-    async fn pass_on(self: &Arc<Self>, target: &ringkv_core::NodeId) {
+    async fn pass_on(self: &Arc<Self>, target: &NodeId) {
         let Some(ring) = self.membership.ring() else {
             return;
         };
-        let Some(batch) = self.hint_batch(target).await else {
+        let Some(Batch {
+            hints,
+            last_of_pass,
+        }) = self.hint_batch(target).await
+        else {
             return;
         };
-        for hint in batch {
+        let mut refused = 0usize;
+        let mut first_refusal = None;
+        let mut batch_done = true;
+        for hint in hints {
             let keeper = ring
                 .topology
                 .preference_list(hint.partition)
@@ -163,17 +314,25 @@ impl Node {
                 .find(|n| *n != target && self.membership.is_live(n))
                 .cloned();
             let Some(keeper) = keeper else {
-                return;
+                batch_done = false;
+                break;
             };
-            let request = Request::Write {
-                key: hint.key.clone(),
-                versions: hint.versions.clone(),
-                hinted_for: Some(target.clone()),
-            };
-            if !matches!(self.ask(&keeper, request).await, Ok(Response::Ok)) {
-                return;
+            match self.offer(&keeper, &hint, Some(target.clone())).await {
+                Offer::Stored => {
+                    self.hint_cursors.advance(&hint);
+                    self.acknowledge(hint).await;
+                }
+                Offer::Refused(e) => {
+                    self.hint_cursors.advance(&hint);
+                    first_refusal.get_or_insert_with(|| format!("{:?} at {keeper}: {e}", hint.key));
+                    refused += 1;
+                }
+                Offer::Unreachable(_) => {
+                    batch_done = false;
+                    break;
+                }
             }
-            let _ = self.hint_call(move |hints| hints.acknowledge(&hint)).await;
         }
+        self.finish_batch(target, batch_done, last_of_pass, refused, first_refusal);
     }
 }

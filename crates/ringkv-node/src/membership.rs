@@ -122,7 +122,8 @@ pub struct Membership {
     chitchat: ChitchatHandle,
     view: RwLock<Arc<ClusterView>>,
     ring: RwLock<Option<Arc<RingState>>>,
-    /// Addresses of nodes seen at least once, kept after chitchat forgets a dead node.
+    /// Addresses of the nodes gossip carries, and of ring members after chitchat forgot them
+    /// (a member down for long); pruned to those on every refresh.
     known: RwLock<HashMap<NodeId, PeerInfo>>,
     /// Whether this node was a member and left (persisted by the node).
     left: std::sync::atomic::AtomicBool,
@@ -269,6 +270,18 @@ impl Membership {
         self.known.read().unwrap().get(node).map(|p| p.listen)
     }
 
+    /// Whether `addr` is the inter-node address of this node or of a node it knows (one gossip
+    /// carries, or a ring member).
+    pub fn is_known_address(&self, addr: &SocketAddr) -> bool {
+        *addr == self.settings.listen
+            || self
+                .known
+                .read()
+                .unwrap()
+                .values()
+                .any(|p| p.listen == *addr)
+    }
+
     /// Whether a node is believed alive (the node itself always is).
     pub fn is_live(&self, node: &NodeId) -> bool {
         *node == self.me || self.view().is_live(node)
@@ -370,10 +383,18 @@ impl Membership {
             peers: peers.into_values().map(|p| (p.id.clone(), p)).collect(),
         };
         {
+            let ring = self.ring();
             let mut known = self.known.write().unwrap();
             for p in view.peers.values() {
                 known.insert(p.id.clone(), p.clone());
             }
+            // Bounded by what gossip carries now plus the ring's members: an id that is
+            // neither (a node that left and was forgotten, or one a forged datagram named)
+            // is dropped.
+            known.retain(|id, _| {
+                view.peers.contains_key(id)
+                    || ring.as_ref().is_some_and(|r| r.topology.is_member(id))
+            });
         }
         *self.view.write().unwrap() = Arc::new(view);
     }

@@ -51,6 +51,8 @@ pub struct Node {
     pub(crate) anti_entropy: crate::anti_entropy::AntiEntropyStats,
     pub(crate) handoff: crate::handoff::HandoffState,
     pub(crate) tombstones: crate::tombstones::TombstoneState,
+    /// Where delivery of each target's hints resumes.
+    pub(crate) hint_cursors: crate::hinted_handoff::HintCursors,
     /// Serialises the allocation of one-off actor ids.
     pub(crate) one_off_lock: tokio::sync::Mutex<()>,
     /// Set by `mark_clean_stop`. A coordinator's own write holds it shared from its check to
@@ -120,6 +122,7 @@ impl Node {
             peers,
             shutdown,
             anti_entropy: Default::default(),
+            hint_cursors: Default::default(),
             handoff,
             tombstones,
             one_off_lock: tokio::sync::Mutex::new(()),
@@ -129,6 +132,12 @@ impl Node {
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
         Ok(node)
+    }
+
+    /// Stops gossip, the last thing a stopped node runs; its other tasks must have ended
+    /// (they hold the node), as `server::run` awaits them before calling this.
+    pub async fn close(self) {
+        self.membership.shutdown().await;
     }
 
     pub fn settings(&self) -> &Settings {
@@ -340,6 +349,8 @@ impl Node {
     /// One round of membership upkeep: refresh the view, fetch a newer ring, claim joiners.
     pub(crate) async fn membership_round(&self) {
         self.membership.refresh().await;
+        self.peers
+            .forget_others(|addr| self.membership.is_known_address(addr));
         if let Some((holder, addr, version)) = self.membership.better_ring_holder() {
             match self
                 .peers

@@ -77,10 +77,12 @@ const ZERO_FROM_START: &[&str] = &[
     "ringkv_fallback_coordinated_total",
     "ringkv_hints_delivered_total",
     "ringkv_hints_refused_total",
+    "ringkv_hint_deliveries_refused_total",
     "ringkv_handoff_bytes_received_total",
     "ringkv_handoff_bytes_sent_total",
     "ringkv_handoff_keys_dropped_total",
     "ringkv_handoff_forwarded_writes_total",
+    "ringkv_unreadable_records_skipped_total",
     "ringkv_tombstones_purged_total",
     "ringkv_tombstone_purges_deferred_total",
 ];
@@ -151,7 +153,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let node =
         Arc::try_unwrap(node).map_err(|_| anyhow::anyhow!("node still referenced at shutdown"));
     if let Ok(node) = node {
-        node.membership.shutdown().await;
+        node.close().await;
     }
     Ok(())
 }

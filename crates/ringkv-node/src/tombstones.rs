@@ -262,15 +262,15 @@ impl Node {
     async fn scan_tombstones(&self, partition: PartitionId) -> Result<(), String> {
         let index = partition.index();
         let after = self.tombstones.cursors.lock().unwrap().get(&index).cloned();
-        let batch = self
-            .store(move |s| s.scan(partition, after.as_deref(), PURGE_SCAN_KEYS))
+        // Unreadable records are skipped (a tombstone there is not purged; the record is
+        // reported wherever it is read).
+        let scanned = self
+            .store(move |s| s.scan_readable(partition, after.as_deref(), PURGE_SCAN_KEYS))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let next = match batch.last() {
-            Some((key, _)) if batch.len() == PURGE_SCAN_KEYS => Some(key.clone()),
-            _ => None,
-        };
+        let next = scanned.last.filter(|_| scanned.examined == PURGE_SCAN_KEYS);
+        let batch = scanned.entries;
         {
             let now = Instant::now();
             let mut candidates = self.tombstones.candidates.lock().unwrap();

@@ -365,6 +365,31 @@ impl Peers {
         }
     }
 
+    /// Drops what the pool keeps for every address `keep` rejects (its connection, closed;
+    /// its backoff; its in-flight limit), so the maps hold the cluster's addresses, not every
+    /// address ever called. Calls in flight keep what they hold and finish.
+    pub fn forget_others(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        let mut forgotten: Vec<(SocketAddr, PeerState)> = {
+            let mut peers = self.peers.lock().unwrap();
+            let gone: Vec<SocketAddr> = peers.keys().filter(|a| !keep(a)).copied().collect();
+            gone.into_iter()
+                .filter_map(|a| peers.remove_entry(&a))
+                .collect()
+        };
+        // Closed in address order, not the map's (per-process) order: the simulation replays.
+        forgotten.sort_by_key(|(addr, _)| *addr);
+        for (_, state) in forgotten {
+            if let Some(conn) = state.connection {
+                conn.closed.cancel();
+            }
+        }
+        self.slots.lock().unwrap().retain(|addr, _| keep(addr));
+        self.connect_locks
+            .lock()
+            .unwrap()
+            .retain(|addr, _| keep(addr));
+    }
+
     /// Sends `request` to `addr` and waits for the answer, at most `timeout` in all.
     pub async fn call(
         &self,
@@ -872,6 +897,62 @@ mod tests {
             "{refused:?}"
         );
         the_slow_read_is_answered(server, slow).await;
+    }
+
+    /// The pool forgets an address it is told to, connection and all, and keeps the others;
+    /// a later call to a forgotten address connects again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_forgets_addresses_it_is_told_to() {
+        let server = SlowServer::start().await;
+        let (peers, addr) = (server.peers.clone(), server.addr);
+        let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(
+            peers
+                .call(addr, Request::Ping, Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
+        assert!(
+            peers
+                .call(dead, Request::Ping, Duration::from_secs(5))
+                .await
+                .is_err()
+        );
+        let held = |peers: &Peers| {
+            let mut held: Vec<SocketAddr> = peers.peers.lock().unwrap().keys().copied().collect();
+            held.extend(peers.slots.lock().unwrap().keys());
+            held.extend(peers.connect_locks.lock().unwrap().keys());
+            held.sort();
+            held.dedup();
+            held
+        };
+        assert_eq!(held(&peers), {
+            let mut both = vec![addr, dead];
+            both.sort();
+            both
+        });
+
+        peers.forget_others(|a| *a == addr);
+        assert_eq!(held(&peers), vec![addr]);
+        let conn = peers.peers.lock().unwrap()[&addr]
+            .connection
+            .clone()
+            .unwrap();
+        peers.forget_others(|_| false);
+        assert!(held(&peers).is_empty());
+        assert!(
+            conn.closed.is_cancelled(),
+            "a forgotten connection is closed"
+        );
+        assert!(
+            peers
+                .call(addr, Request::Ping, Duration::from_secs(5))
+                .await
+                .is_ok(),
+            "a forgotten address is called again"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
     }
 
     /// A call its caller drops while it waits for the answer leaves nothing in the

@@ -29,11 +29,11 @@ use crate::layout::{
     self, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE, check_key,
     decode_hint_key, decode_leaf, decode_versions, encode_leaf, encode_versions, hint_key,
     hint_target_prefix, leaf_prefix, next_partition_start, partition_of, partition_prefix,
-    prefix_successor, record_key, unframe, user_key,
+    prefix_successor, record_key, scan_start, unframe, user_key,
 };
 use crate::read_cache::ReadCache;
 use crate::{
-    DEFAULT_MAX_HINTS, DROP_BATCH_KEYS, Hint, HintStore, Key, StorageEngine, StorageError,
+    DEFAULT_MAX_HINTS, DROP_BATCH_KEYS, Hint, HintStore, Key, Scanned, StorageEngine, StorageError,
 };
 
 /// Number of key locks; two keys share a lock when their hashes collide modulo this.
@@ -499,6 +499,14 @@ fn partition_range(
     (start, end)
 }
 
+fn record_description(partition: PartitionId, key: &[u8]) -> String {
+    format!(
+        "record of key {:?} in partition {}",
+        describe_key(key),
+        partition.index()
+    )
+}
+
 fn decode_entries(
     partition: PartitionId,
     iter: impl Iterator<Item = fjall::Guard>,
@@ -506,13 +514,7 @@ fn decode_entries(
     iter.map(|guard| {
         let (k, v) = guard.into_inner()?;
         let key = user_key(&k)?;
-        let what = || {
-            format!(
-                "record of key {:?} in partition {}",
-                describe_key(&key),
-                partition.index()
-            )
-        };
+        let what = || record_description(partition, &key);
         Ok((key.clone(), decode_versions(&what, &v)?))
     })
     .collect()
@@ -638,16 +640,37 @@ impl StorageEngine for FjallEngine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
-        let start = match after {
-            Some(after) => Bound::Excluded(record_key(partition, after)),
-            None => Bound::Included(partition_prefix(partition).to_vec()),
-        };
+        let start = scan_start(partition, after);
         let iter = self
             .shared
             .records
             .range(partition_range(partition, start))
             .take(limit);
         decode_entries(partition, iter)
+    }
+
+    fn scan_readable(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Scanned, StorageError> {
+        let start = scan_start(partition, after);
+        let mut out = Scanned::default();
+        let range = self.shared.records.range(partition_range(partition, start));
+        for guard in range.take(limit) {
+            let (k, v) = guard.into_inner()?;
+            let key = user_key(&k)?;
+            out.examined += 1;
+            out.last = Some(key.clone());
+            let what = || record_description(partition, &key);
+            match decode_versions(&what, &v) {
+                Ok(versions) => out.entries.push((key, versions)),
+                Err(StorageError::Corrupt { .. }) => out.unreadable.push(key),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     fn scan_leaf(
@@ -788,10 +811,24 @@ impl HintStore for FjallHintStore {
         self.shared.commit.wait_durable(ticket)
     }
 
-    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError> {
+    fn pending(
+        &self,
+        target: &NodeId,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        let prefix = hint_target_prefix(target);
+        let end = match prefix_successor(&prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let start = match after {
+            Some((partition, key)) => Bound::Excluded(hint_key(target, partition, key)),
+            None => Bound::Included(prefix),
+        };
         self.shared
             .hints
-            .prefix(hint_target_prefix(target))
+            .range((start, end))
             .take(limit)
             .map(|guard| {
                 let (k, v) = guard.into_inner()?;

@@ -115,6 +115,15 @@ pub fn partition_prefix(partition: PartitionId) -> [u8; 4] {
     partition.index().to_be_bytes()
 }
 
+/// Where a scan of `partition`'s records starts: strictly after the user key `after`, or at
+/// the partition's first record.
+pub fn scan_start(partition: PartitionId, after: Option<&[u8]>) -> std::ops::Bound<Vec<u8>> {
+    match after {
+        Some(after) => std::ops::Bound::Excluded(record_key(partition, after)),
+        None => std::ops::Bound::Included(partition_prefix(partition).to_vec()),
+    }
+}
+
 pub fn leaf_prefix(partition: PartitionId, leaf: LeafIndex) -> [u8; RECORD_PREFIX_BYTES] {
     let mut out = [0u8; RECORD_PREFIX_BYTES];
     out[..4].copy_from_slice(&partition.index().to_be_bytes());

@@ -161,6 +161,17 @@ pub trait StorageEngine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Key, VersionSet)>, StorageError>;
 
+    /// `scan`, except that a record that cannot be read (`StorageError::Corrupt`) does not end
+    /// it: its key is listed in `unreadable`, never served, and the scan goes on. For the
+    /// background walks over a whole partition (handoff, the ownership sweep, tombstone
+    /// scans), which one bad record must not stop for good. Resume after `Scanned::last`.
+    fn scan_readable(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Scanned, StorageError>;
+
     /// Every key of one Merkle leaf of `partition` (anti-entropy after a diff), in key order.
     fn scan_leaf(
         &self,
@@ -185,6 +196,19 @@ pub trait StorageEngine: Send + Sync + 'static {
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
 }
 
+/// What `StorageEngine::scan_readable` found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scanned {
+    /// The readable records, in storage order.
+    pub entries: Vec<(Key, VersionSet)>,
+    /// Keys whose record failed its checksum or did not decode.
+    pub unreadable: Vec<Key>,
+    /// The last key examined, readable or not: where the next scan resumes.
+    pub last: Option<Key>,
+    /// Keys examined; fewer than the limit asked for means the partition ends here.
+    pub examined: usize,
+}
+
 /// A write destined for `target` that another node accepted on its behalf (hinted handoff).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hint {
@@ -201,14 +225,20 @@ pub trait HintStore: Send + Sync + 'static {
     /// hint when `max_hints` are held is refused with `StorageError::HintBacklogFull`.
     fn push(&self, hint: Hint) -> Result<(), StorageError>;
 
-    /// Up to `limit` hints for `target`, in (partition, key) order.
-    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError>;
+    /// Up to `limit` hints for `target`, in (partition, key) order, starting after the
+    /// (partition, key) `after` (from the first when `None`). Delivery walks a target's hints
+    /// with this cursor, so a hint the target keeps refusing does not hold back the others.
+    fn pending(
+        &self,
+        target: &NodeId,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError>;
 
     /// Deletes a delivered hint, but only if the stored hint is still the one delivered
     /// (same version digest): a hint merged after delivery started is kept. Durable.
     fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError>;
 
-    /// The targets with at least one pending hint, sorted.
     /// The hint held for `target` of `key`, if any.
     fn get(
         &self,
@@ -216,6 +246,8 @@ pub trait HintStore: Send + Sync + 'static {
         partition: PartitionId,
         key: &[u8],
     ) -> Result<Option<VersionSet>, StorageError>;
+
+    /// The targets with at least one pending hint, sorted.
     fn targets(&self) -> Result<Vec<NodeId>, StorageError>;
 
     /// The number of hints held.

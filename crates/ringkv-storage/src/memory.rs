@@ -10,8 +10,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use ringkv_core::merkle::{LeafIndex, MerkleTree};
 use ringkv_core::{NodeId, PartitionId, VersionSet};
 
-use crate::layout::{check_key, leaf_prefix, partition_of, partition_prefix, record_key, user_key};
-use crate::{Hint, HintStore, Key, StorageEngine, StorageError};
+use crate::layout::{
+    check_key, leaf_prefix, partition_of, partition_prefix, record_key, scan_start, user_key,
+};
+use crate::{Hint, HintStore, Key, Scanned, StorageEngine, StorageError};
 
 #[derive(Default)]
 struct MemoryState {
@@ -28,6 +30,10 @@ pub struct MemoryEngine {
     state: RwLock<MemoryState>,
     /// What `writes_may_stall` answers: a test sets it to play an engine throttling writers.
     stalling: AtomicBool,
+    /// A key whose writes fail as if its stored record were unreadable (tests of callers).
+    refused: Mutex<Option<Vec<u8>>>,
+    /// Keys whose record reads fail, as records that fail their checksum (tests of callers).
+    unreadable_keys: Mutex<Vec<Vec<u8>>>,
 }
 
 impl MemoryEngine {
@@ -39,6 +45,47 @@ impl MemoryEngine {
     /// pool as they do while fjall throttles writers (tests of those callers).
     pub fn set_stalling(&self, stalling: bool) {
         self.stalling.store(stalling, Ordering::SeqCst);
+    }
+
+    /// Makes every write to `key` (in any partition) fail with `StorageError::Corrupt`, as a
+    /// replica whose copy of that key is unreadable answers; `None` lifts it.
+    pub fn refuse_writes_to(&self, key: Option<&[u8]>) {
+        *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = key.map(<[u8]>::to_vec);
+    }
+
+    /// Makes reads of these keys' records (in any partition) fail with `StorageError::Corrupt`,
+    /// as records that fail their checksum: `get` and `scan` of them fail, `scan_readable`
+    /// lists them as unreadable. An empty list lifts it.
+    pub fn make_unreadable(&self, keys: &[&[u8]]) {
+        *self
+            .unreadable_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = keys.iter().map(|k| k.to_vec()).collect();
+    }
+
+    fn is_readable(&self, key: &[u8]) -> bool {
+        !self
+            .unreadable_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|k| k.as_slice() == key)
+    }
+
+    fn check_readable(&self, key: &[u8]) -> Result<(), StorageError> {
+        if self.is_readable(key) {
+            return Ok(());
+        }
+        Err(StorageError::corrupt(
+            format!("record of key {key:?}"),
+            "records are unreadable (test knob)".to_string(),
+        ))
+    }
+
+    fn check_all_readable(&self, entries: &[(Key, VersionSet)]) -> Result<(), StorageError> {
+        entries
+            .iter()
+            .try_for_each(|(key, _)| self.check_readable(key))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, MemoryState> {
@@ -72,6 +119,7 @@ impl StorageEngine for MemoryEngine {
 
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
         check_key(key)?;
+        self.check_readable(key)?;
         Ok(self
             .read()
             .records
@@ -86,6 +134,18 @@ impl StorageEngine for MemoryEngine {
         f: &mut dyn FnMut(Option<&VersionSet>) -> Option<VersionSet>,
     ) -> Result<Option<VersionSet>, StorageError> {
         check_key(key)?;
+        if self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            == Some(key)
+        {
+            return Err(StorageError::corrupt(
+                "record",
+                "writes to this key are refused (test knob)".to_string(),
+            ));
+        }
         let encoded = record_key(partition, key);
         let mut guard = self.write();
         let state = &mut *guard;
@@ -158,11 +218,31 @@ impl StorageEngine for MemoryEngine {
         limit: usize,
     ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
         let prefix = partition_prefix(partition);
-        let start = match after {
-            Some(after) => Bound::Excluded(record_key(partition, after)),
-            None => Bound::Included(prefix.to_vec()),
-        };
-        collect_range(&self.read().records, start, &prefix, limit)
+        let start = scan_start(partition, after);
+        let entries = collect_range(&self.read().records, start, &prefix, limit)?;
+        self.check_all_readable(&entries)?;
+        Ok(entries)
+    }
+
+    fn scan_readable(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Scanned, StorageError> {
+        let prefix = partition_prefix(partition);
+        let start = scan_start(partition, after);
+        let mut out = Scanned::default();
+        for (key, versions) in collect_range(&self.read().records, start, &prefix, limit)? {
+            out.examined += 1;
+            out.last = Some(key.clone());
+            if self.is_readable(&key) {
+                out.entries.push((key, versions));
+            } else {
+                out.unreadable.push(key);
+            }
+        }
+        Ok(out)
     }
 
     fn scan_leaf(
@@ -171,12 +251,14 @@ impl StorageEngine for MemoryEngine {
         leaf: LeafIndex,
     ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
         let prefix = leaf_prefix(partition, leaf);
-        collect_range(
+        let entries = collect_range(
             &self.read().records,
             Bound::Included(prefix.to_vec()),
             &prefix,
             usize::MAX,
-        )
+        )?;
+        self.check_all_readable(&entries)?;
+        Ok(entries)
     }
 
     fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
@@ -264,13 +346,22 @@ impl HintStore for MemoryHintStore {
         Ok(())
     }
 
-    fn pending(&self, target: &NodeId, limit: usize) -> Result<Vec<Hint>, StorageError> {
+    fn pending(
+        &self,
+        target: &NodeId,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
         let hints = self.lock();
         let Some(per_target) = hints.get(target) else {
             return Ok(Vec::new());
         };
+        let start = match after {
+            Some((partition, key)) => Bound::Excluded((partition, Key::copy_from_slice(key))),
+            None => Bound::Unbounded,
+        };
         Ok(per_target
-            .iter()
+            .range((start, Bound::Unbounded))
             .take(limit)
             .map(|((partition, key), versions)| Hint {
                 target: target.clone(),

@@ -71,6 +71,61 @@ fn a_flipped_record_byte_is_corrupt_on_every_read_path() {
 }
 
 #[test]
+fn a_readable_scan_lists_a_corrupt_record_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(2);
+    let keys: [&[u8]; 3] = [b"a-before", b"victim", b"z-after"];
+    {
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        for key in keys {
+            put(&engine, p, key, "precious");
+        }
+    }
+    // Only the victim's value is changed.
+    {
+        let db = Database::builder(dir.path()).open().unwrap();
+        let ks = db
+            .keyspace(RECORDS_KEYSPACE, KeyspaceCreateOptions::default)
+            .unwrap();
+        let victim = record_key(p, b"victim");
+        let mut v = ks.get(&victim).unwrap().unwrap().to_vec();
+        v[FRAME_HEADER_BYTES + 3] ^= 0x04;
+        ks.insert(&victim, v).unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    assert!(is_corrupt(engine.scan(p, None, 10), "victim"));
+    let all = engine.scan_readable(p, None, 10).unwrap();
+    // Storage order is by Merkle leaf, then key: compare as sets.
+    let mut readable: Vec<Bytes> = all.entries.iter().map(|(k, _)| k.clone()).collect();
+    readable.sort();
+    assert_eq!(
+        readable,
+        [
+            Bytes::from_static(b"a-before"),
+            Bytes::from_static(b"z-after")
+        ]
+    );
+    assert_eq!(all.unreadable, [Bytes::from_static(b"victim")]);
+    assert_eq!(all.examined, 3);
+    // One key at a time, resuming after `last`, the walk meets every key once and ends.
+    let mut after: Option<Bytes> = None;
+    let mut seen = Vec::new();
+    loop {
+        let step = engine.scan_readable(p, after.as_deref(), 1).unwrap();
+        if step.examined == 0 {
+            break;
+        }
+        seen.extend(step.entries.into_iter().map(|(k, _)| k));
+        seen.extend(step.unreadable);
+        after = step.last;
+        assert!(seen.len() <= 3, "the walk does not end");
+    }
+    seen.sort();
+    assert_eq!(seen, keys.map(Bytes::from_static));
+}
+
+#[test]
 fn a_corrupt_merkle_leaf_meta_or_hint_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let p = partition(3);
@@ -93,7 +148,7 @@ fn a_corrupt_merkle_leaf_meta_or_hint_is_corrupt() {
     assert!(is_corrupt(engine.merkle(p), "Merkle leaf"));
     assert!(is_corrupt(engine.get_meta("ring"), "ring"));
     assert!(is_corrupt(
-        engine.hint_store().unwrap().pending(&node(1), 10),
+        engine.hint_store().unwrap().pending(&node(1), None, 10),
         "hinted"
     ));
     // The record itself is intact.

@@ -220,9 +220,11 @@ enum HintOp {
         value: u8,
         replica: usize,
     },
-    /// Reads `pending` for a target and remembers the hints, as a delivery would.
+    /// Reads `pending` for a target, after a cursor or from the start, and remembers the
+    /// hints, as a delivery would.
     Read {
         target: usize,
+        after: Option<(u32, u8)>,
         limit: usize,
     },
     /// Acknowledges the `n`-th remembered hint (possibly changed since it was read).
@@ -236,7 +238,8 @@ fn hint_op() -> impl Strategy<Value = HintOp> {
     prop_oneof![
         5 => (0..3usize, 0..2u32, 0..5u8, any::<u8>(), 0..2usize)
             .prop_map(|(target, p, key, value, replica)| HintOp::Push { target, p, key, value, replica }),
-        2 => (0..3usize, 0..5usize).prop_map(|(target, limit)| HintOp::Read { target, limit }),
+        2 => (0..3usize, proptest::option::of((0..2u32, 0..5u8)), 0..5usize)
+            .prop_map(|(target, after, limit)| HintOp::Read { target, after, limit }),
         3 => (0..16usize).prop_map(|n| HintOp::Ack { n }),
         1 => Just(HintOp::Reopen),
     ]
@@ -258,8 +261,8 @@ fn assert_same_hints(model: &MemoryHintStore, real: &dyn HintStore) {
     assert_eq!(model.targets().unwrap(), real.targets().unwrap());
     for t in 0..3 {
         assert_eq!(
-            model.pending(&node(t), 100).unwrap(),
-            real.pending(&node(t), 100).unwrap()
+            model.pending(&node(t), None, 100).unwrap(),
+            real.pending(&node(t), None, 100).unwrap()
         );
     }
 }
@@ -278,7 +281,7 @@ proptest! {
         for op in &ops {
             match op {
                 HintOp::Push { target, p, key: k, value, replica: r } => {
-                    let current = model.pending(&node(*target), 100).unwrap();
+                    let current = model.pending(&node(*target), None, 100).unwrap();
                     let id = (partition(*p), Bytes::from(key(*k)));
                     let held = current.iter().find(|h| (h.partition, h.key.clone()) == id).map(|h| &h.versions);
                     let versions = write(held, &value.to_string(), &replica(*r), false);
@@ -287,9 +290,11 @@ proptest! {
                     prop_assert_eq!(expected, push_result(real.push(hint)));
                     prop_assert!(model.len() <= MODEL_MAX_HINTS);
                 }
-                HintOp::Read { target, limit } => {
-                    let got = real.pending(&node(*target), *limit).unwrap();
-                    prop_assert_eq!(&model.pending(&node(*target), *limit).unwrap(), &got);
+                HintOp::Read { target, after, limit } => {
+                    let after_key = after.map(|(p, k)| (partition(p), key(k)));
+                    let after = after_key.as_ref().map(|(p, k)| (*p, k.as_ref()));
+                    let got = real.pending(&node(*target), after, *limit).unwrap();
+                    prop_assert_eq!(&model.pending(&node(*target), after, *limit).unwrap(), &got);
                     delivered.extend(got);
                 }
                 HintOp::Ack { n } => {
@@ -324,7 +329,7 @@ fn hint_store_laws(store: &dyn HintStore, max_hints: usize) {
     store.push(hint(1, "a", v1.clone())).unwrap();
     store.push(hint(1, "a", v2.clone())).unwrap();
     assert_eq!(store.len(), 1, "a second hint for the same key is merged");
-    let pending = store.pending(&node(1), 10).unwrap();
+    let pending = store.pending(&node(1), None, 10).unwrap();
     assert_eq!(values(&pending[0].versions), ["one", "two"]);
 
     // Acknowledging what was read before a merge keeps the merged hint.
@@ -334,7 +339,7 @@ fn hint_store_laws(store: &dyn HintStore, max_hints: usize) {
         .unwrap();
     store.acknowledge(&delivered).unwrap();
     assert_eq!(store.len(), 1, "changed since delivery: kept");
-    let fresh = store.pending(&node(1), 10).unwrap();
+    let fresh = store.pending(&node(1), None, 10).unwrap();
     store.acknowledge(&fresh[0]).unwrap();
     assert!(store.is_empty());
     assert!(store.targets().unwrap().is_empty());
@@ -355,7 +360,31 @@ fn hint_store_laws(store: &dyn HintStore, max_hints: usize) {
         "merging into a held hint is allowed at the bound"
     );
     assert_eq!(store.targets().unwrap(), vec![node(0), node(1), node(2)]);
-    assert_eq!(store.pending(&node(0), 1).unwrap().len(), 1);
+    assert_eq!(store.pending(&node(0), None, 1).unwrap().len(), 1);
+
+    // A cursor walks a target's hints in order, strictly after the (partition, key) given,
+    // whether or not that key is held.
+    let keys = |hints: Vec<Hint>| -> Vec<Bytes> { hints.into_iter().map(|h| h.key).collect() };
+    let first = store.pending(&node(0), None, 1).unwrap();
+    assert_eq!(keys(first), [Bytes::from_static(b"k0")]);
+    let next = store.pending(&node(0), Some((p, b"k0")), 1).unwrap();
+    assert_eq!(keys(next), [Bytes::from_static(b"k3")]);
+    let between = store.pending(&node(0), Some((p, b"k1")), 10).unwrap();
+    assert_eq!(keys(between), [Bytes::from_static(b"k3")]);
+    assert!(
+        store
+            .pending(&node(0), Some((p, b"k3")), 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .pending(&node(0), Some((partition(0), b"zzz")), 10)
+            .unwrap()
+            .len()
+            == 2,
+        "an earlier partition's key sorts before every key of a later one"
+    );
 }
 
 #[test]
@@ -374,7 +403,7 @@ fn fjall_hint_store_keeps_the_laws_and_survives_reopen() {
     let store = engine.hint_store().unwrap();
     hint_store_laws(&*store, 5);
     let before: Vec<Vec<Hint>> = (0..3)
-        .map(|t| store.pending(&node(t), 10).unwrap())
+        .map(|t| store.pending(&node(t), None, 10).unwrap())
         .collect();
     drop(store);
     drop(engine);
@@ -382,7 +411,7 @@ fn fjall_hint_store_keeps_the_laws_and_survives_reopen() {
     let store = engine.hint_store().unwrap();
     assert_eq!(store.len(), 5);
     let after: Vec<Vec<Hint>> = (0..3)
-        .map(|t| store.pending(&node(t), 10).unwrap())
+        .map(|t| store.pending(&node(t), None, 10).unwrap())
         .collect();
     assert_eq!(before, after);
     assert!(matches!(

@@ -707,7 +707,7 @@ fn cluster_formed(table: &NodeTable, nodes: usize) -> bool {
 }
 
 /// Whether a node asked to leave has left, and the version of the ring that says so: it
-/// reports it itself (`/status` `"left": true`) or, while it is down, the newest ring of the
+/// reports it itself (`/status` `"left": true`: out of the ring, holding no keys or hints) or, while it is down, the newest ring of the
 /// running nodes no longer lists it (a ring that does not list a member has no transition
 /// pending that involves it).
 fn has_left(table: &NodeTable, node: usize) -> Option<u64> {
@@ -716,7 +716,7 @@ fn has_left(table: &NodeTable, node: usize) -> Option<u64> {
     match running.iter().find(|(i, _)| *i == node) {
         Some((_, n)) => {
             let ring = n.membership().ring()?;
-            (n.membership().has_left() && !ring.topology.is_member(&id)).then_some(ring.version)
+            (n.left_and_drained() && !ring.topology.is_member(&id)).then_some(ring.version)
         }
         None => {
             let ring = table.newest_ring()?;

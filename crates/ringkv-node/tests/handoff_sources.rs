@@ -1,0 +1,116 @@
+//! Partition handoff from a replica that cannot read some of its records (they fail their
+//! checksum): the join completes without them, and the source keeps them, reported, instead of
+//! dropping them. Nodes run in this process on the in-memory engine, anti-entropy off.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, node_ids, settled, start};
+use ringkv_core::{PartitionId, key_hash};
+use ringkv_node::ServerArgs;
+use ringkv_node::wire::ClientOp;
+use ringkv_storage::StorageEngine;
+use tokio_util::sync::CancellationToken;
+
+fn no_anti_entropy(args: &mut ServerArgs) {
+    args.anti_entropy_interval_ms = Some(3_600_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_only_source_cannot_read_do_not_stall_the_join() {
+    let shutdown = CancellationToken::new();
+    let one_replica = |args: &mut ServerArgs| {
+        no_anti_entropy(args);
+        args.n = Some(1);
+        args.w = Some(1);
+    };
+    let n1 = start("n1", None, &shutdown, one_replica).await;
+    let ids = node_ids(&["n1", "n2"]);
+    eventually(Duration::from_secs(30), "n1 never formed a ring", || {
+        settled(&[&n1], &ids[..1])
+    })
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    let keys: Vec<(PartitionId, Bytes)> = (0..90)
+        .map(|i| {
+            let key = Bytes::from(format!("cart-{i}"));
+            (ring.topology.partition_of(key_hash(&key)), key)
+        })
+        .collect();
+    for (_, key) in &keys {
+        let put = ClientOp::Put {
+            key: key.clone(),
+            context: None,
+            value: Some(key.clone()),
+            w: 1,
+            strict: false,
+        };
+        n1.node
+            .client_op(put, Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+    // Every third record fails its checksum on n1, the only replica.
+    let unreadable: Vec<&[u8]> = keys.iter().step_by(3).map(|(_, k)| k.as_ref()).collect();
+    n1.engine.make_unreadable(&unreadable);
+
+    let n2 = start("n2", Some(&n1.listen), &shutdown, one_replica).await;
+    eventually(
+        Duration::from_secs(60),
+        "the join stalled on records the only source cannot read",
+        || settled(&[&n1, &n2], &ids),
+    )
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    let (mut moved, mut moved_unreadable) = (0, 0);
+    for (partition, key) in &keys {
+        if !ring.topology.home(*partition).contains(&ids[1]) {
+            continue;
+        }
+        if unreadable.contains(&key.as_ref()) {
+            moved_unreadable += 1;
+        } else {
+            moved += 1;
+            assert!(
+                n2.engine.get(*partition, key).unwrap().is_some(),
+                "{key:?} did not reach n2"
+            );
+        }
+    }
+    assert!(
+        moved > 0 && moved_unreadable > 0,
+        "{moved} / {moved_unreadable} keys moved"
+    );
+
+    // n1's sweep drops what it handed over and keeps, reported, what it cannot read.
+    let moved_from_n1 = |readable: bool| {
+        keys.iter()
+            .filter(|(p, k)| {
+                ring.topology.home(*p).contains(&ids[1])
+                    && unreadable.contains(&k.as_ref()) != readable
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (handed_over, kept) = (moved_from_n1(true), moved_from_n1(false));
+    eventually(
+        Duration::from_secs(30),
+        "n1 never dropped what it handed over",
+        || {
+            handed_over
+                .iter()
+                .all(|(p, k)| n1.engine.get(*p, k).unwrap().is_none())
+        },
+    )
+    .await;
+    for (partition, key) in &kept {
+        let scanned = n1.engine.scan_readable(*partition, None, 1000).unwrap();
+        assert!(
+            scanned.unreadable.contains(key),
+            "{key:?} was dropped unread"
+        );
+    }
+    shutdown.cancel();
+}

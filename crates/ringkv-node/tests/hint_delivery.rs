@@ -1,0 +1,163 @@
+//! Hint delivery between nodes running in this process on loopback with the in-memory
+//! engine, a target's engine told to refuse writes to one key:
+//! - a hint its target answers but refuses does not hold back the target's other hints: the
+//!   fallback skips it for the rest of the pass, delivers the others, keeps the refused one
+//!   and offers it again on the next pass;
+//! - a node that left the ring is not reported `left` (safe to stop) while it still holds a
+//!   hint.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, node_ids, settled, start};
+use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
+use ringkv_node::node::Node;
+use ringkv_storage::{Hint, HintStore, MemoryEngine, StorageEngine};
+use tokio_util::sync::CancellationToken;
+
+fn hint_for(target: &NodeId, ring_holder: &Node, key: &str) -> Hint {
+    let ring = ring_holder.membership().ring().unwrap();
+    let key = Bytes::copy_from_slice(key.as_bytes());
+    let writer = ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+    let (versions, _) =
+        VersionSet::default().update(&VersionVector::new(), Some(key.clone()), &writer);
+    Hint {
+        target: target.clone(),
+        partition: ring.topology.partition_of(key_hash(&key)),
+        key,
+        versions,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hint_does_not_hold_back_the_others_and_is_offered_again() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, |_| {}).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, |_| {}).await;
+    let target = NodeId::new("n2").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "n2 never became a live member",
+        || {
+            n1.node
+                .membership()
+                .ring()
+                .is_some_and(|r| r.topology.is_member(&target))
+                && n1.node.membership().is_live(&target)
+        },
+    )
+    .await;
+
+    let mut hints: Vec<Hint> = (0..12)
+        .map(|i| hint_for(&target, &n1.node, &format!("cart-{i}")))
+        .collect();
+    hints.sort_by(|a, b| (a.partition, &a.key).cmp(&(b.partition, &b.key)));
+    for hint in &hints {
+        n1.hints.push(hint.clone()).unwrap();
+    }
+    let keys: Vec<(PartitionId, Bytes)> =
+        hints.iter().map(|h| (h.partition, h.key.clone())).collect();
+    // The first hint in delivery order is the one the target refuses.
+    let (bad_partition, bad_key) = keys[0].clone();
+    n2.engine.refuse_writes_to(Some(&bad_key));
+
+    let stored =
+        |engine: &MemoryEngine, (p, k): &(PartitionId, Bytes)| engine.get(*p, k).unwrap().is_some();
+    eventually(
+        Duration::from_secs(20),
+        "the hints behind a refused one were never delivered",
+        || keys[1..].iter().all(|k| stored(&n2.engine, k)),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "delivered hints were not deleted",
+        || n1.hints.len() == 1,
+    )
+    .await;
+    let kept = n1.hints.pending(&target, None, 10).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].partition, kept[0].key.clone()),
+        (bad_partition, bad_key.clone())
+    );
+    assert!(!stored(&n2.engine, &keys[0]));
+
+    // Once the target takes it, the refused hint is delivered on a later pass.
+    n2.engine.refuse_writes_to(None);
+    eventually(
+        Duration::from_secs(20),
+        "the refused hint was never offered again",
+        || stored(&n2.engine, &keys[0]) && n1.hints.is_empty(),
+    )
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_is_not_reported_left_while_it_holds_a_hint() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, |_| {}).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, |_| {}).await;
+    let n3 = start("n3", Some(&n1.listen), &shutdown, |_| {}).await;
+    let ids = node_ids(&["n1", "n2", "n3"]);
+    eventually(
+        Duration::from_secs(30),
+        "the three nodes never formed a ring",
+        || settled(&[&n1, &n2, &n3], &ids),
+    )
+    .await;
+
+    n1.node.request_leave(ids[2].clone()).await.unwrap();
+    eventually(Duration::from_secs(30), "n3 never left the ring", || {
+        n3.node.membership().has_left()
+    })
+    .await;
+
+    // n3 keeps two hints for n1; n1 refuses one of them.
+    let refused = hint_for(&ids[0], &n3.node, "refused");
+    let taken = hint_for(&ids[0], &n3.node, "taken");
+    n1.engine.refuse_writes_to(Some(&refused.key));
+    n3.hints.push(refused.clone()).unwrap();
+    n3.hints.push(taken.clone()).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "n3 never delivered its other hint",
+        || {
+            n1.engine
+                .get(taken.partition, &taken.key)
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
+    // Handoff rounds run every 100 ms: for two seconds, twenty of them must all see the hint.
+    let window = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(n3.hints.len(), 1);
+        assert!(
+            !n3.node.left_and_drained(),
+            "n3 reported it could be stopped while it held a hint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    n1.engine.refuse_writes_to(None);
+    eventually(
+        Duration::from_secs(20),
+        "n3 never reported left once its hint was delivered",
+        || n3.node.left_and_drained(),
+    )
+    .await;
+    assert!(n3.hints.is_empty());
+    assert!(
+        n1.engine
+            .get(refused.partition, &refused.key)
+            .unwrap()
+            .is_some()
+    );
+    drop(n2);
+    shutdown.cancel();
+}
