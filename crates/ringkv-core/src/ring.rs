@@ -6,9 +6,10 @@
 //!   does not matter (members are kept sorted by id) and nothing iterates a hash map.
 //! - **Balance.** Every member owns exactly its largest-remainder quota of the Q partitions:
 //!   `floor(Q*w/W)` or one more, so it is within one partition of its exact weighted share.
-//! - **Spread (best effort).** Any N consecutive partitions are owned by min(N, members)
-//!   distinct nodes, and by N distinct zones when there are at least N zones, wherever the
-//!   quotas allow it; `Ring::spread_violations` counts the windows where it does not hold.
+//! - **Spread.** Any N consecutive partitions are owned by min(N, members) distinct nodes,
+//!   and by N distinct zones when there are at least N zones, wherever the quotas allow it:
+//!   always in a fresh ring, best effort after incremental claims (repair has a budget);
+//!   `Ring::spread_violations` counts the windows where it does not hold.
 //! - **Minimal movement.** Claiming from a previous ring first keeps every partition whose owner
 //!   stays within quota, gives a leaver's partitions to nodes below quota, then moves only
 //!   the surplus of nodes above quota to nodes below it. Constraint repair afterwards may
@@ -170,6 +171,18 @@ impl Ring {
             None => {
                 table.owners = stripe(&zone_of, zone_count, &quotas, spread);
                 repair(&mut table, None, usize::MAX);
+                // The stripe spreads every node evenly but is greedy: near the ring's end it
+                // can be left with a heavy zone it cannot place apart, and swaps cannot undo
+                // that. The column layout always keeps the spread when the quotas allow it.
+                if let Some(columns) = columns(&zone_of, &quotas, spread) {
+                    let params_n = usize::from(params.n);
+                    let count = |owners: &[u16]| {
+                        violations(owners, &zone_of, zone_count, params_n, members.len())
+                    };
+                    if count(&columns) < count(&table.owners) {
+                        table.owners = columns;
+                    }
+                }
             }
             Some(prev) => {
                 if prev.params != params {
@@ -278,29 +291,13 @@ impl Ring {
     /// holding fewer than min(N, members) distinct nodes, or fewer than N distinct zones when
     /// there are at least N zones.
     pub fn spread_violations(&self) -> usize {
-        let q = self.owners.len();
-        let window = usize::from(self.params.n).min(q);
-        let want_nodes = window.min(self.members.len());
-        let want_zones = if self.zone_count >= usize::from(self.params.n) {
-            window
-        } else {
-            0
-        };
-        (0..q)
-            .filter(|&start| {
-                let mut nodes: Vec<u16> =
-                    (0..window).map(|k| self.owners[(start + k) % q]).collect();
-                let mut zones: Vec<u16> = nodes
-                    .iter()
-                    .map(|&o| self.zone_of[usize::from(o)])
-                    .collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                zones.sort_unstable();
-                zones.dedup();
-                nodes.len() < want_nodes || zones.len() < want_zones
-            })
-            .count()
+        violations(
+            &self.owners,
+            &self.zone_of,
+            self.zone_count,
+            usize::from(self.params.n),
+            self.members.len(),
+        )
     }
 
     /// For each partition whose home replica set differs in `next`: who gains and who loses
@@ -670,6 +667,112 @@ impl Strides {
             self.nodes[z].insert((nd, node));
         }
     }
+}
+
+/// Windows of `n` consecutive partitions of `owners` breaking the spread (see
+/// `Ring::spread_violations`).
+fn violations(
+    owners: &[u16],
+    zone_of: &[u16],
+    zone_count: usize,
+    n: usize,
+    members: usize,
+) -> usize {
+    let q = owners.len();
+    let window = n.min(q);
+    let want_nodes = window.min(members);
+    let want_zones = if zone_count >= n { window } else { 0 };
+    (0..q)
+        .filter(|&start| {
+            let mut nodes: Vec<u16> = (0..window).map(|k| owners[(start + k) % q]).collect();
+            let mut zones: Vec<u16> = nodes.iter().map(|&o| zone_of[usize::from(o)]).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            zones.sort_unstable();
+            zones.dedup();
+            nodes.len() < want_nodes || zones.len() < want_zones
+        })
+        .count()
+}
+
+/// A fresh layout that keeps the spread exactly whenever every zone (or, without the zone
+/// constraint, every node) has at most `r = floor(Q/d)` partitions, `d` being the spread
+/// distance; `None` when some has more, or when there is nothing to spread.
+///
+/// The ring is cut into `r` blocks of `floor(Q/r)` or one more partitions (the longer ones
+/// first), each at least `d` long. Slots are visited column by column: offset 0 of every
+/// block, then offset 1 of every block, and so on; zones, largest first, take consecutive
+/// runs of that order. A run of at most `r` slots meets each block at most once, so two of
+/// its slots in one column are whole blocks apart; a run that crosses into the next column
+/// is shorter than `r` (zones of exactly `r` come first and fill whole columns), so its two
+/// ends sit at least two blocks apart, or cross into the last, partial, column whose blocks
+/// are the longer ones. Either way every pair is at least `d` apart around the ring. Within
+/// a zone's run, its nodes take turns by stride scheduling, so they are `d` apart too (the
+/// node distance is never more than the zone distance).
+fn columns(zone_of: &[u16], quotas: &[u32], spread: Spread) -> Option<Vec<u16>> {
+    let by_zone = spread.zone_distance > 0;
+    let d = if by_zone {
+        spread.zone_distance
+    } else {
+        spread.node_distance
+    };
+    let q: usize = quotas.iter().map(|&x| x as usize).sum();
+    if d < 2 || q < d {
+        return None;
+    }
+    let r = q / d;
+    // Colours: zones, or every node its own colour without the zone constraint.
+    let colour_of = |node: usize| {
+        if by_zone {
+            usize::from(zone_of[node])
+        } else {
+            node
+        }
+    };
+    let colours = quotas
+        .len()
+        .max(zone_of.iter().map(|&z| usize::from(z) + 1).max()?);
+    let mut counts = vec![0usize; colours];
+    for (node, &quota) in quotas.iter().enumerate() {
+        counts[colour_of(node)] += quota as usize;
+    }
+    if counts.iter().any(|&c| c > r) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..colours).filter(|&c| counts[c] > 0).collect();
+    order.sort_by_key(|&c| (std::cmp::Reverse(counts[c]), c));
+    // Each colour's nodes, interleaved by stride scheduling.
+    let mut items = Vec::with_capacity(q);
+    for colour in order {
+        let mut queue: BTreeSet<(Deadline, u16)> = BTreeSet::new();
+        let mut used = vec![0u64; quotas.len()];
+        for (node, &quota) in quotas.iter().enumerate() {
+            if quota > 0 && colour_of(node) == colour {
+                queue.insert((Deadline::after(0, u64::from(quota)), node as u16));
+            }
+        }
+        while let Some((_, node)) = queue.pop_first() {
+            items.push(node);
+            let n = usize::from(node);
+            used[n] += 1;
+            if used[n] < u64::from(quotas[n]) {
+                queue.insert((Deadline::after(used[n], u64::from(quotas[n])), node));
+            }
+        }
+    }
+    let (base, longer) = (q / r, q % r);
+    let start = |block: usize| block * base + block.min(longer);
+    let len = |block: usize| base + usize::from(block < longer);
+    let slots = (0..=base).flat_map(|offset| {
+        (0..r)
+            .filter(move |&b| offset < len(b))
+            .map(move |b| start(b) + offset)
+    });
+    let mut owners = vec![UNASSIGNED; q];
+    for (slot, node) in slots.zip(items) {
+        owners[slot] = node;
+    }
+    Some(owners)
 }
 
 /// A fresh layout: walks the ring once, giving each partition the earliest-due zone (stride
