@@ -199,10 +199,11 @@ impl<S: Fn() -> Result<(), StorageError>> Inner<S> {
                     Ok(()) => state.upto = target,
                     Err(e) => state.failed = Some(e.to_string()),
                 }
-                let published = state.clone();
+                // Published while the state is still locked: whoever sees a ticket settled
+                // in `state` (`wait_durable`) finds it settled in `published` (`Durable`) too.
+                self.published.send_replace(state.clone());
                 drop(state);
                 self.synced_cv.notify_all();
-                self.published.send_replace(published);
                 if failed {
                     return;
                 }
