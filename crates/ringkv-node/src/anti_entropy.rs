@@ -23,7 +23,7 @@ use bytes::Bytes;
 use ringkv_core::merkle::{LeafIndex, MERKLE_FANOUT, differing_children};
 use ringkv_core::{NodeId, PartitionId, VersionSet};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::wire::{Request, Response};
@@ -40,6 +40,16 @@ pub struct AntiEntropyStats {
     pub partitions_compared: AtomicU64,
     pub keys_repaired: AtomicU64,
     pub last_full_pass_unix_ms: AtomicU64,
+}
+
+/// (key, version digest) pairs of some Merkle leaves.
+type Digests = Vec<(Bytes, u64)>;
+
+/// How the repair of one key ended.
+enum Repair {
+    Done,
+    /// Either side refused or could not read it; the exchange goes on with the next key.
+    Skipped(String),
 }
 
 /// A key-per-second budget: `spend` waits when the current second's budget is used up.
@@ -115,19 +125,22 @@ impl Node {
     }
 
     pub(crate) async fn ask(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
+        match self.ask_peer(peer, request).await? {
+            Response::Error(e) => Err(e),
+            r => Ok(r),
+        }
+    }
+
+    /// `ask`, keeping the peer's `Error` answer as an answer: `Err` means it was not reached.
+    async fn ask_peer(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
         let addr = self
             .membership
             .address(peer)
             .ok_or_else(|| format!("no address for {peer}"))?;
-        match self
-            .peers
+        self.peers
             .call(addr, request, self.settings.request_timeout)
             .await
-        {
-            Ok(Response::Error(e)) => Err(e),
-            Ok(r) => Ok(r),
-            Err(e) => Err(e.to_string()),
-        }
+            .map_err(|e| e.to_string())
     }
 
     /// Compares one partition with one peer and repairs the differing keys both ways.
@@ -180,9 +193,18 @@ impl Node {
         }
         leaves.truncate(AE_LEAVES_PER_EXCHANGE);
         let keys = self.differing_keys(partition, peer, leaves).await?;
+        let mut skipped = 0usize;
         for key in keys {
             budget.spend().await;
-            self.repair_key(peer, key).await?;
+            if let Repair::Skipped(why) = self.repair_key(peer, key.clone()).await? {
+                // One key either side cannot read or store (a record that fails its checksum)
+                // must not hold back the rest of the partition, pass after pass.
+                debug!(partition = partition.index(), %peer, ?key, why, "anti-entropy skipped a key");
+                skipped += 1;
+            }
+        }
+        if skipped > 0 {
+            metrics::counter!("ringkv_anti_entropy_keys_skipped_total").increment(skipped as u64);
         }
         Ok(())
     }
@@ -220,52 +242,71 @@ impl Node {
         Ok(keys)
     }
 
-    /// This node's (key, digest) pairs of some leaves of a partition.
+    /// This node's (key, digest) pairs of some leaves of a partition. A record that fails its
+    /// checksum is left out (logged and counted): the exchange goes on for every other key,
+    /// and the record is kept, neither served nor overwritten (see `repair_key`).
     pub(crate) async fn leaf_digests(
         &self,
         partition: PartitionId,
         leaves: Vec<u16>,
     ) -> Result<Vec<(Bytes, u64)>, String> {
-        self.store(
-            move |s| -> Result<Vec<(Bytes, u64)>, ringkv_storage::StorageError> {
-                let mut out = Vec::new();
-                for leaf in leaves
-                    .into_iter()
-                    .filter_map(|l| LeafIndex::new(l as usize))
-                {
-                    out.extend(
-                        s.scan_leaf(partition, leaf)?
-                            .into_iter()
-                            .map(|(k, v)| (k, v.digest())),
-                    );
-                }
-                Ok(out)
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        let (digests, unreadable) = self
+            .store(
+                move |s| -> Result<(Digests, Vec<Bytes>), ringkv_storage::StorageError> {
+                    let (mut digests, mut unreadable) = (Vec::new(), Vec::new());
+                    for leaf in leaves
+                        .into_iter()
+                        .filter_map(|l| LeafIndex::new(l as usize))
+                    {
+                        let scanned = s.scan_leaf(partition, leaf)?;
+                        digests.extend(scanned.entries.into_iter().map(|(k, v)| (k, v.digest())));
+                        unreadable.extend(scanned.unreadable);
+                    }
+                    Ok((digests, unreadable))
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !unreadable.is_empty() {
+            warn!(
+                partition = partition.index(),
+                keys = ?unreadable,
+                "anti-entropy left out records that fail their checksum"
+            );
+            metrics::counter!("ringkv_unreadable_records_skipped_total")
+                .increment(unreadable.len() as u64);
+        }
+        Ok(digests)
     }
 
-    /// Syncs one key both ways with `peer`.
-    async fn repair_key(&self, peer: &NodeId, key: Bytes) -> Result<(), String> {
-        let theirs = match self.ask(peer, Request::Read { key: key.clone() }).await? {
+    /// Syncs one key both ways with `peer`. `Err` only when the peer cannot be reached (the
+    /// exchange ends); a key that either side refuses, or cannot read (its record fails its
+    /// checksum), is `Skipped`. Such a local record is not overwritten with the peer's copy:
+    /// the dots this node issued in it are unknown, and a write it coordinates later could
+    /// reissue one that other replicas already hold.
+    async fn repair_key(&self, peer: &NodeId, key: Bytes) -> Result<Repair, String> {
+        let theirs = match self
+            .ask_peer(peer, Request::Read { key: key.clone() })
+            .await?
+        {
             Response::Versions(v) => v,
-            _ => return Err("unexpected answer to Read".into()),
+            Response::Error(e) => return Ok(Repair::Skipped(format!("peer read: {e}"))),
+            other => return Err(format!("unexpected answer to Read: {other:?}")),
         };
         let merged = match &theirs {
-            Some(v) => self
-                .merge_local(key.clone(), v.clone())
-                .await
-                .map_err(|e| e.to_string())?,
+            Some(v) => self.merge_local(key.clone(), v.clone()).await,
             None => self
                 .read_local(key.clone())
                 .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default(),
+                .map(Option::unwrap_or_default),
+        };
+        let merged = match merged {
+            Ok(merged) => merged,
+            Err(e) => return Ok(Repair::Skipped(format!("local: {e}"))),
         };
         if merged == VersionSet::default() {
-            return Ok(());
+            return Ok(Repair::Done);
         }
         if !theirs.as_ref().is_some_and(|t| t.includes(&merged)) {
             let request = Request::Write {
@@ -273,8 +314,9 @@ impl Node {
                 versions: merged,
                 hinted_for: None,
             };
-            match self.ask(peer, request).await? {
+            match self.ask_peer(peer, request).await? {
                 Response::Ok => {}
+                Response::Error(e) => return Ok(Repair::Skipped(format!("peer write: {e}"))),
                 other => return Err(format!("unexpected answer {other:?}")),
             }
         }
@@ -282,7 +324,7 @@ impl Node {
             .keys_repaired
             .fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ringkv_anti_entropy_keys_repaired_total").increment(1);
-        Ok(())
+        Ok(Repair::Done)
     }
 
     /// Serves a peer's anti-entropy requests.

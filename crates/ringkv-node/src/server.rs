@@ -70,6 +70,7 @@ const ZERO_FROM_START: &[&str] = &[
     "ringkv_anti_entropy_passes_total",
     "ringkv_anti_entropy_partitions_compared_total",
     "ringkv_anti_entropy_keys_repaired_total",
+    "ringkv_anti_entropy_keys_skipped_total",
     "ringkv_read_repairs_total",
     "ringkv_read_speculations_total",
     "ringkv_replica_reads_total",

@@ -520,6 +520,27 @@ fn decode_entries(
     .collect()
 }
 
+/// Decodes records, listing those that fail their checksum or do not decode as unreadable.
+fn scan_records(
+    partition: PartitionId,
+    records: impl Iterator<Item = fjall::Guard>,
+) -> Result<Scanned, StorageError> {
+    let mut out = Scanned::default();
+    for guard in records {
+        let (k, v) = guard.into_inner()?;
+        let key = user_key(&k)?;
+        out.examined += 1;
+        out.last = Some(key.clone());
+        let what = || record_description(partition, &key);
+        match decode_versions(&what, &v) {
+            Ok(versions) => out.entries.push((key, versions)),
+            Err(StorageError::Corrupt { .. }) => out.unreadable.push(key),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 impl StorageEngine for FjallEngine {
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
         check_key(key)?;
@@ -656,32 +677,13 @@ impl StorageEngine for FjallEngine {
         limit: usize,
     ) -> Result<Scanned, StorageError> {
         let start = scan_start(partition, after);
-        let mut out = Scanned::default();
         let range = self.shared.records.range(partition_range(partition, start));
-        for guard in range.take(limit) {
-            let (k, v) = guard.into_inner()?;
-            let key = user_key(&k)?;
-            out.examined += 1;
-            out.last = Some(key.clone());
-            let what = || record_description(partition, &key);
-            match decode_versions(&what, &v) {
-                Ok(versions) => out.entries.push((key, versions)),
-                Err(StorageError::Corrupt { .. }) => out.unreadable.push(key),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        scan_records(partition, range.take(limit))
     }
 
-    fn scan_leaf(
-        &self,
-        partition: PartitionId,
-        leaf: LeafIndex,
-    ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
-        decode_entries(
-            partition,
-            self.shared.records.prefix(leaf_prefix(partition, leaf)),
-        )
+    fn scan_leaf(&self, partition: PartitionId, leaf: LeafIndex) -> Result<Scanned, StorageError> {
+        let records = self.shared.records.prefix(leaf_prefix(partition, leaf));
+        scan_records(partition, records)
     }
 
     fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {

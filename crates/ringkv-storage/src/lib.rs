@@ -173,11 +173,9 @@ pub trait StorageEngine: Send + Sync + 'static {
     ) -> Result<Scanned, StorageError>;
 
     /// Every key of one Merkle leaf of `partition` (anti-entropy after a diff), in key order.
-    fn scan_leaf(
-        &self,
-        partition: PartitionId,
-        leaf: LeafIndex,
-    ) -> Result<Vec<(Key, VersionSet)>, StorageError>;
+    /// Like `scan_readable`, a record that cannot be read is listed in `unreadable` and the
+    /// scan goes on, so one bad record does not stop the exchange of everything else.
+    fn scan_leaf(&self, partition: PartitionId, leaf: LeafIndex) -> Result<Scanned, StorageError>;
 
     /// A copy of the partition's Merkle tree (the empty tree for an empty partition).
     fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError>;
@@ -196,7 +194,7 @@ pub trait StorageEngine: Send + Sync + 'static {
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
 }
 
-/// What `StorageEngine::scan_readable` found.
+/// What `StorageEngine::scan_readable` (or `scan_leaf`) found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scanned {
     /// The readable records, in storage order.

@@ -54,13 +54,23 @@ impl MemoryEngine {
     }
 
     /// Makes reads of these keys' records (in any partition) fail with `StorageError::Corrupt`,
-    /// as records that fail their checksum: `get` and `scan` of them fail, `scan_readable`
-    /// lists them as unreadable. An empty list lifts it.
+    /// as records that fail their checksum: `get`, `scan` and the updates and `remove_if` that
+    /// read a stored record fail, `scan_readable` and `scan_leaf` list them as unreadable. An
+    /// empty list lifts it.
     pub fn make_unreadable(&self, keys: &[&[u8]]) {
         *self
             .unreadable_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = keys.iter().map(|k| k.to_vec()).collect();
+    }
+
+    /// What is stored for `key`, readable or not (`make_unreadable` does not apply): lets a
+    /// test see that a record it made unreadable was kept as it was.
+    pub fn peek(&self, partition: PartitionId, key: &[u8]) -> Option<VersionSet> {
+        self.read()
+            .records
+            .get(&record_key(partition, key))
+            .cloned()
     }
 
     fn is_readable(&self, key: &[u8]) -> bool {
@@ -80,6 +90,21 @@ impl MemoryEngine {
             format!("record of key {key:?}"),
             "records are unreadable (test knob)".to_string(),
         ))
+    }
+
+    /// Splits scanned records into the readable ones and the keys made unreadable.
+    fn sort_readable(&self, records: Vec<(Key, VersionSet)>) -> Scanned {
+        let mut out = Scanned::default();
+        for (key, versions) in records {
+            out.examined += 1;
+            out.last = Some(key.clone());
+            if self.is_readable(&key) {
+                out.entries.push((key, versions));
+            } else {
+                out.unreadable.push(key);
+            }
+        }
+        out
     }
 
     fn check_all_readable(&self, entries: &[(Key, VersionSet)]) -> Result<(), StorageError> {
@@ -150,6 +175,10 @@ impl StorageEngine for MemoryEngine {
         let mut guard = self.write();
         let state = &mut *guard;
         let current = state.records.get(&encoded);
+        if current.is_some() {
+            // As on disk: an update reads the record it replaces.
+            self.check_readable(key)?;
+        }
         let Some(new) = f(current) else {
             return Ok(current.cloned());
         };
@@ -187,6 +216,9 @@ impl StorageEngine for MemoryEngine {
         let mut guard = self.write();
         let state = &mut *guard;
         let encoded = record_key(partition, key);
+        if state.records.contains_key(&encoded) {
+            self.check_readable(key)?;
+        }
         if state.records.get(&encoded).map(VersionSet::digest) != Some(digest) {
             return Ok(false);
         }
@@ -232,33 +264,15 @@ impl StorageEngine for MemoryEngine {
     ) -> Result<Scanned, StorageError> {
         let prefix = partition_prefix(partition);
         let start = scan_start(partition, after);
-        let mut out = Scanned::default();
-        for (key, versions) in collect_range(&self.read().records, start, &prefix, limit)? {
-            out.examined += 1;
-            out.last = Some(key.clone());
-            if self.is_readable(&key) {
-                out.entries.push((key, versions));
-            } else {
-                out.unreadable.push(key);
-            }
-        }
-        Ok(out)
+        let records = collect_range(&self.read().records, start, &prefix, limit)?;
+        Ok(self.sort_readable(records))
     }
 
-    fn scan_leaf(
-        &self,
-        partition: PartitionId,
-        leaf: LeafIndex,
-    ) -> Result<Vec<(Key, VersionSet)>, StorageError> {
+    fn scan_leaf(&self, partition: PartitionId, leaf: LeafIndex) -> Result<Scanned, StorageError> {
         let prefix = leaf_prefix(partition, leaf);
-        let entries = collect_range(
-            &self.read().records,
-            Bound::Included(prefix.to_vec()),
-            &prefix,
-            usize::MAX,
-        )?;
-        self.check_all_readable(&entries)?;
-        Ok(entries)
+        let start = Bound::Included(prefix.to_vec());
+        let records = collect_range(&self.read().records, start, &prefix, usize::MAX)?;
+        Ok(self.sort_readable(records))
     }
 
     fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {

@@ -59,10 +59,10 @@ fn a_flipped_record_byte_is_corrupt_on_every_read_path() {
         let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
         assert!(is_corrupt(engine.get(p, b"victim"), "victim"));
         assert!(is_corrupt(engine.scan(p, None, 10), "victim"));
-        assert!(is_corrupt(
-            engine.scan_leaf(p, LeafIndex::of_key(b"victim")),
-            "victim"
-        ));
+        // The leaf scan (anti-entropy) lists it and serves nothing of it.
+        let leaf = engine.scan_leaf(p, LeafIndex::of_key(b"victim")).unwrap();
+        assert!(leaf.entries.is_empty());
+        assert_eq!(leaf.unreadable, vec![Bytes::from_static(b"victim")]);
         assert!(is_corrupt(
             engine.update(p, b"victim", &mut |_| None),
             "victim"
@@ -108,6 +108,17 @@ fn a_readable_scan_lists_a_corrupt_record_and_goes_on() {
     );
     assert_eq!(all.unreadable, [Bytes::from_static(b"victim")]);
     assert_eq!(all.examined, 3);
+    // Each key's Merkle leaf scan serves it, or lists it when it is the victim.
+    for key in keys {
+        let leaf = engine.scan_leaf(p, LeafIndex::of_key(key)).unwrap();
+        let served = leaf.entries.iter().any(|(k, _)| k.as_ref() == key);
+        let listed = leaf.unreadable.iter().any(|k| k.as_ref() == key);
+        assert_eq!(
+            (served, listed),
+            (key != b"victim", key == b"victim"),
+            "{key:?}"
+        );
+    }
     // One key at a time, resuming after `last`, the walk meets every key once and ends.
     let mut after: Option<Bytes> = None;
     let mut seen = Vec::new();

@@ -108,7 +108,7 @@ fn scan_leaf_finds_exactly_a_leafs_keys(engine: &dyn StorageEngine) {
     let mut seen = BTreeSet::new();
     for i in 0..MERKLE_LEAVES {
         let leaf = LeafIndex::new(i).unwrap();
-        let in_leaf = engine.scan_leaf(p, leaf).unwrap();
+        let in_leaf = engine.scan_leaf(p, leaf).unwrap().entries;
         assert!(in_leaf.iter().all(|(k, _)| LeafIndex::of_key(k) == leaf));
         assert_eq!(in_leaf.is_empty(), tree.leaf(leaf) == 0, "leaf {i}");
         seen.extend(in_leaf.into_iter().map(|(k, _)| k));

@@ -117,9 +117,11 @@ fn apply(engine: &dyn StorageEngine, op: &Op) -> Result<Outcome, StorageError> {
             let after = after.map(key);
             Outcome::Entries(engine.scan(partition(*p), after.as_deref(), *limit)?)
         }
-        Op::ScanLeaf { p, key: k } => {
-            Outcome::Entries(engine.scan_leaf(partition(*p), LeafIndex::of_key(&key(*k)))?)
-        }
+        Op::ScanLeaf { p, key: k } => Outcome::Entries(
+            engine
+                .scan_leaf(partition(*p), LeafIndex::of_key(&key(*k)))?
+                .entries,
+        ),
         Op::Drop { p } => {
             engine.drop_partition(partition(*p))?;
             Outcome::Unit
