@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
+use crate::transport::TransportError;
 use crate::wire::{Request, Response};
 
 /// Most keys repaired per second by anti-entropy.
@@ -132,15 +133,22 @@ impl Node {
     }
 
     /// `ask`, keeping the peer's `Error` answer as an answer: `Err` means it was not reached.
+    /// A request over the frame limit, never sent, counts as refused (`Error`): it concerns
+    /// that request alone.
     async fn ask_peer(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
         let addr = self
             .membership
             .address(peer)
             .ok_or_else(|| format!("no address for {peer}"))?;
-        self.peers
+        match self
+            .peers
             .call(addr, request, self.settings.request_timeout)
             .await
-            .map_err(|e| e.to_string())
+        {
+            Ok(answer) => Ok(answer),
+            Err(e @ TransportError::TooLarge(..)) => Ok(Response::Error(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Compares one partition with one peer and repairs the differing keys both ways.

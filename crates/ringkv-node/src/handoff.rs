@@ -70,9 +70,17 @@ pub struct HandoffState {
     throttle: Mutex<Option<Throttle>>,
     /// Copies of client writes on their way to gaining nodes (`Node::write_incoming`).
     pub(crate) forward_slots: ForwardSlots,
-    /// Set by the handoff round once this node has left and holds neither keys nor hints:
-    /// stopping it then loses nothing (`/status` shows `"left": true` only from then on).
-    drained: std::sync::atomic::AtomicBool,
+    /// Replica and hinted writes accepted and not yet stored (`Node::accept_write`).
+    writes_in_flight: AtomicU64,
+}
+
+/// An accepted replica or hinted write; dropped once it is stored (or failed).
+pub(crate) struct AcceptedWrite<'a>(&'a AtomicU64);
+
+impl Drop for AcceptedWrite<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Most copies of client writes sent to gaining nodes at once, each a task holding its key
@@ -158,13 +166,15 @@ impl Node {
         self.receive_partitions(&ring).await;
         self.retry_leaves(&ring).await;
         self.sweep(&ring).await;
-        if self.membership.has_left() {
+        // Writes stop being accepted once the node has left (`accept_write`); one accepted
+        // before may still be on its way to storage, and must be counted before `drained`.
+        if self.membership.has_left() && self.handoff.writes_in_flight.load(Ordering::SeqCst) == 0 {
             let holds_keys = !matches!(
                 self.store(|s| s.partitions()).await,
                 Ok(Ok(held)) if held.is_empty()
             );
             let drained = !holds_keys && self.hints.is_empty();
-            self.handoff.drained.store(drained, Ordering::SeqCst);
+            self.membership.set_drained(drained).await;
         }
         let report = self.handoff_report();
         metrics::gauge!("ringkv_handoff_partitions_pending").set(report.cluster_pending as f64);
@@ -173,11 +183,28 @@ impl Node {
         metrics::gauge!("ringkv_handoff_partitions_done").set(report.done as f64);
     }
 
+    /// Admits a replica or hinted write from a peer, or refuses it once this node has left
+    /// the ring: it would otherwise count toward the sender's quorum, or keep a hint, on a
+    /// node about to be stopped (it may already report `left`). The sender then counts it
+    /// failed and writes elsewhere. The write is counted until the guard drops, so a handoff
+    /// round never finds the node drained while an accepted write is still being stored.
+    pub(crate) fn accept_write(&self) -> Result<AcceptedWrite<'_>, String> {
+        let in_flight = &self.handoff.writes_in_flight;
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let accepted = AcceptedWrite(in_flight);
+        // SeqCst on both sides: a round that saw no write in flight set `left` before this
+        // load, so this write sees it and is refused; a write admitted here is counted.
+        if self.membership.has_left() {
+            return Err("this node has left the ring".into());
+        }
+        Ok(accepted)
+    }
+
     /// Whether this node has left the ring and passed on everything it held: its keys
     /// (swept to their home replicas) and its hints (delivered, re-homed or passed on).
     /// Until then stopping it could lose the only copy of a hinted write.
     pub fn left_and_drained(&self) -> bool {
-        self.membership.has_left() && self.handoff.drained.load(Ordering::SeqCst)
+        self.membership.left_and_drained()
     }
 
     pub fn handoff_report(&self) -> HandoffReport {

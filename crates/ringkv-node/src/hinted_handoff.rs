@@ -28,6 +28,7 @@ use ringkv_storage::Hint;
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
+use crate::transport::TransportError;
 use crate::wire::{Request, Response};
 
 /// Most hints delivered to one target per round.
@@ -158,6 +159,9 @@ impl Node {
             Ok(Response::Ok) => Offer::Stored,
             Ok(Response::Error(e)) => Offer::Refused(e),
             Ok(_) => Offer::Refused("an answer that is not an acknowledgement".into()),
+            // Never sent: this hint alone is over the frame limit. Skipped like a refusal, so it
+            // does not hold back the target's other hints.
+            Err(e @ TransportError::TooLarge(..)) => Offer::Refused(e.to_string()),
             Err(e) => Offer::Unreachable(e.to_string()),
         }
     }

@@ -127,6 +127,9 @@ pub struct Membership {
     known: RwLock<HashMap<NodeId, PeerInfo>>,
     /// Whether this node was a member and left (persisted by the node).
     left: std::sync::atomic::AtomicBool,
+    /// Set by the handoff round once this node has left and holds neither keys nor hints:
+    /// stopping it then loses nothing. Only then does it publish (and report) `left`.
+    drained: std::sync::atomic::AtomicBool,
     /// Whether this incarnation of the node (this data directory) was ever made a member: it
     /// held a ring listing it and not leaving. Only such a node can leave; a wiped node that
     /// restarts under the id of a member being removed is a newcomer, not a leaver.
@@ -214,6 +217,7 @@ impl Membership {
             ring: RwLock::new(None),
             known: RwLock::new(HashMap::new()),
             left: std::sync::atomic::AtomicBool::new(left),
+            drained: std::sync::atomic::AtomicBool::new(false),
             made_member: std::sync::atomic::AtomicBool::new(
                 ring.as_ref()
                     .is_some_and(|r| r.topology.is_member(&settings.node_id)),
@@ -328,12 +332,31 @@ impl Membership {
         self.left.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether this node has left and passed on everything it held (`Node::left_and_drained`).
+    pub fn left_and_drained(&self) -> bool {
+        self.has_left() && self.drained.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records whether this node (having left) is drained, and publishes the status it implies
+    /// when that changed.
+    pub(crate) async fn set_drained(&self, drained: bool) {
+        let was = self
+            .drained
+            .swap(drained, std::sync::atomic::Ordering::SeqCst);
+        if was != drained {
+            self.publish_status().await;
+        }
+    }
+
     /// This node's own status, from the ring it holds.
     pub fn own_status(&self) -> Status {
         let ring = self.ring();
         let topology = ring.as_ref().map(|r| &r.topology);
         match topology {
-            _ if self.has_left() => Status::Left,
+            // Other nodes' `/status` shows what this publishes: `left` only once stopping this
+            // node loses nothing, `leaving` until then.
+            _ if self.left_and_drained() => Status::Left,
+            _ if self.has_left() => Status::Leaving,
             Some(t) if t.leaving().contains(&self.me) => Status::Leaving,
             Some(t) if t.committed().member(&self.me).is_some() => Status::Up,
             _ => Status::Joining,

@@ -463,19 +463,21 @@ impl Node {
             Request::Write {
                 key,
                 versions,
-                hinted_for: None,
-            } => match self.merge_local(key, versions).await {
-                Ok(_) => Response::Ok,
-                Err(e) => Response::Error(e.to_string()),
-            },
-            Request::Write {
-                key,
-                versions,
-                hinted_for: Some(target),
-            } => match self.store_hint(target, key, versions).await {
-                Ok(()) => Response::Ok,
-                Err(e) => Response::Error(e.to_string()),
-            },
+                hinted_for,
+            } => {
+                let _accepted = match self.accept_write() {
+                    Ok(accepted) => accepted,
+                    Err(why) => return Response::Error(why),
+                };
+                let stored = match hinted_for {
+                    None => self.merge_local(key, versions).await.map(|_| ()),
+                    Some(target) => self.store_hint(target, key, versions).await,
+                };
+                match stored {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
             Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
             ae @ (Request::MerkleSummary { .. }
             | Request::MerkleLeaves { .. }

@@ -3,8 +3,10 @@
 //! - a hint its target answers but refuses does not hold back the target's other hints: the
 //!   fallback skips it for the rest of the pass, delivers the others, keeps the refused one
 //!   and offers it again on the next pass;
+//! - a hint over the inter-node frame limit (never sent) does not hold them back either;
 //! - a node that left the ring is not reported `left` (safe to stop) while it still holds a
-//!   hint.
+//!   hint, and once it is, it refuses the replica and hinted writes a peer with an older ring
+//!   still sends it (else it would count toward that peer's quorum and be stopped).
 
 mod common;
 
@@ -14,6 +16,10 @@ use bytes::Bytes;
 use common::{eventually, node_ids, settled, start};
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
 use ringkv_node::node::Node;
+use ringkv_node::seams::Seams;
+use ringkv_node::settings::Limits;
+use ringkv_node::transport::Peers;
+use ringkv_node::wire::{Request, Response};
 use ringkv_storage::{Hint, HintStore, MemoryEngine, StorageEngine};
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +103,62 @@ async fn a_refused_hint_does_not_hold_back_the_others_and_is_offered_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_over_the_frame_limit_does_not_hold_back_the_others() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, |_| {}).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, |_| {}).await;
+    let target = NodeId::new("n2").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "n2 never became a live member",
+        || {
+            n1.node.membership().is_live(&target)
+                && n1
+                    .node
+                    .membership()
+                    .ring()
+                    .is_some_and(|r| r.topology.is_member(&target))
+        },
+    )
+    .await;
+
+    let mut hints: Vec<Hint> = (0..6)
+        .map(|i| hint_for(&target, &n1.node, &format!("big-{i}")))
+        .collect();
+    hints.sort_by(|a, b| (a.partition, &a.key).cmp(&(b.partition, &b.key)));
+    // The first in delivery order carries a value larger than any frame a peer accepts.
+    let huge = Bytes::from(vec![b'x'; Limits::default().max_frame_bytes + 1]);
+    let writer = ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+    hints[0].versions = VersionSet::default()
+        .update(&VersionVector::new(), Some(huge), &writer)
+        .0;
+    for hint in &hints {
+        n1.hints.push(hint.clone()).unwrap();
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the hints behind one over the frame limit were never delivered",
+        || {
+            hints[1..]
+                .iter()
+                .all(|h| n2.engine.get(h.partition, &h.key).unwrap().is_some())
+        },
+    )
+    .await;
+    // Kept (never sent), and nothing of it reached the target.
+    let kept = n1.hints.pending(&target, None, 10).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].key, hints[0].key);
+    assert!(
+        n2.engine
+            .get(hints[0].partition, &hints[0].key)
+            .unwrap()
+            .is_none()
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_left_is_not_reported_left_while_it_holds_a_hint() {
     let shutdown = CancellationToken::new();
     let n1 = start("n1", None, &shutdown, |_| {}).await;
@@ -158,6 +220,33 @@ async fn a_node_that_left_is_not_reported_left_while_it_holds_a_hint() {
             .unwrap()
             .is_some()
     );
+
+    // A peer still on the ring before the leave sends n3 a replica write and a hint.
+    let peer = Peers::new(
+        NodeId::new("old-ring").unwrap(),
+        Limits::default(),
+        Seams::production().network,
+    );
+    let late = hint_for(&ids[0], &n1.node, "late");
+    let n3_addr = n3.listen.parse().unwrap();
+    for hinted_for in [None, Some(ids[0].clone())] {
+        let write = Request::Write {
+            key: late.key.clone(),
+            versions: late.versions.clone(),
+            hinted_for,
+        };
+        let answer = peer
+            .call(n3_addr, write, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer, Response::Error(ref why) if why.contains("left")),
+            "a node that left took a write: {answer:?}"
+        );
+    }
+    assert!(n3.engine.get(late.partition, &late.key).unwrap().is_none());
+    assert!(n3.hints.is_empty());
+    assert!(n3.node.left_and_drained());
     drop(n2);
     shutdown.cancel();
 }
