@@ -9,7 +9,7 @@
 //! node keeps running. Reconnection after a failure backs off exponentially, capped at
 //! `reconnect_backoff_max`, and a peer inside its backoff window fails fast.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -346,9 +346,14 @@ pub struct Peers {
     me: NodeId,
     limits: Limits,
     next_id: AtomicU64,
-    peers: Mutex<HashMap<SocketAddr, PeerState>>,
-    slots: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
-    connect_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Ordered maps, not `HashMap`s: dropping the pool drops each connection's frame sender,
+    /// which wakes its writer task to close the stream, so the map's order is the order the
+    /// connections close in. A `HashMap`'s order is random per process, and in the simulation
+    /// the order of those closes (each TCP FIN draws its latency from the seeded network)
+    /// changed the rest of the run: ordered by address, the simulation replays.
+    peers: Mutex<BTreeMap<SocketAddr, PeerState>>,
+    slots: Mutex<BTreeMap<SocketAddr, Arc<Semaphore>>>,
+    connect_locks: Mutex<BTreeMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     network: Arc<dyn Network>,
 }
 
@@ -358,9 +363,9 @@ impl Peers {
             me,
             limits,
             next_id: AtomicU64::new(1),
-            peers: Mutex::new(HashMap::new()),
-            slots: Mutex::new(HashMap::new()),
-            connect_locks: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
+            connect_locks: Mutex::new(BTreeMap::new()),
             network,
         }
     }

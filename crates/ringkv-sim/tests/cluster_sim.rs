@@ -77,11 +77,13 @@ fn replay(seed: u64) -> String {
 /// A seed replays byte for byte, the way it is replayed: in a fresh process. (Two runs in one
 /// process may differ: tokio numbers tasks from a process-wide counter, and a crashed host's
 /// tasks are dropped, closing its sockets, in an order that follows those numbers.) Seed 3
-/// asks every replica on reads, seeds 5 and 11 a quorum.
+/// asks every replica on reads, seeds 5 and 11 a quorum. Seed 23 replayed differently in 2 of 8
+/// runs while the transport's peer pool was a `HashMap`: dropping a client's pool closed its
+/// connections in the map's per-process order, and each close draws a latency in turn.
 #[test]
 fn the_same_seed_gives_the_same_history_byte_for_byte() {
     // Seed 5 leaves a node whose host crashes before it has left.
-    for seed in [3, 5, 11] {
+    for seed in [3, 5, 11, 23] {
         let (first, second) = (replay(seed), replay(seed));
         assert!(
             first.lines().count() > 100,
