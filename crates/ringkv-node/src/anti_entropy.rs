@@ -54,13 +54,13 @@ enum Repair {
 }
 
 /// A key-per-second budget: `spend` waits when the current second's budget is used up.
-struct Budget {
+pub(crate) struct Budget {
     window_start: Instant,
     spent: u64,
 }
 
 impl Budget {
-    fn new() -> Budget {
+    pub(crate) fn new() -> Budget {
         Budget {
             window_start: Instant::now(),
             spent: 0,
@@ -151,13 +151,15 @@ impl Node {
         }
     }
 
-    /// Compares one partition with one peer and repairs the differing keys both ways.
-    async fn exchange(
+    /// Compares one partition with one peer and repairs the differing keys both ways (at most
+    /// `AE_LEAVES_PER_EXCHANGE` differing leaves of them). `Ok(true)` when the two trees were
+    /// already equal.
+    pub(crate) async fn exchange(
         self: &Arc<Self>,
         partition: PartitionId,
         peer: &NodeId,
         budget: &mut Budget,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mine = self
             .store(move |s| s.merkle(partition))
             .await
@@ -173,7 +175,7 @@ impl Node {
             return Err("unexpected answer to MerkleSummary".into());
         };
         if root == mine.root() {
-            return Ok(());
+            return Ok(true);
         }
         let groups: Vec<u16> = differing_children(mine.inner(), &inner)
             .into_iter()
@@ -214,7 +216,7 @@ impl Node {
         if skipped > 0 {
             metrics::counter!("ringkv_anti_entropy_keys_skipped_total").increment(skipped as u64);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The keys of `leaves` whose version digests differ between this node and `peer`.

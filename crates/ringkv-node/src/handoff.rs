@@ -47,6 +47,10 @@ pub const CHUNK_BYTES: u32 = 256 * 1024;
 pub const CHUNK_KEYS: usize = 512;
 /// Most scans of one chunk request past records the source cannot read.
 const CHUNK_SCANS_MAX: usize = 8;
+/// Most Merkle exchanges with each other old home replica when levelling a received
+/// partition (each repairs up to `AE_LEAVES_PER_EXCHANGE` differing leaves).
+pub const LEVEL_EXCHANGES_MAX: usize = 4;
+
 /// Keys compared and dropped per batch of the ownership sweep.
 pub const SWEEP_BATCH_KEYS: usize = 256;
 /// Most keys the sweep examines per round, over all partitions.
@@ -368,6 +372,9 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+            if done {
+                self.level(&ring, partition).await;
+            }
             self.handoff
                 .keys_received
                 .fetch_add(count, Ordering::Relaxed);
@@ -394,6 +401,32 @@ impl Node {
                 info!(partition = index, "handoff: partition received");
                 self.confirm(target, vec![index]).await;
                 return Ok(());
+            }
+        }
+    }
+
+    /// Brings a partition just copied from one old home replica level with the others, before
+    /// it is confirmed: the source may have missed a write the others acknowledged (W < N),
+    /// and if the transition replaces several home replicas at once, the new homes could hold
+    /// fewer than W copies of it until the losers' sweeps or anti-entropy caught up. A few
+    /// Merkle exchanges with each other live old home replica; one that fails or does not
+    /// converge is logged and left to anti-entropy (a dead replica must not stall the join).
+    /// A repair, so `--disable-repair` turns it off.
+    async fn level(self: &Arc<Self>, ring: &RingState, partition: PartitionId) {
+        if self.settings.disable_repair {
+            return;
+        }
+        let mut budget = crate::anti_entropy::Budget::new();
+        for peer in self.live_sources(ring, partition) {
+            for _ in 0..LEVEL_EXCHANGES_MAX {
+                match self.exchange(partition, &peer, &mut budget).await {
+                    Ok(true) => break,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        debug!(partition = partition.index(), %peer, error = %e, "handoff: levelling with an old replica failed");
+                        break;
+                    }
+                }
             }
         }
     }

@@ -1,6 +1,10 @@
-//! Partition handoff from a replica that cannot read some of its records (they fail their
-//! checksum): the join completes without them, and the source keeps them, reported, instead of
-//! dropping them. Nodes run in this process on the in-memory engine, anti-entropy off.
+//! Where a gaining node's copy of a partition comes from:
+//! - a replica that cannot read some of its records (they fail their checksum): the join
+//!   completes without them, and the source keeps them, reported, instead of dropping them;
+//! - a source that missed writes the other old replicas hold: the gaining node levels with
+//!   them before it confirms the partition.
+//!
+//! Nodes run in this process on the in-memory engine, anti-entropy off.
 
 mod common;
 
@@ -8,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{eventually, node_ids, settled, start};
-use ringkv_core::{PartitionId, key_hash};
+use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
 use ringkv_node::ServerArgs;
 use ringkv_node::wire::ClientOp;
 use ringkv_storage::StorageEngine;
@@ -112,5 +116,62 @@ async fn records_the_only_source_cannot_read_do_not_stall_the_join() {
             "{key:?} was dropped unread"
         );
     }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gaining_node_levels_its_copy_with_every_old_replica() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, no_anti_entropy).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, no_anti_entropy).await;
+    let ids = node_ids(&["n1", "n2", "n3"]);
+    eventually(Duration::from_secs(30), "n1 and n2 never settled", || {
+        settled(&[&n1, &n2], &ids[..2])
+    })
+    .await;
+    // Writes n1 missed (acknowledged by n2 alone, W=1): stored straight into n2's engine, so
+    // nothing but the handoff can bring them to n3.
+    let ring = n1.node.membership().ring().unwrap();
+    let writer = ReplicaId::new(NodeId::new("n2").unwrap(), 1);
+    let keys: Vec<(PartitionId, Bytes)> = (0..200)
+        .map(|i| {
+            let key = Bytes::from(format!("missed-{i}"));
+            (ring.topology.partition_of(key_hash(&key)), key)
+        })
+        .collect();
+    for (partition, key) in &keys {
+        let (versions, _) =
+            VersionSet::default().update(&VersionVector::new(), Some(key.clone()), &writer);
+        n2.engine
+            .update(*partition, key, &mut |_| Some(versions.clone()))
+            .unwrap();
+    }
+
+    let n3 = start("n3", Some(&n1.listen), &shutdown, no_anti_entropy).await;
+    eventually(Duration::from_secs(60), "the join never completed", || {
+        settled(&[&n1, &n2, &n3], &ids)
+    })
+    .await;
+    // n3 copies each partition from a node that loses it first; where that is n1, only the
+    // levelling with n2 brings the missed writes. Checked as soon as the ring settled: n2 keeps
+    // the partitions it stays home of, so no sweep of its own brings them later.
+    let ring = n3.node.membership().ring().unwrap();
+    let (mut checked, mut from_n1) = (0, 0);
+    for (partition, key) in &keys {
+        let home: Vec<NodeId> = ring.topology.home(*partition);
+        if !home.contains(&ids[2]) {
+            continue;
+        }
+        checked += 1;
+        from_n1 += usize::from(!home.contains(&ids[0]));
+        assert!(
+            n3.engine.get(*partition, key).unwrap().is_some(),
+            "{key:?}: n3 confirmed its partition without the write n1 missed"
+        );
+    }
+    assert!(
+        checked > 0 && from_n1 > 0,
+        "{checked} keys checked, {from_n1} copied from n1"
+    );
     shutdown.cancel();
 }
