@@ -812,7 +812,16 @@ impl<'a> SortedStaleNodes<'a> {
     /// Nodes with the same level of staleness are shuffled to give them an equal opportunity to be
     /// written into the delta.
     fn into_iter(self) -> impl Iterator<Item = StaleNode<'a>> {
-        let mut rng = random_generator();
+        // Seeded from the stale nodes themselves (ringkv patch): the shuffle still varies
+        // from one exchange to the next, but no longer with the operating system's entropy,
+        // so a simulated cluster's gossip bytes replay.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for stale_node in self.stale_nodes.values().flatten() {
+            std::hash::Hash::hash(stale_node.chitchat_id, &mut hasher);
+            std::hash::Hash::hash(&stale_node.from_version_excluded, &mut hasher);
+            std::hash::Hash::hash(&stale_node.node_state.max_version, &mut hasher);
+        }
+        let mut rng = random_generator(std::hash::Hasher::finish(&hasher));
         self.stale_nodes
             .into_values()
             .rev()
@@ -857,13 +866,14 @@ impl From<&ClusterState> for ClusterStateSnapshot {
 }
 
 #[cfg(not(test))]
-fn random_generator() -> impl Rng {
-    rand::rng()
+fn random_generator(seed: u64) -> impl Rng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(seed)
 }
 
 // We use a deterministic random generator in tests.
 #[cfg(test)]
-fn random_generator() -> impl Rng {
+fn random_generator(_seed: u64) -> impl Rng {
     use rand::SeedableRng;
     use rand::prelude::StdRng;
     StdRng::seed_from_u64(9u64)
