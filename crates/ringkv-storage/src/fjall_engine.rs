@@ -828,13 +828,14 @@ impl HintStore for FjallHintStore {
             Some((partition, key)) => Bound::Excluded(hint_key(target, partition, key)),
             None => Bound::Included(prefix),
         };
-        self.shared
-            .hints
-            .range((start, end))
-            .take(limit)
-            .map(|guard| {
-                let (k, v) = guard.into_inner()?;
-                let (target, partition, key) = decode_hint_key(&k)?;
+        let mut out = Vec::new();
+        // Bounded by the target's hints, which `max_hints` bounds.
+        for guard in self.shared.hints.range((start, end)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = guard.into_inner()?;
+            let decoded = decode_hint_key(&k).and_then(|(target, partition, key)| {
                 let versions = decode_versions(&|| describe_hint(&k), &v)?;
                 Ok(Hint {
                     target,
@@ -842,8 +843,18 @@ impl HintStore for FjallHintStore {
                     key,
                     versions,
                 })
-            })
-            .collect()
+            });
+            match decoded {
+                Ok(hint) => out.push(hint),
+                // Passed over, not served and not deleted: one bad hint must not stop delivery
+                // of its target's others for good (the walk resumes after what it returned).
+                Err(e @ StorageError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "a hint that fails its checksum is passed over");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError> {

@@ -226,6 +226,8 @@ pub trait HintStore: Send + Sync + 'static {
     /// Up to `limit` hints for `target`, in (partition, key) order, starting after the
     /// (partition, key) `after` (from the first when `None`). Delivery walks a target's hints
     /// with this cursor, so a hint the target keeps refusing does not hold back the others.
+    /// A stored hint that fails its checksum is passed over (logged), never served: it stays
+    /// held (`len`, `is_empty`) and does not stop the walk.
     fn pending(
         &self,
         target: &NodeId,

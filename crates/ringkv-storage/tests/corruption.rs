@@ -10,7 +10,7 @@ use common::*;
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use ringkv_core::merkle::LeafIndex;
 use ringkv_storage::layout::{
-    FRAME_HEADER_BYTES, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE,
+    FRAME_HEADER_BYTES, HINTS_KEYSPACE, LEAVES_KEYSPACE, META_KEYSPACE, RECORDS_KEYSPACE, hint_key,
     record_key,
 };
 use ringkv_storage::{FjallEngine, FjallOptions, Hint, HintStore, StorageEngine, StorageError};
@@ -137,7 +137,7 @@ fn a_readable_scan_lists_a_corrupt_record_and_goes_on() {
 }
 
 #[test]
-fn a_corrupt_merkle_leaf_meta_or_hint_is_corrupt() {
+fn a_corrupt_merkle_leaf_or_meta_is_corrupt_and_a_corrupt_hint_is_passed_over() {
     let dir = tempfile::tempdir().unwrap();
     let p = partition(3);
     {
@@ -158,10 +158,10 @@ fn a_corrupt_merkle_leaf_meta_or_hint_is_corrupt() {
     let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
     assert!(is_corrupt(engine.merkle(p), "Merkle leaf"));
     assert!(is_corrupt(engine.get_meta("ring"), "ring"));
-    assert!(is_corrupt(
-        engine.hint_store().unwrap().pending(&node(1), None, 10),
-        "hinted"
-    ));
+    // A hint that fails its checksum is passed over by delivery, neither served nor dropped.
+    let hints = engine.hint_store().unwrap();
+    assert_eq!(hints.pending(&node(1), None, 10).unwrap(), []);
+    assert_eq!(hints.len(), 1);
     // The record itself is intact.
     assert_eq!(values(&engine.get(p, b"k").unwrap().unwrap()), ["v"]);
 }
@@ -186,4 +186,48 @@ fn a_record_that_decodes_to_a_broken_version_set_is_corrupt() {
     }
     let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
     assert!(is_corrupt(engine.get(p, b"garbage"), "garbage"));
+}
+
+#[test]
+fn delivery_walks_past_a_corrupt_hint_to_the_ones_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(3);
+    let hint = |key: &'static str| Hint {
+        target: node(1),
+        partition: p,
+        key: Bytes::from_static(key.as_bytes()),
+        versions: write(None, key, &replica(0), false),
+    };
+    {
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        for key in ["h-a", "h-b", "h-c"] {
+            engine.hint_store().unwrap().push(hint(key)).unwrap();
+        }
+    }
+    // Only h-b's bytes change.
+    {
+        let db = Database::builder(dir.path()).open().unwrap();
+        let ks = db
+            .keyspace(HINTS_KEYSPACE, KeyspaceCreateOptions::default)
+            .unwrap();
+        let victim = hint_key(&node(1), p, b"h-b");
+        let mut v = ks.get(&victim).unwrap().unwrap().to_vec();
+        v[FRAME_HEADER_BYTES + 1] ^= 0x04;
+        ks.insert(&victim, v).unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    let hints = engine.hint_store().unwrap();
+    let keys = |batch: Vec<Hint>| batch.into_iter().map(|h| h.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(hints.pending(&node(1), None, 10).unwrap()),
+        ["h-a", "h-c"]
+    );
+    // One at a time, resuming after each: h-b is passed over, h-c is reached.
+    assert_eq!(keys(hints.pending(&node(1), None, 1).unwrap()), ["h-a"]);
+    assert_eq!(
+        keys(hints.pending(&node(1), Some((p, b"h-a")), 1).unwrap()),
+        ["h-c"]
+    );
+    assert_eq!(hints.len(), 3, "the corrupt hint is kept");
 }
