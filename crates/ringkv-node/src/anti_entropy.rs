@@ -135,7 +135,11 @@ impl Node {
     /// `ask`, keeping the peer's `Error` answer as an answer: `Err` means it was not reached.
     /// A request over the frame limit, never sent, counts as refused (`Error`): it concerns
     /// that request alone.
-    async fn ask_peer(&self, peer: &NodeId, request: Request) -> Result<Response, String> {
+    pub(crate) async fn ask_peer(
+        &self,
+        peer: &NodeId,
+        request: Request,
+    ) -> Result<Response, String> {
         let addr = self
             .membership
             .address(peer)

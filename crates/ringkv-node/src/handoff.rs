@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
-use crate::tombstones::Forget;
+use crate::tombstones::{Forget, Held, held};
 use crate::wire::{HandoffProgress, Request, Response, RingState};
 
 /// Storage meta key of the receiving side's progress.
@@ -619,12 +619,25 @@ impl Node {
             if batch.is_empty() {
                 continue;
             }
+            // Dropped only where every home replica confirmed it holds the key; one refusing
+            // it (its own copy unreadable) keeps it here, reported, and the sweep goes on.
+            let mut confirmed = vec![true; batch.len()];
             for home in homes {
-                self.hand_over(partition, home, &batch).await?;
+                let held = self.hand_over(partition, home, &batch).await?;
+                confirmed.iter_mut().zip(held).for_each(|(c, h)| *c &= h);
+            }
+            let kept = confirmed.iter().filter(|c| !**c).count();
+            if kept > 0 {
+                warn!(
+                    partition = partition.index(),
+                    kept, "sweep: kept keys a home replica refused"
+                );
             }
             let keys = batch
                 .into_iter()
-                .map(|(key, versions)| (key, versions.digest()))
+                .zip(confirmed)
+                .filter(|(_, confirmed)| *confirmed)
+                .map(|((key, versions), _)| (key, versions.digest()))
                 .collect();
             let removed = self.forget_local(partition, keys, Forget::Any).await?;
             dropped += removed.iter().filter(|r| **r).count() as u64;
@@ -637,13 +650,14 @@ impl Node {
     }
 
     /// Makes sure `home` holds every record of `batch`: asks which it holds identically and
-    /// sends it the others.
+    /// sends it the others. Per key, whether `home` now holds it; `Err` only when `home` cannot
+    /// be asked at all (unreachable, or it failed the whole question).
     async fn hand_over(
         &self,
         partition: PartitionId,
         home: &NodeId,
         batch: &[(Bytes, VersionSet)],
-    ) -> Result<(), String> {
+    ) -> Result<Vec<bool>, String> {
         let keys = batch.iter().map(|(k, v)| (k.clone(), v.digest())).collect();
         let same = match self
             .ask(home, Request::SameVersions { partition, keys })
@@ -652,8 +666,10 @@ impl Node {
             Response::Same(same) if same.len() == batch.len() => same,
             other => return Err(format!("{home} answered {other:?}")),
         };
+        let mut held = Vec::with_capacity(batch.len());
         for ((key, versions), same) in batch.iter().zip(same) {
             if same {
+                held.push(true);
                 continue;
             }
             let request = Request::Write {
@@ -661,12 +677,16 @@ impl Node {
                 versions: versions.clone(),
                 hinted_for: None,
             };
-            match self.ask(home, request).await? {
-                Response::Ok => {}
+            match self.ask_peer(home, request).await? {
+                Response::Ok => held.push(true),
+                Response::Error(e) => {
+                    debug!(partition = partition.index(), %home, ?key, error = %e, "sweep: a home replica refused a key");
+                    held.push(false);
+                }
                 other => return Err(format!("{home} answered {other:?}")),
             }
         }
-        Ok(())
+        Ok(held)
     }
 
     /// For each key asked, whether this node holds exactly that version set.
@@ -679,8 +699,11 @@ impl Node {
         match self
             .store(
                 move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
+                    // A record it cannot read is not the same: the key is sent, and refused.
                     keys.iter()
-                        .map(|(k, d)| Ok(s.get(partition, k)?.is_some_and(|v| v.digest() == *d)))
+                        .map(|(k, d)| {
+                            Ok(matches!(held(s, partition, k)?, Held::Set(v) if v.digest() == *d))
+                        })
                         .collect()
                 },
             )

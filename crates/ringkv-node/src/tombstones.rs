@@ -36,7 +36,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{NodeId, PartitionId};
+use ringkv_core::{NodeId, PartitionId, VersionSet};
+use ringkv_storage::{StorageEngine, StorageError};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -281,6 +282,11 @@ impl Node {
                     candidates.forget(index, &key);
                 }
             }
+            // A candidate whose record can no longer be read is not purged (and would fail
+            // its checks every pass).
+            for key in &scanned.unreadable {
+                candidates.forget(index, key);
+            }
             metrics::gauge!("ringkv_tombstone_purge_candidates").set(candidates.len() as f64);
         }
         let mut cursors = self.tombstones.cursors.lock().unwrap();
@@ -406,7 +412,8 @@ impl Node {
         Ok(removed.into_iter().filter(|r| *r).count())
     }
 
-    /// Whether this node holds exactly these (key, digest) pairs.
+    /// Whether this node holds exactly these (key, digest) pairs (a record it cannot read is
+    /// not the same: that tombstone is not purged).
     async fn same_versions(
         &self,
         partition: PartitionId,
@@ -416,8 +423,8 @@ impl Node {
             move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
                 keys.iter()
                     .map(|(k, d)| {
-                        Ok(s.get(partition, k)?
-                            .is_some_and(|v| v.is_tombstone_only() && v.digest() == *d))
+                        Ok(matches!(held(s, partition, k)?,
+                            Held::Set(v) if v.is_tombstone_only() && v.digest() == *d))
                     })
                     .collect()
             },
@@ -428,7 +435,8 @@ impl Node {
     }
 
     /// For each (key, digest), whether this node holds a copy of the key other than that
-    /// exact set: a stored set with another digest, or a hint (for any target).
+    /// exact set: a stored set with another digest, a record it cannot read (it may be
+    /// anything), or a hint (for any target).
     pub(crate) async fn other_copies(
         &self,
         partition: PartitionId,
@@ -440,7 +448,13 @@ impl Node {
                 move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
                     asked
                         .iter()
-                        .map(|(k, d)| Ok(s.get(partition, k)?.is_some_and(|v| v.digest() != *d)))
+                        .map(|(k, d)| {
+                            Ok(match held(s, partition, k)? {
+                                Held::Set(v) => v.digest() != *d,
+                                Held::Unreadable => true,
+                                Held::Absent => false,
+                            })
+                        })
                         .collect()
                 },
             )
@@ -572,6 +586,28 @@ impl Node {
             }
             _ => Response::Error("not a purge request".into()),
         }
+    }
+}
+
+/// What a node holds for a key, a record that fails its checksum told apart from an error
+/// of the engine: the purge and sweep checks decide per key, so one bad record does not fail
+/// the whole batch (pass after pass).
+pub(crate) enum Held {
+    Absent,
+    Set(VersionSet),
+    Unreadable,
+}
+
+pub(crate) fn held(
+    s: &dyn StorageEngine,
+    partition: PartitionId,
+    key: &[u8],
+) -> Result<Held, StorageError> {
+    match s.get(partition, key) {
+        Ok(None) => Ok(Held::Absent),
+        Ok(Some(v)) => Ok(Held::Set(v)),
+        Err(StorageError::Corrupt { .. }) => Ok(Held::Unreadable),
+        Err(e) => Err(e),
     }
 }
 

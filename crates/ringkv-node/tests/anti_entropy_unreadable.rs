@@ -1,7 +1,11 @@
-//! Anti-entropy over a partition where one replica holds a record that fails its checksum:
-//! every other differing key of the partition is still repaired, and the unreadable record is
-//! kept, not overwritten. Nodes run in this process on the in-memory engine; the divergence is
-//! written straight into one engine, so only anti-entropy can repair it.
+//! Anti-entropy passes over a partition where one replica holds a record that fails its
+//! checksum:
+//! - every other differing key of the partition is still repaired, and the unreadable record is
+//!   kept, not overwritten (the divergence is written straight into one engine, so only
+//!   anti-entropy can repair it);
+//! - the partition's other stable tombstones are still purged, and the unreadable one is kept.
+//!
+//! Nodes run in this process on the in-memory engine.
 
 mod common;
 
@@ -102,5 +106,71 @@ async fn an_unreadable_record_does_not_stop_the_repair_of_its_partition() {
         on_n2.values().collect::<Vec<_>>(),
         [&Bytes::from_static(b"second")]
     );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_tombstone_does_not_stop_the_purge_of_the_others() {
+    let shutdown = CancellationToken::new();
+    let quick_purge = |args: &mut ServerArgs| {
+        quick_anti_entropy(args);
+        args.tombstone_grace_ms = Some(300);
+    };
+    let n1 = start("n1", None, &shutdown, quick_purge).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, quick_purge).await;
+    let ids = node_ids(&["n1", "n2"]);
+    eventually(
+        Duration::from_secs(30),
+        "the two nodes never settled",
+        || settled(&[&n1, &n2], &ids),
+    )
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    let partition_of = |key: &[u8]| ring.topology.partition_of(key_hash(key));
+    // The victim sorts first, so a purge batch (taken in key order) always meets it.
+    let victim = Bytes::from_static(b"a-victim");
+    let p = partition_of(&victim);
+    let mut keys = vec![victim.clone()];
+    keys.extend(
+        (0..20_000)
+            .map(|i| Bytes::from(format!("gone-{i}")))
+            .filter(|k| partition_of(k) == p)
+            .take(8),
+    );
+    assert_eq!(keys.len(), 9, "too few keys in the victim's partition");
+    for value in [Some(Bytes::from_static(b"v")), None] {
+        for key in &keys {
+            let put = ClientOp::Put {
+                key: key.clone(),
+                context: None,
+                value: value.clone(),
+                w: 2,
+                strict: false,
+            };
+            n1.node
+                .client_op(put, Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+    }
+    // The replica that does not lead the purge can no longer read its victim tombstone.
+    let leader = ring.topology.home(p)[0].clone();
+    let other = if leader == ids[0] { &n2 } else { &n1 };
+    let leading = if leader == ids[0] { &n1 } else { &n2 };
+    other.engine.make_unreadable(&[victim.as_ref()]);
+
+    eventually(
+        Duration::from_secs(30),
+        "the tombstones beside the unreadable one were never purged",
+        || {
+            keys[1..].iter().all(|k| {
+                leading.engine.get(p, k).unwrap().is_none()
+                    && other.engine.get(p, k).unwrap().is_none()
+            })
+        },
+    )
+    .await;
+    assert!(leading.engine.get(p, &victim).unwrap().is_some());
+    assert!(other.engine.peek(p, &victim).is_some());
     shutdown.cancel();
 }

@@ -175,3 +175,82 @@ async fn a_gaining_node_levels_its_copy_with_every_old_replica() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_new_home_cannot_read_stay_and_the_rest_of_the_partition_is_dropped() {
+    let shutdown = CancellationToken::new();
+    let one_replica = |args: &mut ServerArgs| {
+        no_anti_entropy(args);
+        args.n = Some(1);
+        args.w = Some(1);
+    };
+    let n1 = start("n1", None, &shutdown, one_replica).await;
+    let ids = node_ids(&["n1", "n2"]);
+    eventually(Duration::from_secs(30), "n1 never formed a ring", || {
+        settled(&[&n1], &ids[..1])
+    })
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    let keys: Vec<(PartitionId, Bytes)> = (0..300)
+        .map(|i| {
+            let key = Bytes::from(format!("sweep-{i}"));
+            (ring.topology.partition_of(key_hash(&key)), key)
+        })
+        .collect();
+    for (_, key) in &keys {
+        let put = ClientOp::Put {
+            key: key.clone(),
+            context: None,
+            value: Some(key.clone()),
+            w: 1,
+            strict: false,
+        };
+        n1.node
+            .client_op(put, Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+    // The joining node will not be able to read every tenth key once it holds it, so it
+    // refuses n1's sweep of those.
+    let n2 = start("n2", Some(&n1.listen), &shutdown, one_replica).await;
+    let unreadable: Vec<&[u8]> = keys.iter().step_by(10).map(|(_, k)| k.as_ref()).collect();
+    n2.engine.make_unreadable(&unreadable);
+    eventually(Duration::from_secs(60), "the join never completed", || {
+        settled(&[&n1, &n2], &ids)
+    })
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    let (refused, handed): (Vec<(PartitionId, Bytes)>, Vec<(PartitionId, Bytes)>) = keys
+        .iter()
+        .filter(|(p, _)| ring.topology.home(*p).contains(&ids[1]))
+        .cloned()
+        .partition(|(_, k)| unreadable.contains(&k.as_ref()));
+    // Partitions holding a refused key and others too: where one refusal used to stop it all.
+    let shared = handed
+        .iter()
+        .filter(|(p, _)| refused.iter().any(|(q, _)| q == p))
+        .count();
+    assert!(
+        !refused.is_empty() && shared > 0,
+        "{} refused keys, {shared} keys beside them",
+        refused.len()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "n1 never dropped the keys n2 took",
+        || {
+            handed
+                .iter()
+                .all(|(p, k)| n1.engine.get(*p, k).unwrap().is_none())
+        },
+    )
+    .await;
+    for (partition, key) in &refused {
+        assert!(
+            n1.engine.get(*partition, key).unwrap().is_some(),
+            "{key:?} was dropped although n2 refused it"
+        );
+    }
+    assert!(!n1.node.membership().has_left());
+    shutdown.cancel();
+}
