@@ -220,7 +220,8 @@ async fn keys_a_new_home_cannot_read_stay_and_the_rest_of_the_partition_is_dropp
     })
     .await;
     let ring = n1.node.membership().ring().unwrap();
-    let (refused, handed): (Vec<(PartitionId, Bytes)>, Vec<(PartitionId, Bytes)>) = keys
+    type Keys = Vec<(PartitionId, Bytes)>;
+    let (refused, handed): (Keys, Keys) = keys
         .iter()
         .filter(|(p, _)| ring.topology.home(*p).contains(&ids[1]))
         .cloned()
