@@ -247,14 +247,20 @@ impl Node {
         else {
             return;
         };
-        let (mut delivered, mut refused) = (0usize, 0usize);
+        let (mut delivered, mut refused, mut held_back) = (0usize, 0usize, 0usize);
         let mut first_refusal = None;
         let mut batch_done = true;
         'hints: for hint in hints {
             let mut holders = ring.topology.home(hint.partition);
             holders.extend(ring.topology.incoming(hint.partition));
-            let mut stored_everywhere = true;
+            let (mut stored_everywhere, mut refused_here) = (true, false);
             for holder in holders {
+                // A holder that is down now keeps this hint back (offered again next pass),
+                // not the hints behind it whose holders are all up.
+                if holder != *self.membership.me() && !self.membership.is_live(&holder) {
+                    stored_everywhere = false;
+                    continue;
+                }
                 let offer = if holder == *self.membership.me() {
                     match self
                         .merge_local(hint.key.clone(), hint.versions.clone())
@@ -272,6 +278,7 @@ impl Node {
                         first_refusal
                             .get_or_insert_with(|| format!("{:?} at {holder}: {e}", hint.key));
                         stored_everywhere = false;
+                        refused_here = true;
                     }
                     Offer::Unreachable(e) => {
                         debug!(%departed, %holder, error = %e, "re-homing a hint failed; retrying next round");
@@ -284,13 +291,18 @@ impl Node {
             if stored_everywhere {
                 self.acknowledge(hint).await;
                 delivered += 1;
-            } else {
+            } else if refused_here {
                 refused += 1;
+            } else {
+                held_back += 1;
             }
         }
         self.finish_batch(departed, batch_done, last_of_pass, refused, first_refusal);
         if delivered > 0 {
             info!(%departed, delivered, "re-homed the hints of a departed node");
+        }
+        if held_back > 0 {
+            debug!(%departed, held_back, "hints of a departed node wait for holders that are down");
         }
     }
 

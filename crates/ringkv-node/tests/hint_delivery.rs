@@ -250,3 +250,63 @@ async fn a_node_that_left_is_not_reported_left_while_it_holds_a_hint() {
     drop(n2);
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_of_a_departed_node_are_rehomed_around_a_holder_that_is_down() {
+    let shutdown = CancellationToken::new();
+    let n3_shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, |_| {}).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, |_| {}).await;
+    let n3 = start("n3", Some(&n1.listen), &n3_shutdown, |_| {}).await;
+    let ids = node_ids(&["n1", "n2", "n3"]);
+    eventually(
+        Duration::from_secs(30),
+        "the three nodes never formed a ring",
+        || settled(&[&n1, &n2, &n3], &ids),
+    )
+    .await;
+    n3_shutdown.cancel();
+    drop(n3);
+    eventually(Duration::from_secs(30), "n1 never saw n3 down", || {
+        !n1.node.membership().is_live(&ids[2])
+    })
+    .await;
+
+    // Hints for a node that is no longer a member: each goes to its partition's holders.
+    let ghost = NodeId::new("ghost").unwrap();
+    let mut hints: Vec<Hint> = (0..40)
+        .map(|i| hint_for(&ghost, &n1.node, &format!("orphan-{i}")))
+        .collect();
+    hints.sort_by(|a, b| (a.partition, &a.key).cmp(&(b.partition, &b.key)));
+    for hint in &hints {
+        n1.hints.push(hint.clone()).unwrap();
+    }
+    let ring = n1.node.membership().ring().unwrap();
+    let (waiting, movable): (Vec<&Hint>, Vec<&Hint>) = hints
+        .iter()
+        .partition(|h| ring.topology.home(h.partition).contains(&ids[2]));
+    // Some held back by n3 come before some that n3 does not hold, in delivery order.
+    let first_waiting = hints
+        .iter()
+        .position(|h| ring.topology.home(h.partition).contains(&ids[2]))
+        .unwrap();
+    assert!(
+        movable
+            .iter()
+            .any(|h| (h.partition, &h.key)
+                > (hints[first_waiting].partition, &hints[first_waiting].key)),
+        "no hint behind one that waits for n3"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "hints whose holders are all up were held back by a holder that is down",
+        || {
+            movable
+                .iter()
+                .all(|h| n2.engine.get(h.partition, &h.key).unwrap().is_some())
+                && n1.hints.len() == waiting.len()
+        },
+    )
+    .await;
+    shutdown.cancel();
+}
