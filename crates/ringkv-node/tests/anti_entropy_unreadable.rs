@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, node_ids, settled, start};
+use common::{eventually, settled_cluster};
 use ringkv_core::{PartitionId, ReplicaId, key_hash};
 use ringkv_node::ServerArgs;
 use ringkv_node::wire::ClientOp;
@@ -42,15 +42,7 @@ fn write_directly(engine: &dyn StorageEngine, partition: PartitionId, key: &[u8]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_record_does_not_stop_the_repair_of_its_partition() {
     let shutdown = CancellationToken::new();
-    let n1 = start("n1", None, &shutdown, quick_anti_entropy).await;
-    let n2 = start("n2", Some(&n1.listen), &shutdown, quick_anti_entropy).await;
-    let ids = node_ids(&["n1", "n2"]);
-    eventually(
-        Duration::from_secs(30),
-        "the two nodes never settled",
-        || settled(&[&n1, &n2], &ids),
-    )
-    .await;
+    let ([n1, n2], _) = settled_cluster(["n1", "n2"], [&shutdown; 2], quick_anti_entropy).await;
     let ring = n1.node.membership().ring().unwrap();
     let partition_of = |key: &[u8]| ring.topology.partition_of(key_hash(key));
 
@@ -116,15 +108,7 @@ async fn an_unreadable_tombstone_does_not_stop_the_purge_of_the_others() {
         quick_anti_entropy(args);
         args.tombstone_grace_ms = Some(300);
     };
-    let n1 = start("n1", None, &shutdown, quick_purge).await;
-    let n2 = start("n2", Some(&n1.listen), &shutdown, quick_purge).await;
-    let ids = node_ids(&["n1", "n2"]);
-    eventually(
-        Duration::from_secs(30),
-        "the two nodes never settled",
-        || settled(&[&n1, &n2], &ids),
-    )
-    .await;
+    let ([n1, n2], ids) = settled_cluster(["n1", "n2"], [&shutdown; 2], quick_purge).await;
     let ring = n1.node.membership().ring().unwrap();
     let partition_of = |key: &[u8]| ring.topology.partition_of(key_hash(key));
     // The victim sorts first, so a purge batch (taken in key order) always meets it.

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, node_ids, settled, start};
+use common::{Running, eventually, node_ids, settled, start};
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
 use ringkv_node::ServerArgs;
 use ringkv_node::wire::ClientOp;
@@ -22,28 +22,29 @@ fn no_anti_entropy(args: &mut ServerArgs) {
     args.anti_entropy_interval_ms = Some(3_600_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_the_only_source_cannot_read_do_not_stall_the_join() {
-    let shutdown = CancellationToken::new();
-    let one_replica = |args: &mut ServerArgs| {
-        no_anti_entropy(args);
-        args.n = Some(1);
-        args.w = Some(1);
-    };
-    let n1 = start("n1", None, &shutdown, one_replica).await;
+fn one_replica(args: &mut ServerArgs) {
+    no_anti_entropy(args);
+    args.n = Some(1);
+    args.w = Some(1);
+}
+
+/// n1 alone in a ring of one replica per key, and the ids of n1 and the n2 that will join.
+async fn lone_replica(shutdown: &CancellationToken) -> (Running, Vec<NodeId>) {
+    let n1 = start("n1", None, shutdown, one_replica).await;
     let ids = node_ids(&["n1", "n2"]);
     eventually(Duration::from_secs(30), "n1 never formed a ring", || {
         settled(&[&n1], &ids[..1])
     })
     .await;
-    let ring = n1.node.membership().ring().unwrap();
-    let keys: Vec<(PartitionId, Bytes)> = (0..90)
-        .map(|i| {
-            let key = Bytes::from(format!("cart-{i}"));
-            (ring.topology.partition_of(key_hash(&key)), key)
-        })
-        .collect();
-    for (_, key) in &keys {
+    (n1, ids)
+}
+
+/// Writes `count` keys `{prefix}-{i}` (each its own value) through `node`'s client path.
+async fn write_keys(node: &Running, prefix: &str, count: usize) -> Vec<(PartitionId, Bytes)> {
+    let ring = node.node.membership().ring().unwrap();
+    let mut keys = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = Bytes::from(format!("{prefix}-{i}"));
         let put = ClientOp::Put {
             key: key.clone(),
             context: None,
@@ -51,11 +52,20 @@ async fn records_the_only_source_cannot_read_do_not_stall_the_join() {
             w: 1,
             strict: false,
         };
-        n1.node
+        node.node
             .client_op(put, Duration::from_secs(2))
             .await
             .unwrap();
+        keys.push((ring.topology.partition_of(key_hash(&key)), key));
     }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_only_source_cannot_read_do_not_stall_the_join() {
+    let shutdown = CancellationToken::new();
+    let (n1, ids) = lone_replica(&shutdown).await;
+    let keys = write_keys(&n1, "cart", 90).await;
     // Every third record fails its checksum on n1, the only replica.
     let unreadable: Vec<&[u8]> = keys.iter().step_by(3).map(|(_, k)| k.as_ref()).collect();
     n1.engine.make_unreadable(&unreadable);
@@ -179,37 +189,8 @@ async fn a_gaining_node_levels_its_copy_with_every_old_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_a_new_home_cannot_read_stay_and_the_rest_of_the_partition_is_dropped() {
     let shutdown = CancellationToken::new();
-    let one_replica = |args: &mut ServerArgs| {
-        no_anti_entropy(args);
-        args.n = Some(1);
-        args.w = Some(1);
-    };
-    let n1 = start("n1", None, &shutdown, one_replica).await;
-    let ids = node_ids(&["n1", "n2"]);
-    eventually(Duration::from_secs(30), "n1 never formed a ring", || {
-        settled(&[&n1], &ids[..1])
-    })
-    .await;
-    let ring = n1.node.membership().ring().unwrap();
-    let keys: Vec<(PartitionId, Bytes)> = (0..300)
-        .map(|i| {
-            let key = Bytes::from(format!("sweep-{i}"));
-            (ring.topology.partition_of(key_hash(&key)), key)
-        })
-        .collect();
-    for (_, key) in &keys {
-        let put = ClientOp::Put {
-            key: key.clone(),
-            context: None,
-            value: Some(key.clone()),
-            w: 1,
-            strict: false,
-        };
-        n1.node
-            .client_op(put, Duration::from_secs(2))
-            .await
-            .unwrap();
-    }
+    let (n1, ids) = lone_replica(&shutdown).await;
+    let keys = write_keys(&n1, "sweep", 300).await;
     // The joining node will not be able to read every tenth key once it holds it, so it
     // refuses n1's sweep of those.
     let n2 = start("n2", Some(&n1.listen), &shutdown, one_replica).await;

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, node_ids, settled, start};
+use common::{eventually, settled_cluster};
 use ringkv_node::ServerArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -18,16 +18,11 @@ fn short_grace(args: &mut ServerArgs) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_address_of_a_node_that_left_and_stopped_is_forgotten() {
-    let shutdown = CancellationToken::new();
-    let n3_shutdown = CancellationToken::new();
-    let n1 = start("n1", None, &shutdown, short_grace).await;
-    let n2 = start("n2", Some(&n1.listen), &shutdown, short_grace).await;
-    let n3 = start("n3", Some(&n1.listen), &n3_shutdown, short_grace).await;
-    let ids = node_ids(&["n1", "n2", "n3"]);
-    eventually(
-        Duration::from_secs(30),
-        "the three nodes never formed a ring",
-        || settled(&[&n1, &n2, &n3], &ids),
+    let (shutdown, n3_shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let ([n1, n2, n3], ids) = settled_cluster(
+        ["n1", "n2", "n3"],
+        [&shutdown, &shutdown, &n3_shutdown],
+        short_grace,
     )
     .await;
     assert!(n1.node.membership().address(&ids[2]).is_some());

@@ -109,3 +109,29 @@ pub fn settled(nodes: &[&Running], ids: &[NodeId]) -> bool {
         }) && ids.iter().all(|id| n.node.membership().is_live(id))
     })
 }
+
+/// Starts the nodes `names`, the first founding the ring and the others joining through it
+/// (node `i` stops with `shutdowns[i]`), and waits until every one sees the same settled ring.
+pub async fn settled_cluster<const K: usize>(
+    names: [&str; K],
+    shutdowns: [&CancellationToken; K],
+    tweak: impl Fn(&mut ServerArgs) + Copy,
+) -> ([Running; K], Vec<NodeId>) {
+    let mut nodes: Vec<Running> = Vec::with_capacity(K);
+    for (name, shutdown) in names.iter().zip(shutdowns) {
+        let seed = nodes.first().map(|n| n.listen.clone());
+        nodes.push(start(name, seed.as_deref(), shutdown, tweak).await);
+    }
+    let ids = node_ids(&names);
+    let all: Vec<&Running> = nodes.iter().collect();
+    eventually(
+        Duration::from_secs(30),
+        "the nodes never formed a ring",
+        || settled(&all, &ids),
+    )
+    .await;
+    let Ok(nodes) = <[Running; K]>::try_from(nodes) else {
+        unreachable!("K nodes were started");
+    };
+    (nodes, ids)
+}
