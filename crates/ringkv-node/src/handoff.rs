@@ -50,6 +50,9 @@ const CHUNK_SCANS_MAX: usize = 8;
 /// Most Merkle exchanges with each other old home replica when levelling a received
 /// partition (each repairs up to `AE_LEAVES_PER_EXCHANGE` differing leaves).
 pub const LEVEL_EXCHANGES_MAX: usize = 4;
+/// Levelling one partition ends after this many request timeouts, whatever is left: a source
+/// that missed many writes must not hold a receive worker (and the join) for minutes.
+pub const LEVEL_TIMEOUTS: u32 = 4;
 
 /// Keys compared and dropped per batch of the ownership sweep.
 pub const SWEEP_BATCH_KEYS: usize = 256;
@@ -193,13 +196,18 @@ impl Node {
     /// failed and writes elsewhere. The write is counted until the guard drops, so a handoff
     /// round never finds the node drained while an accepted write is still being stored.
     pub(crate) fn accept_write(&self) -> Result<AcceptedWrite<'_>, String> {
+        const LEFT: &str = "this node has left the ring";
+        // Fast path: refused writes need not touch the counter the round waits on.
+        if self.membership.has_left() {
+            return Err(LEFT.into());
+        }
         let in_flight = &self.handoff.writes_in_flight;
         in_flight.fetch_add(1, Ordering::SeqCst);
         let accepted = AcceptedWrite(in_flight);
         // SeqCst on both sides: a round that saw no write in flight set `left` before this
         // load, so this write sees it and is refused; a write admitted here is counted.
         if self.membership.has_left() {
-            return Err("this node has left the ring".into());
+            return Err(LEFT.into());
         }
         Ok(accepted)
     }
@@ -410,16 +418,37 @@ impl Node {
     /// and if the transition replaces several home replicas at once, the new homes could hold
     /// fewer than W copies of it until the losers' sweeps or anti-entropy caught up. A few
     /// Merkle exchanges with each other live old home replica; one that fails or does not
-    /// converge is logged and left to anti-entropy (a dead replica must not stall the join).
-    /// A repair, so `--disable-repair` turns it off.
+    /// converge is logged and left to anti-entropy (a dead replica must not stall the join),
+    /// and so is whatever is left after `LEVEL_TIMEOUTS` request timeouts. A repair, so
+    /// `--disable-repair` turns it off.
     async fn level(self: &Arc<Self>, ring: &RingState, partition: PartitionId) {
         if self.settings.disable_repair {
             return;
         }
         let mut budget = crate::anti_entropy::Budget::new();
-        for peer in self.live_sources(ring, partition) {
+        let deadline = Instant::now() + self.settings.request_timeout * LEVEL_TIMEOUTS;
+        let levelling = async {
+            for peer in self.live_sources(ring, partition) {
+                self.level_with(partition, &peer, &mut budget).await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, levelling).await.is_err() {
+            debug!(
+                partition = partition.index(),
+                "handoff: levelling ran out of time; anti-entropy finishes it"
+            );
+        }
+    }
+
+    async fn level_with(
+        self: &Arc<Self>,
+        partition: PartitionId,
+        peer: &NodeId,
+        budget: &mut crate::anti_entropy::Budget,
+    ) {
+        {
             for _ in 0..LEVEL_EXCHANGES_MAX {
-                match self.exchange(partition, &peer, &mut budget).await {
+                match self.exchange(partition, peer, budget).await {
                     Ok(true) => break,
                     Ok(false) => continue,
                     Err(e) => {

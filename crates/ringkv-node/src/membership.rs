@@ -364,13 +364,16 @@ impl Membership {
     }
 
     async fn publish_status(&self) {
-        let ring = self.ring();
-        let status = self.own_status();
-        let ring_key = ring
-            .map(|r| format!("{}:{:016x}", r.version, r.digest()))
-            .unwrap_or_default();
         self.chitchat
             .with_chitchat(|c| {
+                // Read under chitchat's lock, so two publications racing for it cannot leave
+                // the older one last (a `leaving` computed before the node was drained,
+                // written after its `left`).
+                let status = self.own_status();
+                let ring_key = self
+                    .ring()
+                    .map(|r| format!("{}:{:016x}", r.version, r.digest()))
+                    .unwrap_or_default();
                 let state = c.self_node_state();
                 state.set(keys::STATUS, status.as_str());
                 state.set(keys::RING, &ring_key);

@@ -258,6 +258,14 @@ impl Node {
         key: Bytes,
         versions: VersionSet,
     ) -> Result<(), ClientError> {
+        // Every hint this node would keep, a peer's or its own as a coordinator: none once it
+        // has left (it may already report `left`, and be stopped).
+        let _accepted = self
+            .accept_write()
+            .map_err(|why| ClientError::Unavailable {
+                message: why,
+                stored_on: None,
+            })?;
         let partition = self.partition_of(&key);
         let hint = ringkv_storage::Hint {
             target,
@@ -456,6 +464,11 @@ impl Node {
             Request::Read { key } => {
                 metrics::counter!("ringkv_replica_reads_total").increment(1);
                 match self.read_held(key).await {
+                    // A node that left holds nothing it must: its "nothing" would count toward
+                    // R at a coordinator on an older ring, as if it were a replica's answer.
+                    Ok(None) if self.membership.has_left() => {
+                        Response::Error("this node has left the ring".into())
+                    }
                     Ok(v) => Response::Versions(v),
                     Err(e) => Response::Error(e.to_string()),
                 }
@@ -463,21 +476,26 @@ impl Node {
             Request::Write {
                 key,
                 versions,
-                hinted_for,
+                hinted_for: None,
             } => {
                 let _accepted = match self.accept_write() {
                     Ok(accepted) => accepted,
                     Err(why) => return Response::Error(why),
                 };
-                let stored = match hinted_for {
-                    None => self.merge_local(key, versions).await.map(|_| ()),
-                    Some(target) => self.store_hint(target, key, versions).await,
-                };
-                match stored {
-                    Ok(()) => Response::Ok,
+                match self.merge_local(key, versions).await {
+                    Ok(_) => Response::Ok,
                     Err(e) => Response::Error(e.to_string()),
                 }
             }
+            // `store_hint` refuses, and counts, like the replica write above.
+            Request::Write {
+                key,
+                versions,
+                hinted_for: Some(target),
+            } => match self.store_hint(target, key, versions).await {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error(e.to_string()),
+            },
             Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
             ae @ (Request::MerkleSummary { .. }
             | Request::MerkleLeaves { .. }

@@ -6,7 +6,8 @@
 //! - a hint over the inter-node frame limit (never sent) does not hold them back either;
 //! - a node that left the ring is not reported `left` (safe to stop) while it still holds a
 //!   hint, and once it is, it refuses the replica and hinted writes a peer with an older ring
-//!   still sends it (else it would count toward that peer's quorum and be stopped).
+//!   still sends it (else it would count toward that peer's quorum and be stopped), and does
+//!   not answer a read of a key it does not hold.
 
 mod common;
 
@@ -240,6 +241,18 @@ async fn a_node_that_left_is_not_reported_left_while_it_holds_a_hint() {
     assert!(n3.engine.get(late.partition, &late.key).unwrap().is_none());
     assert!(n3.hints.is_empty());
     assert!(n3.node.left_and_drained());
+    // Nor does its "nothing" answer a read as a replica's would.
+    let read = Request::Read {
+        key: late.key.clone(),
+    };
+    let answer = peer
+        .call(n3_addr, read, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Response::Error(ref why) if why.contains("left")),
+        "a node that left answered a read: {answer:?}"
+    );
     drop(n2);
     shutdown.cancel();
 }
