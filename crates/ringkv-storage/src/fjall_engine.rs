@@ -11,8 +11,9 @@
 //!   share fsyncs.
 //! - `drop_partition` runs under the partition's lock and bumps the partition's generation;
 //!   an `update` that read its key before the drop notices the new generation and reads again.
-//! - The Merkle tree of a partition is loaded from its stored leaves on first use; a failed
-//!   batch append undoes its change to the in-memory tree.
+//! - The Merkle tree of a partition is loaded from its stored leaves on first use (rebuilt
+//!   from the records if a leaf fails its checksum); a failed batch append undoes its change
+//!   to the in-memory tree.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -329,9 +330,68 @@ impl FjallEngine {
         partition: PartitionId,
     ) -> Result<&'a mut MerkleTree, StorageError> {
         if state.tree.is_none() {
-            state.tree = Some(self.load_tree(partition)?);
+            let tree = match self.load_tree(partition) {
+                Ok(tree) => tree,
+                // The leaves are derived from the records: rebuild them, rather than leave
+                // the partition unwritable (every write updates its leaf) for good.
+                Err(e @ StorageError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "rebuilding a Merkle tree from its records");
+                    self.rebuild_tree(partition)?
+                }
+                Err(e) => return Err(e),
+            };
+            state.tree = Some(tree);
         }
         Ok(state.tree.as_mut().expect("just loaded"))
+    }
+
+    /// The partition's tree computed from its records, its stored leaves replaced by it. Runs
+    /// under the partition's lock, which every record change takes. A record that cannot be
+    /// read is left out (its digest is unknown): anti-entropy then sees that key differ, and
+    /// skips it.
+    fn rebuild_tree(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
+        let mut tree = MerkleTree::new();
+        for guard in self.shared.records.prefix(partition_prefix(partition)) {
+            let (k, v) = guard.into_inner()?;
+            let key = user_key(&k)?;
+            let what = || record_description(partition, &key);
+            match decode_versions(&what, &v) {
+                Ok(versions) => {
+                    tree.update(&key, None, Some(versions.digest()));
+                }
+                Err(StorageError::Corrupt { .. }) => {
+                    tracing::warn!(
+                        ?key,
+                        "a record that fails its checksum is left out of the rebuilt tree"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // One write per key: stored leaves the tree has empty (or that do not parse) go, every
+        // non-empty leaf is written.
+        let mut batch = self.shared.db.batch();
+        for guard in self.shared.leaves.prefix(partition_prefix(partition)) {
+            let k = guard.key()?;
+            if layout::leaf_of(&k).map_or(true, |leaf| tree.leaf(leaf) == 0) {
+                batch.remove(&self.shared.leaves, k);
+            }
+        }
+        for index in 0..MERKLE_LEAVES {
+            let leaf = LeafIndex::new(index).expect("below MERKLE_LEAVES");
+            if tree.leaf(leaf) != 0 {
+                put_leaf(
+                    &mut batch,
+                    &self.shared.leaves,
+                    partition,
+                    leaf,
+                    tree.leaf(leaf),
+                );
+            }
+        }
+        let ticket = self.shared.append(batch)?;
+        self.shared.commit.wait_durable(ticket)?;
+        Ok(tree)
     }
 
     /// Puts the record change and the leaf it changes in one batch and appends it. Must be
