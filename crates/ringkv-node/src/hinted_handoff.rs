@@ -254,11 +254,12 @@ impl Node {
             let mut holders = ring.topology.home(hint.partition);
             holders.extend(ring.topology.incoming(hint.partition));
             let (mut stored_everywhere, mut refused_here) = (true, false);
+            let (mut down, mut keeper) = (Vec::new(), None);
             for holder in holders {
-                // A holder that is down now keeps this hint back (offered again next pass),
-                // not the hints behind it whose holders are all up.
+                // A holder that is down now does not hold back the hints behind this one: it
+                // gets a hint of its own below, kept by a live holder.
                 if holder != *self.membership.me() && !self.membership.is_live(&holder) {
-                    stored_everywhere = false;
+                    down.push(holder);
                     continue;
                 }
                 let offer = if holder == *self.membership.me() {
@@ -273,7 +274,9 @@ impl Node {
                     self.offer(&holder, &hint, None).await
                 };
                 match offer {
-                    Offer::Stored => {}
+                    Offer::Stored => {
+                        keeper.get_or_insert(holder);
+                    }
                     Offer::Refused(e) => {
                         first_refusal
                             .get_or_insert_with(|| format!("{:?} at {holder}: {e}", hint.key));
@@ -285,6 +288,26 @@ impl Node {
                         batch_done = false;
                         break 'hints;
                     }
+                }
+            }
+            // Each holder that is down gets the write as a hint, kept by a live holder that
+            // stored it; until one is kept, the departed node's hint stays.
+            for holder in down {
+                let kept = match &keeper {
+                    Some(keeper) if keeper == self.membership.me() => {
+                        match self
+                            .store_hint(holder.clone(), hint.key.clone(), hint.versions.clone())
+                            .await
+                        {
+                            Ok(()) => Offer::Stored,
+                            Err(e) => Offer::Refused(e.to_string()),
+                        }
+                    }
+                    Some(keeper) => self.offer(keeper, &hint, Some(holder.clone())).await,
+                    None => Offer::Refused("no live holder stored it".into()),
+                };
+                if !matches!(kept, Offer::Stored) {
+                    stored_everywhere = false;
                 }
             }
             self.hint_cursors.advance(&hint);
@@ -302,7 +325,7 @@ impl Node {
             info!(%departed, delivered, "re-homed the hints of a departed node");
         }
         if held_back > 0 {
-            debug!(%departed, held_back, "hints of a departed node wait for holders that are down");
+            debug!(%departed, held_back, "hints of a departed node wait for a holder or its keeper");
         }
     }
 

@@ -4,6 +4,8 @@
 //!   fallback skips it for the rest of the pass, delivers the others, keeps the refused one
 //!   and offers it again on the next pass;
 //! - a hint over the inter-node frame limit (never sent) does not hold them back either;
+//! - the hints of a node that is no longer a member go to their partitions' holders; one that
+//!   is down does not hold back the others, and gets its writes as hints kept by a live holder;
 //! - a node that left the ring is not reported `left` (safe to stop) while it still holds a
 //!   hint, and once it is, it refuses the replica and hinted writes a peer with an older ring
 //!   still sends it (else it would count toward that peer's quorum and be stopped), and does
@@ -14,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, settled_cluster, start};
+use common::{Running, eventually, settled_cluster, start};
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
 use ringkv_node::node::Node;
 use ringkv_node::seams::Seams;
@@ -305,9 +307,29 @@ async fn hints_of_a_departed_node_are_rehomed_around_a_holder_that_is_down() {
             movable
                 .iter()
                 .all(|h| n2.engine.get(h.partition, &h.key).unwrap().is_some())
-                && n1.hints.len() == waiting.len()
         },
     )
     .await;
+    // The writes n3 holds wait for it as hints of its own, kept by a live holder, and the
+    // departed node's hints are all gone.
+    let for_n3 = |n: &Running| n.hints.pending(&ids[2], None, 100).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the down holder's writes were not handed to a keeper",
+        || {
+            n1.hints.pending(&ghost, None, 100).unwrap().is_empty()
+                && for_n3(&n1).len() + for_n3(&n2).len() == waiting.len()
+        },
+    )
+    .await;
+    let mut kept: Vec<Bytes> = [&n1, &n2]
+        .iter()
+        .flat_map(|n| for_n3(n))
+        .map(|h| h.key)
+        .collect();
+    kept.sort();
+    let mut want: Vec<Bytes> = waiting.iter().map(|h| h.key.clone()).collect();
+    want.sort();
+    assert_eq!(kept, want);
     shutdown.cancel();
 }
