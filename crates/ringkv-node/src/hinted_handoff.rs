@@ -17,7 +17,8 @@
 //!
 //! A hint whose target is no longer a member (it left the cluster) is delivered instead to
 //! the partition's current home replicas and the nodes gaining it, and deleted once every one
-//! of them acknowledged it: a departed node never strands a write.
+//! of them acknowledged it (one that is down through a hint for it, kept by a live holder): a
+//! departed node never strands a write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -293,6 +294,11 @@ impl Node {
             // Each holder that is down gets the write as a hint, kept by a live holder that
             // stored it; until one is kept, the departed node's hint stays.
             for holder in down {
+                if refused_here {
+                    // The hint stays anyway; no keeper copy until every live holder took it.
+                    stored_everywhere = false;
+                    break;
+                }
                 let kept = match &keeper {
                     Some(keeper) if keeper == self.membership.me() => {
                         match self
@@ -306,8 +312,19 @@ impl Node {
                     Some(keeper) => self.offer(keeper, &hint, Some(holder.clone())).await,
                     None => Offer::Refused("no live holder stored it".into()),
                 };
-                if !matches!(kept, Offer::Stored) {
-                    stored_everywhere = false;
+                match kept {
+                    Offer::Stored => {}
+                    Offer::Refused(e) => {
+                        first_refusal.get_or_insert_with(|| {
+                            format!("{:?} kept for {holder}: {e}", hint.key)
+                        });
+                        stored_everywhere = false;
+                    }
+                    Offer::Unreachable(e) => {
+                        debug!(%departed, error = %e, "a keeper for a down holder's hint failed; retrying next round");
+                        batch_done = false;
+                        break 'hints;
+                    }
                 }
             }
             self.hint_cursors.advance(&hint);
