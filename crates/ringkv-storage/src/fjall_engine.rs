@@ -368,29 +368,26 @@ impl FjallEngine {
                 Err(e) => return Err(e),
             }
         }
-        // One write per key: stored leaves the tree has empty (or that do not parse) go, every
-        // non-empty leaf is written.
+        // Every leaf written (an empty one removed), and any other key under the partition's
+        // prefix removed: no key is both removed and written in the batch.
         let mut batch = self.shared.db.batch();
         for guard in self.shared.leaves.prefix(partition_prefix(partition)) {
             let k = guard.key()?;
-            let kept = layout::leaf_of(&k).is_ok_and(|leaf| {
-                tree.leaf(leaf) != 0 && k.as_ref() == leaf_prefix(partition, leaf).as_slice()
-            });
-            if !kept {
+            let is_leaf_key = layout::leaf_of(&k)
+                .is_ok_and(|leaf| k.as_ref() == leaf_prefix(partition, leaf).as_slice());
+            if !is_leaf_key {
                 batch.remove(&self.shared.leaves, k);
             }
         }
         for index in 0..MERKLE_LEAVES {
             let leaf = LeafIndex::new(index).expect("below MERKLE_LEAVES");
-            if tree.leaf(leaf) != 0 {
-                put_leaf(
-                    &mut batch,
-                    &self.shared.leaves,
-                    partition,
-                    leaf,
-                    tree.leaf(leaf),
-                );
-            }
+            put_leaf(
+                &mut batch,
+                &self.shared.leaves,
+                partition,
+                leaf,
+                tree.leaf(leaf),
+            );
         }
         // Not waited for (the locks are held): the journal is one ordered log, so the next
         // write that is made durable makes this durable too, and if a crash takes it back the
