@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Running, eventually, settled_cluster, start};
+use common::{Running, eventually, settled_cluster};
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
 use ringkv_node::node::Node;
 use ringkv_node::seams::Seams;
@@ -43,21 +43,8 @@ fn hint_for(target: &NodeId, ring_holder: &Node, key: &str) -> Hint {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_hint_does_not_hold_back_the_others_and_is_offered_again() {
     let shutdown = CancellationToken::new();
-    let n1 = start("n1", None, &shutdown, |_| {}).await;
-    let n2 = start("n2", Some(&n1.listen), &shutdown, |_| {}).await;
-    let target = NodeId::new("n2").unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "n2 never became a live member",
-        || {
-            n1.node
-                .membership()
-                .ring()
-                .is_some_and(|r| r.topology.is_member(&target))
-                && n1.node.membership().is_live(&target)
-        },
-    )
-    .await;
+    let ([n1, n2], ids) = settled_cluster(["n1", "n2"], [&shutdown; 2], |_| {}).await;
+    let target = ids[1].clone();
 
     let mut hints: Vec<Hint> = (0..12)
         .map(|i| hint_for(&target, &n1.node, &format!("cart-{i}")))
@@ -108,22 +95,8 @@ async fn a_refused_hint_does_not_hold_back_the_others_and_is_offered_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hint_over_the_frame_limit_does_not_hold_back_the_others() {
     let shutdown = CancellationToken::new();
-    let n1 = start("n1", None, &shutdown, |_| {}).await;
-    let n2 = start("n2", Some(&n1.listen), &shutdown, |_| {}).await;
-    let target = NodeId::new("n2").unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "n2 never became a live member",
-        || {
-            n1.node.membership().is_live(&target)
-                && n1
-                    .node
-                    .membership()
-                    .ring()
-                    .is_some_and(|r| r.topology.is_member(&target))
-        },
-    )
-    .await;
+    let ([n1, n2], ids) = settled_cluster(["n1", "n2"], [&shutdown; 2], |_| {}).await;
+    let target = ids[1].clone();
 
     let mut hints: Vec<Hint> = (0..6)
         .map(|i| hint_for(&target, &n1.node, &format!("big-{i}")))
