@@ -440,21 +440,20 @@ impl Node {
         }
     }
 
+    /// Up to `LEVEL_EXCHANGES_MAX` exchanges with one old replica, until the trees agree.
     async fn level_with(
         self: &Arc<Self>,
         partition: PartitionId,
         peer: &NodeId,
         budget: &mut crate::anti_entropy::Budget,
     ) {
-        {
-            for _ in 0..LEVEL_EXCHANGES_MAX {
-                match self.exchange(partition, peer, budget).await {
-                    Ok(true) => break,
-                    Ok(false) => continue,
-                    Err(e) => {
-                        debug!(partition = partition.index(), %peer, error = %e, "handoff: levelling with an old replica failed");
-                        break;
-                    }
+        for _ in 0..LEVEL_EXCHANGES_MAX {
+            match self.exchange(partition, peer, budget).await {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(e) => {
+                    debug!(partition = partition.index(), %peer, error = %e, "handoff: levelling with an old replica failed");
+                    break;
                 }
             }
         }
