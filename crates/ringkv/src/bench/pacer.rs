@@ -150,8 +150,9 @@ mod tests {
         let lateness = tokio::task::spawn_blocking(move || thread.join().unwrap())
             .await
             .unwrap();
+        // Whether that first slot found the worker already waiting depends on the machine's
+        // scheduling (on a loaded one the test task may poll after the slot was due).
         assert_eq!(lateness.started(), 1);
-        assert_eq!(lateness.on_time, 1);
         assert_eq!(releases.next().await, None, "the pacer has ended");
     }
 
@@ -166,9 +167,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let lateness = thread.join().unwrap();
+        // Every slot after the first finds the worker busy, however the machine schedules
+        // the test; the first may be on time or (on a loaded machine) late too.
         assert_eq!(lateness.started(), 10);
-        assert_eq!(lateness.on_time, 1);
-        assert_eq!(lateness.late, 9);
+        assert!(lateness.late >= 9, "{} of 10 slots late", lateness.late);
         assert!(lateness.max_behind >= Duration::from_millis(9 * 15));
     }
 }
