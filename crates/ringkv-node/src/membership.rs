@@ -18,7 +18,7 @@
 //! or with only itself as seed, creates a ring; a node with seeds waits to be claimed); a
 //! failure is not a departure (a down node keeps its partitions); rings only move forward.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -274,16 +274,16 @@ impl Membership {
         self.known.read().unwrap().get(node).map(|p| p.listen)
     }
 
-    /// Whether `addr` is the inter-node address of this node or of a node it knows (one gossip
-    /// carries, or a ring member).
-    pub fn is_known_address(&self, addr: &SocketAddr) -> bool {
-        *addr == self.settings.listen
-            || self
-                .known
-                .read()
-                .unwrap()
-                .values()
-                .any(|p| p.listen == *addr)
+    /// The inter-node addresses of this node and of every node it knows (one gossip carries,
+    /// or a ring member), gathered once: the peer pool checks each pooled address against
+    /// this set, not against every known node in turn.
+    pub fn known_addresses(&self) -> BTreeSet<SocketAddr> {
+        let known = self.known.read().unwrap();
+        known
+            .values()
+            .map(|p| p.listen)
+            .chain(std::iter::once(self.settings.listen))
+            .collect()
     }
 
     /// Whether a node is believed alive (the node itself always is).

@@ -357,8 +357,8 @@ impl Node {
     /// One round of membership upkeep: refresh the view, fetch a newer ring, claim joiners.
     pub(crate) async fn membership_round(&self) {
         self.membership.refresh().await;
-        self.peers
-            .forget_others(|addr| self.membership.is_known_address(addr));
+        let known = self.membership.known_addresses();
+        self.peers.forget_others(|addr| known.contains(addr));
         if let Some((holder, addr, version)) = self.membership.better_ring_holder() {
             match self
                 .peers
