@@ -46,7 +46,7 @@ pub const CHUNK_BYTES: u32 = 256 * 1024;
 /// Most records in one chunk.
 pub const CHUNK_KEYS: usize = 512;
 /// Most scans of one chunk request past records the source cannot read.
-const CHUNK_SCANS_MAX: usize = 8;
+pub const CHUNK_SCANS_MAX: usize = 8;
 /// Most Merkle exchanges with each other old home replica when levelling a received
 /// partition (each repairs up to `AE_LEAVES_PER_EXCHANGE` differing leaves).
 pub const LEVEL_EXCHANGES_MAX: usize = 4;
@@ -58,6 +58,13 @@ pub const LEVEL_TIMEOUTS: u32 = 4;
 pub const SWEEP_BATCH_KEYS: usize = 256;
 /// Most keys the sweep examines per round, over all partitions.
 pub const SWEEP_KEYS_PER_ROUND: usize = 8192;
+
+/// A chunk of a partition as its source answered it (`Response::Chunk`).
+struct Chunk {
+    entries: Vec<(Bytes, VersionSet)>,
+    done: bool,
+    resume: Option<Bytes>,
+}
 
 /// Handoff progress and counters, as `/status` and `/metrics` report them.
 #[derive(Debug, Default)]
@@ -360,11 +367,18 @@ impl Node {
                 .cursors
                 .get(&index)
                 .cloned();
-            let (entries, done) = self.fetch_chunk(&ring, partition, after).await?;
+            let Chunk {
+                entries,
+                done,
+                resume,
+            } = self.fetch_chunk(&ring, partition, after).await?;
             let bytes: u64 = entries.iter().map(|(k, v)| record_bytes(k, v)).sum();
             let wait_until = self.throttle(bytes);
             tokio::time::sleep_until(wait_until).await;
-            let last = entries.last().map(|(k, _)| k.clone());
+            let last = resume.or_else(|| entries.last().map(|(k, _)| k.clone()));
+            if !done && last.is_none() {
+                return Err("the source's chunk moved no cursor".into());
+            }
             let count = entries.len() as u64;
             self.store(move |s| {
                 s.update_many(
@@ -490,7 +504,7 @@ impl Node {
         ring: &RingState,
         partition: PartitionId,
         after: Option<Bytes>,
-    ) -> Result<(Vec<(Bytes, VersionSet)>, bool), String> {
+    ) -> Result<Chunk, String> {
         let target = ring.topology.target().ok_or("no transition")?;
         let mut sources = self.live_sources(ring, partition);
         sources.sort_by_key(|n| target.is_home(partition, n));
@@ -503,7 +517,17 @@ impl Node {
                 max_bytes,
             };
             match self.ask(&source, request).await {
-                Ok(Response::Chunk { entries, done }) => return Ok((entries, done)),
+                Ok(Response::Chunk {
+                    entries,
+                    done,
+                    resume,
+                }) => {
+                    return Ok(Chunk {
+                        entries,
+                        done,
+                        resume,
+                    });
+                }
                 Ok(other) => last_error = format!("{source} answered {other:?}"),
                 Err(e) => last_error = format!("{source}: {e}"),
             }
@@ -519,12 +543,13 @@ impl Node {
         max_bytes: u32,
     ) -> Response {
         // Unreadable records are reported and left out (the receiver levels the partition
-        // with the other replicas afterwards); a chunk of nothing but them would not move the
-        // receiver's cursor, so the scan goes on past them, at most `CHUNK_SCANS_MAX` times.
+        // with the other replicas afterwards). The scan goes on past them, at most
+        // `CHUNK_SCANS_MAX` times; a chunk of nothing but them still moves the receiver's
+        // cursor, through `resume`, so any run of them is crossed in bounded steps.
         let mut after = after;
         let mut unreadable = 0;
         let mut scans = 0;
-        let (scanned, complete) = loop {
+        let (scanned, complete, examined_to) = loop {
             let from = after.clone();
             let step = match self
                 .store(move |s| s.scan_readable(partition, from.as_deref(), CHUNK_KEYS))
@@ -537,14 +562,8 @@ impl Node {
             scans += 1;
             unreadable += step.unreadable.len();
             let complete = step.examined < CHUNK_KEYS;
-            if !step.entries.is_empty() || complete {
-                break (step.entries, complete);
-            }
-            if scans == CHUNK_SCANS_MAX {
-                return Response::Error(format!(
-                    "partition {}: {unreadable} unreadable records in a row",
-                    partition.index()
-                ));
+            if !step.entries.is_empty() || complete || scans == CHUNK_SCANS_MAX {
+                break (step.entries, complete, step.last.or(after));
             }
             after = step.last;
         };
@@ -566,10 +585,22 @@ impl Node {
             bytes += record_bytes(&key, &versions);
             entries.push((key, versions));
         }
-        let done = complete && entries.len() == total;
+        let whole = entries.len() == total;
+        let done = complete && whole;
+        // Cut short by `max_bytes`: the next chunk starts after the last entry sent.
+        // Otherwise after the last key examined, readable or not.
+        let resume = if whole {
+            examined_to
+        } else {
+            entries.last().map(|(k, _)| k.clone())
+        };
         self.handoff.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
         metrics::counter!("ringkv_handoff_bytes_sent_total").increment(bytes);
-        Response::Chunk { entries, done }
+        Response::Chunk {
+            entries,
+            done,
+            resume,
+        }
     }
 
     /// Hands over and drops the data of partitions this node no longer replicates.

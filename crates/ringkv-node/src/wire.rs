@@ -16,7 +16,9 @@ use ringkv_core::topology::Topology;
 use ringkv_core::{Context, Dot, NodeId, PartitionId, VersionSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Changes whenever a frame's shape does: a node refuses peers of another version at `Hello`.
+/// 2: `Response::Chunk` carries `resume`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Frame {
@@ -161,10 +163,14 @@ pub enum Response {
     /// Leaf hashes, one list of `MERKLE_FANOUT` per requested group, in request order.
     Leaves(Vec<Vec<u64>>),
     Digests(Vec<(Bytes, u64)>),
-    /// Records of a partition in storage order; `done` when none is left after them.
+    /// Records of a partition in storage order; `done` when none is left after them. `resume`
+    /// is the key the next request starts after: the last key this answer covers, which is
+    /// past the last entry when the source scanned over records it cannot read (a chunk of
+    /// nothing but those still moves the receiver on).
     Chunk {
         entries: Vec<(Bytes, VersionSet)>,
         done: bool,
+        resume: Option<Bytes>,
     },
     /// One answer per key asked, in order.
     Same(Vec<bool>),

@@ -1,6 +1,8 @@
 //! Where a gaining node's copy of a partition comes from:
 //! - a replica that cannot read some of its records (they fail their checksum): the join
 //!   completes without them, and the source keeps them, reported, instead of dropping them;
+//! - a run of unreadable records longer than one chunk request scans: the chunk answers move
+//!   the receiver's cursor past it, so the readable records behind it still arrive;
 //! - a source that missed writes the other old replicas hold: the gaining node levels with
 //!   them before it confirms the partition.
 //!
@@ -14,7 +16,10 @@ use bytes::Bytes;
 use common::{Running, eventually, node_ids, settled, start};
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, VersionVector, key_hash};
 use ringkv_node::ServerArgs;
-use ringkv_node::wire::ClientOp;
+use ringkv_node::handoff::{CHUNK_KEYS, CHUNK_SCANS_MAX};
+use ringkv_node::seams::Seams;
+use ringkv_node::transport::Peers;
+use ringkv_node::wire::{ClientOp, Request, Response};
 use ringkv_storage::StorageEngine;
 use tokio_util::sync::CancellationToken;
 
@@ -126,6 +131,83 @@ async fn records_the_only_source_cannot_read_do_not_stall_the_join() {
             "{key:?} was dropped unread"
         );
     }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_answers_cross_a_run_of_unreadable_records_longer_than_one_request_scans() {
+    let shutdown = CancellationToken::new();
+    let (n1, _) = lone_replica(&shutdown).await;
+    let ring = n1.node.membership().ring().unwrap();
+    let partition = PartitionId::new(5, ring.topology.params().partitions).unwrap();
+    // Records of one partition, stored straight into n1's engine; in storage order, a run of
+    // unreadable ones longer than one chunk request scans, then readable ones.
+    let run = CHUNK_SCANS_MAX * CHUNK_KEYS + CHUNK_KEYS / 2;
+    let keys: Vec<Bytes> = (0u32..)
+        .map(|i| Bytes::from(format!("k{i:08}")))
+        .filter(|k| ring.topology.partition_of(key_hash(k)) == partition)
+        .take(run + 20)
+        .collect();
+    let writer = ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+    for key in &keys {
+        let (versions, _) =
+            VersionSet::default().update(&VersionVector::new(), Some(key.clone()), &writer);
+        n1.engine
+            .update(partition, key, &mut |_| Some(versions.clone()))
+            .unwrap();
+    }
+    let stored: Vec<Bytes> = n1
+        .engine
+        .scan_readable(partition, None, usize::MAX)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(stored.len(), keys.len());
+    let (unreadable, readable) = stored.split_at(run);
+    let refs: Vec<&[u8]> = unreadable.iter().map(|k| k.as_ref()).collect();
+    n1.engine.make_unreadable(&refs);
+    let position = |key: &Option<Bytes>| key.as_ref().map(|k| stored.iter().position(|s| s == k));
+
+    // Follow the chunk protocol as a receiving node does, each request after the last
+    // answer's `resume`.
+    let peers = Peers::new(
+        NodeId::new("probe").unwrap(),
+        n1.node.settings().limits.clone(),
+        Seams::production().network,
+    );
+    let addr = n1.listen.parse().unwrap();
+    let (mut after, mut received, mut requests) = (None, Vec::new(), 0);
+    loop {
+        requests += 1;
+        assert!(requests <= 20, "no end after {requests} chunk requests");
+        let request = Request::HandoffChunk {
+            partition,
+            after: after.clone(),
+            max_bytes: 1 << 20,
+        };
+        match peers.call(addr, request, Duration::from_secs(10)).await {
+            Ok(Response::Chunk {
+                entries,
+                done,
+                resume,
+            }) => {
+                received.extend(entries.into_iter().map(|(k, _)| k));
+                if done {
+                    break;
+                }
+                assert!(
+                    position(&resume) > position(&after),
+                    "the cursor did not move past {after:?}"
+                );
+                after = resume;
+            }
+            other => panic!("chunk request {requests}: {other:?}"),
+        }
+    }
+    assert_eq!(received, readable, "the readable records behind the run");
+    assert!(requests > 1, "the run was crossed in one request");
     shutdown.cancel();
 }
 

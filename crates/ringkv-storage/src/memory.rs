@@ -2,7 +2,7 @@
 //! against. Nothing here survives the process; everything else (ordering, Merkle trees,
 //! hint merging and bounds) behaves exactly as the durable engine must.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -33,7 +33,7 @@ pub struct MemoryEngine {
     /// A key whose writes fail as if its stored record were unreadable (tests of callers).
     refused: Mutex<Option<Vec<u8>>>,
     /// Keys whose record reads fail, as records that fail their checksum (tests of callers).
-    unreadable_keys: Mutex<Vec<Vec<u8>>>,
+    unreadable_keys: Mutex<BTreeSet<Vec<u8>>>,
 }
 
 impl MemoryEngine {
@@ -78,8 +78,7 @@ impl MemoryEngine {
             .unreadable_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|k| k.as_slice() == key)
+            .contains(key)
     }
 
     fn check_readable(&self, key: &[u8]) -> Result<(), StorageError> {
