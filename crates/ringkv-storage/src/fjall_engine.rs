@@ -44,6 +44,11 @@ pub const KEY_LOCK_STRIPES: usize = 1024;
 /// itself sleeps writers from 4.
 const WRITE_STALL_SEALED_MEMTABLES: usize = 2;
 
+/// Level-0 tables (flushed, not yet compacted) from which `writes_may_stall` says yes: fjall
+/// slows writers (a busy loop) from 20 level-0 runs and sleeps them in 10 ms steps from 30,
+/// and every run holds at least one table, so this many tables comes first.
+const WRITE_STALL_L0_TABLES: usize = 16;
+
 /// Settings of a `FjallEngine`.
 #[derive(Debug, Clone)]
 pub struct FjallOptions {
@@ -663,15 +668,19 @@ impl StorageEngine for FjallEngine {
     }
 
     fn writes_may_stall(&self) -> bool {
-        // fjall halts writers while 4 or more sealed memtables wait for their flush; from 2 on,
-        // writes go where sleeping is harmless.
+        // fjall halts writers while 4 or more sealed memtables wait for their flush, and slows
+        // then halts them while compaction is behind on level 0; well before either, writes
+        // go where sleeping is harmless.
         [
             &self.shared.records,
             &self.shared.leaves,
             &self.shared.hints,
         ]
         .iter()
-        .any(|k| k.sealed_memtable_count() >= WRITE_STALL_SEALED_MEMTABLES)
+        .any(|k| {
+            k.sealed_memtable_count() >= WRITE_STALL_SEALED_MEMTABLES
+                || k.l0_table_count() >= WRITE_STALL_L0_TABLES
+        })
     }
 
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
