@@ -20,6 +20,11 @@ pub const MAX_N: u8 = 16;
 pub const MAX_CONTEXT_ENTRIES: usize = 1024;
 /// Longest context token accepted, in bytes of its printable form.
 pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+/// Largest write counter a client context may name (2^53). A counter counts the writes one
+/// replica id coordinated to one key (plus the dot floor), so no real context comes near it:
+/// a million writes a second to one key for a century is under 2^52. Refusing more keeps a
+/// forged context from pushing a key's or the node's dot floor's next counter past `u64`.
+pub const MAX_COUNTER: u64 = 1 << 53;
 /// Most siblings a write may leave a key with (Riak's `siblings_maximum` default). Concurrent
 /// writes that no client reconciles (writes without a context, or with one that was never
 /// read back) add one each; past this a write that would add another is refused, while

@@ -40,14 +40,14 @@
 //!   canonical tokens (sorted, no duplicate replica, no zero counter, no trailing byte);
 //! - `decode` never panics: any other input is a typed `ContextError`.
 //!
-//! Limits: a token is at most `MAX_CONTEXT_BYTES` characters and carries at most
-//! `MAX_CONTEXT_ENTRIES` entries. The limits are checked before anything is allocated for
+//! Limits: a token is at most `MAX_CONTEXT_BYTES` characters, carries at most
+//! `MAX_CONTEXT_ENTRIES` entries and dots, and no counter above `MAX_COUNTER`. The limits are checked before anything is allocated for
 //! the entries, so a hostile token costs at most a bounded amount of work.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
+use crate::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES, MAX_COUNTER};
 use crate::ids::{IdError, NodeId, ReplicaId};
 use crate::version::{Dot, VersionSet, VersionVector, canonical_cloud};
 
@@ -78,6 +78,10 @@ pub enum ContextError {
     InvalidReplica(IdError),
     #[error("context carries a zero counter (zero entries are left out of a canonical vector)")]
     ZeroCounter,
+    #[error(
+        "context carries the counter {0}, over the limit of {MAX_COUNTER}: not a context this store made"
+    )]
+    CounterTooLarge(u64),
     #[error("context names the same replica twice")]
     DuplicateReplica,
     #[error("context entries are not in ascending replica order")]
@@ -166,13 +170,21 @@ impl Context {
         URL_SAFE_NO_PAD.encode(&bytes)
     }
 
-    /// Like `encode`, but refuses a context that `decode` would reject for its size.
+    /// Like `encode`, but refuses a context that `decode` would reject for its size or its
+    /// counters.
     pub fn try_encode(&self) -> Result<String, ContextError> {
         let count = self.vector.len().max(self.dots.len());
         if count > MAX_CONTEXT_ENTRIES {
             return Err(ContextError::TooManyEntries {
                 count: count as u64,
             });
+        }
+        let highest = self.vector.entries().map(|(_, c)| c);
+        if let Some(c) = highest
+            .chain(self.dots.iter().map(|d| d.counter))
+            .find(|c| *c > MAX_COUNTER)
+        {
+            return Err(ContextError::CounterTooLarge(c));
         }
         let token = self.encode();
         if token.len() > MAX_CONTEXT_BYTES {
@@ -262,6 +274,9 @@ fn decode_entries(payload: &[u8], order: Order) -> Result<(Entries, &[u8]), Cont
         let node = NodeId::new(node).map_err(ContextError::InvalidReplica)?;
         if counter == 0 {
             return Err(ContextError::ZeroCounter);
+        }
+        if counter > MAX_COUNTER {
+            return Err(ContextError::CounterTooLarge(counter));
         }
         let replica = ReplicaId::new(node, epoch);
         if let Some((previous, previous_counter)) = entries.last() {
@@ -365,6 +380,15 @@ mod tests {
             Context::decode(&token_with_payload(&zero)),
             Err(ContextError::ZeroCounter)
         );
+        let at_limit = enc(&[("a", 1, MAX_COUNTER)]);
+        assert!(Context::decode(&token_with_payload(&at_limit)).is_ok());
+        for huge in [MAX_COUNTER + 1, u64::MAX] {
+            let over = enc(&[("a", 1, huge)]);
+            assert_eq!(
+                Context::decode(&token_with_payload(&over)),
+                Err(ContextError::CounterTooLarge(huge))
+            );
+        }
         let bad_id = enc(&[("a b", 1, 1)]);
         assert!(matches!(
             Context::decode(&token_with_payload(&bad_id)),

@@ -2,7 +2,7 @@
 //! header-safe, and the decoder answers every other input with an error, never a panic.
 
 use proptest::prelude::*;
-use ringkv_core::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
+use ringkv_core::constants::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES, MAX_COUNTER};
 use ringkv_core::{Context, ContextError, NodeId, ReplicaId, VersionVector};
 
 /// The alphabet of a token: URL-safe base64 without padding.
@@ -29,8 +29,8 @@ fn vector() -> impl Strategy<Value = VersionVector> {
                 )
             }))
         }),
-        // Anything the types allow, counters up to u64::MAX.
-        prop::collection::vec((replica(), 1..=u64::MAX), 0..40)
+        // Any replica id, counters up to the limit.
+        prop::collection::vec((replica(), 1..=MAX_COUNTER), 0..40)
             .prop_map(VersionVector::from_entries),
     ]
 }
@@ -48,7 +48,12 @@ fn token() -> impl Strategy<Value = (VersionVector, String)> {
 fn check_decode(input: &str) -> Result<(), TestCaseError> {
     match Context::decode(input) {
         Ok(context) => {
-            prop_assert!(context.vector().entries().all(|(_, c)| c > 0));
+            prop_assert!(
+                context
+                    .vector()
+                    .entries()
+                    .all(|(_, c)| c > 0 && c <= MAX_COUNTER)
+            );
             prop_assert!(context.vector().len() <= MAX_CONTEXT_ENTRIES);
             prop_assert_eq!(context.encode(), input);
         }
@@ -74,6 +79,24 @@ proptest! {
         prop_assert!(token.len() <= MAX_CONTEXT_BYTES);
         prop_assert_eq!(Context::decode(&token).map(|c| c.vector().clone()), Ok(vector.clone()));
         prop_assert_eq!(Context::new(vector).try_encode(), Ok(token));
+    }
+
+    #[test]
+    fn a_counter_over_the_limit_is_refused(
+        (vector, _) in token(),
+        who in replica(),
+        huge in (MAX_COUNTER + 1)..=u64::MAX,
+    ) {
+        let mut entries: Vec<(ReplicaId, u64)> =
+            vector.entries().map(|(r, c)| (r.clone(), c)).collect();
+        entries.retain(|(r, _)| *r != who);
+        entries.push((who, huge));
+        let forged = Context::new(VersionVector::from_entries(entries));
+        prop_assert_eq!(forged.try_encode(), Err(ContextError::CounterTooLarge(huge)));
+        prop_assert_eq!(
+            Context::decode(&forged.encode()).map(|c| c.vector().clone()),
+            Err(ContextError::CounterTooLarge(huge))
+        );
     }
 
     #[test]
@@ -144,7 +167,7 @@ fn limits_are_enforced() {
     let most = VersionVector::from_entries((0..MAX_CONTEXT_ENTRIES).map(|i| {
         (
             ReplicaId::new(NodeId::new(format!("n{i}")).unwrap(), 0),
-            u64::MAX,
+            MAX_COUNTER,
         )
     }));
     let token = Context::new(most.clone()).try_encode().unwrap();
@@ -153,7 +176,7 @@ fn limits_are_enforced() {
     let long = VersionVector::from_entries((0..MAX_CONTEXT_ENTRIES).map(|i| {
         (
             ReplicaId::new(NodeId::new(format!("{i:0>64}")).unwrap(), u32::MAX),
-            u64::MAX,
+            MAX_COUNTER,
         )
     }));
     assert!(matches!(

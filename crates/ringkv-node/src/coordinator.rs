@@ -33,7 +33,7 @@ use ringkv_core::quorum::{
     MAX_FALLBACKS_PER_REQUEST, Progress, Quorum, QuorumMode, QuorumPlan, QuorumTracker, Reply,
     Target,
 };
-use ringkv_core::{Dot, NodeId, VersionSet};
+use ringkv_core::{Context, Dot, NodeId, VersionSet};
 use ringkv_storage::Durable;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -90,8 +90,25 @@ fn grows_too_large(current: &VersionSet, next: &VersionSet) -> Option<String> {
              {MAX_SIBLING_VALUE_BYTES}: {RECONCILE}"
         ));
     }
+    // A client context is merged into the key's: made-up replica ids or dots in it would
+    // stay for good, and past a token's limits no client could write back with the context.
+    let entries = |v: &VersionSet| v.context().len().max(v.cloud().len());
+    let (was, now) = (entries(current), entries(next));
+    if now > was
+        && now > CONTEXT_CHECK_FROM
+        && let Err(e) = Context::of(next).try_encode()
+    {
+        return Some(format!(
+            "the key's causal context would grow past what a context token holds ({e}): \
+             write with a context this store answered"
+        ));
+    }
     None
 }
+
+/// Context entries (replica ids, or exact dots) from which a write that adds more checks that
+/// the key's context still encodes as a token; real keys have a few.
+const CONTEXT_CHECK_FROM: usize = 32;
 
 impl From<TransportError> for Failure {
     fn from(e: TransportError) -> Failure {
@@ -956,5 +973,30 @@ mod tests {
             grows_too_large(&siblings(3, big), &heavy).is_none(),
             "at the limit"
         );
+    }
+
+    #[test]
+    fn writes_whose_context_would_outgrow_a_token_are_refused() {
+        let writer = ReplicaId::new(NodeId::new("w").unwrap(), 1);
+        // A client context naming `count` replica ids nobody has, from `first` on.
+        let forged = |first: usize, count: usize| {
+            VersionVector::from_entries((first..first + count).map(|i| {
+                let id = NodeId::new(format!("made-up-{i}")).unwrap();
+                (ReplicaId::new(id, 0), 1)
+            }))
+        };
+        let value = || Some(Bytes::from_static(b"v"));
+        let start = siblings(1, 1);
+        let (once, _) = start.update(&forged(0, 600), value(), &writer);
+        assert!(
+            grows_too_large(&start, &once).is_none(),
+            "a token still carries it"
+        );
+        let (twice, _) = once.update(&forged(600, 600), value(), &writer);
+        let why = grows_too_large(&once, &twice).expect("1,200 context entries");
+        assert!(why.contains("context"), "{why}");
+        // Writing back with the key's own context adds nothing: allowed however large.
+        let (back, _) = twice.update(twice.context(), value(), &writer);
+        assert!(grows_too_large(&twice, &back).is_none());
     }
 }

@@ -8,6 +8,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Resp, Rng, seed_from_env_or_clock};
+use ringkv_core::constants::MAX_COUNTER;
+use ringkv_core::{Context, NodeId, ReplicaId, VersionVector};
 
 const MAX_VALUE: usize = 1024;
 
@@ -175,6 +177,23 @@ async fn bad_contexts_quorums_and_timeouts_are_400() {
             400,
             "bad_request",
             &format!("DELETE with {what}"),
+        );
+    }
+    // Well-formed tokens this store never made: a counter past the limit (it would overflow
+    // the next write's counter), refused like any bad context.
+    let read = Context::decode(&good_ctx).expect("the store's own context");
+    for huge in [MAX_COUNTER + 1, u64::MAX] {
+        let entries: Vec<(ReplicaId, u64)> = read
+            .vector()
+            .entries()
+            .map(|(r, _)| (r.clone(), huge))
+            .collect();
+        let forged = Context::new(VersionVector::from_entries(entries)).encode();
+        assert_error(
+            &c.put(0, key, b"x", Some(&forged), "").await,
+            400,
+            "bad_request",
+            &format!("PUT with a counter of {huge}"),
         );
     }
     let got = c.get(0, key, "r=3").await;
@@ -407,4 +426,42 @@ async fn garbage_on_the_http_port_gets_a_4xx_or_a_close() {
         );
         c.assert_serves(0, "http-garbage").await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contexts_naming_made_up_replicas_cannot_grow_a_key_past_a_token() {
+    let c = cluster().await;
+    let key = b"forged";
+    assert_eq!(c.put(0, key, b"v", None, "").await.status, 204);
+    // A client context naming 600 replica ids nobody has, from `first` on.
+    let forged = |first: usize| {
+        let entries = (first..first + 600).map(|i| {
+            let id = NodeId::new(format!("made-up-{i}")).expect("a node id");
+            (ReplicaId::new(id, 0), 1)
+        });
+        Context::new(VersionVector::from_entries(entries)).encode()
+    };
+    let first = c.put(0, key, b"a", Some(&forged(0)), "").await;
+    assert_eq!(
+        first.status, 204,
+        "600 entries still fit a token: {first:?}"
+    );
+    assert_error(
+        &c.put(0, key, b"b", Some(&forged(600)), "").await,
+        413,
+        "too_large",
+        "a second forged context, 1,200 entries in all",
+    );
+    // The key stays readable and writable with the context it answers.
+    let got = c.get(0, key, "r=3").await;
+    assert_eq!(got.status, 300, "{got:?}");
+    let ctx = got.ctx.expect("X-Context");
+    assert!(
+        Context::decode(&ctx).is_ok(),
+        "the answered context decodes"
+    );
+    let back = c.put(0, key, b"merged", Some(&ctx), "").await;
+    assert_eq!(back.status, 204, "{back:?}");
+    let got = c.get(1, key, "r=3").await;
+    assert_eq!((got.status, got.body.as_slice()), (200, &b"merged"[..]));
 }
