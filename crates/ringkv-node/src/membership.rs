@@ -144,6 +144,31 @@ pub struct Membership {
     gossip_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Why `next` cannot be a later version of `current`'s cluster, if it cannot: Q and N are
+/// fixed when a cluster is created (every stored partition id depends on Q), and a ring
+/// evolves from the one before, so the two always share a member. A ring that fails either
+/// comes from another cluster (a seed of the wrong cluster, a node restarted with another
+/// data directory's peers): adopting it would misplace or drop every key.
+fn foreign_ring(current: &RingState, next: &RingState) -> Option<String> {
+    let (was, now) = (current.topology.params(), next.topology.params());
+    if was != now {
+        return Some(format!(
+            "Q={} N={} where this cluster has Q={} N={}",
+            now.partitions, now.n, was.partitions, was.n
+        ));
+    }
+    let ours = current.topology.members(); // sorted by id
+    if !next
+        .topology
+        .members()
+        .iter()
+        .any(|m| ours.binary_search_by(|o| o.id.cmp(&m.id)).is_ok())
+    {
+        return Some("it shares no member with this cluster's ring".into());
+    }
+    None
+}
+
 impl Membership {
     /// Starts gossip. `ring` is the ring this node persisted before, if any.
     pub async fn start(
@@ -291,11 +316,19 @@ impl Membership {
         *node == self.me || self.view().is_live(node)
     }
 
-    /// Adopts `state` if it is newer than the current ring; returns whether it did.
+    /// Adopts `state` if it is newer than the current ring and a ring of the same cluster;
+    /// returns whether it did.
     pub async fn adopt(&self, state: RingState) -> bool {
         {
             let mut ring = self.ring.write().unwrap();
             if ring.as_ref().is_some_and(|cur| cur.rank() >= state.rank()) {
+                return false;
+            }
+            if let Some(why) = ring.as_deref().and_then(|cur| foreign_ring(cur, &state)) {
+                warn!(
+                    version = state.version,
+                    "refusing a ring of another cluster: {why}"
+                );
                 return false;
             }
             info!(

@@ -1,0 +1,69 @@
+//! A node adopts newer versions of its own cluster's ring and refuses rings of another
+//! cluster: other Q or N (every stored partition id depends on Q), or no member in common.
+//! Nodes run in this process on the in-memory engine.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, node_ids, settled, start};
+use ringkv_core::NodeId;
+use ringkv_core::ring::{Member, Ring, RingParams};
+use ringkv_core::topology::Topology;
+use ringkv_node::wire::RingState;
+use tokio_util::sync::CancellationToken;
+
+fn member(id: &str) -> Member {
+    Member {
+        id: NodeId::new(id).unwrap(),
+        weight: 1,
+        zone: "default".into(),
+    }
+}
+
+/// A settled ring of `ids` at `version`, with `params`.
+fn ring(version: u64, ids: &[&str], params: RingParams) -> RingState {
+    let members: Vec<Member> = ids.iter().map(|id| member(id)).collect();
+    let ring = Ring::claim(None, &members, params).unwrap();
+    RingState::new(version, Topology::settled(ring))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rings_of_another_cluster_are_refused_and_newer_ones_of_this_cluster_adopted() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, |_| {}).await;
+    let ids = node_ids(&["n1"]);
+    eventually(Duration::from_secs(30), "n1 never formed a ring", || {
+        settled(&[&n1], &ids)
+    })
+    .await;
+    let membership = n1.node.membership();
+    let current = membership.ring().unwrap();
+    let params = current.topology.params();
+    let later = current.version + 10;
+
+    let other_q = RingParams {
+        partitions: params.partitions / 2,
+        ..params
+    };
+    let other_n = RingParams { n: 1, ..params };
+    for (what, foreign) in [
+        ("another Q", ring(later, &["n1"], other_q)),
+        ("another N", ring(later, &["n1"], other_n)),
+        ("no member in common", ring(later, &["x1", "x2"], params)),
+    ] {
+        assert!(
+            !membership.adopt(foreign).await,
+            "adopted a ring with {what}"
+        );
+        assert_eq!(
+            membership.ring().unwrap().version,
+            current.version,
+            "{what}: the ring changed"
+        );
+    }
+    // A newer ring of this cluster (the same Q and N, n1 still in it) is adopted.
+    assert!(membership.adopt(ring(later, &["n1", "n9"], params)).await);
+    assert_eq!(membership.ring().unwrap().version, later);
+    shutdown.cancel();
+}
