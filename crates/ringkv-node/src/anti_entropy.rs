@@ -181,6 +181,9 @@ impl Node {
         if root == mine.root() {
             return Ok(true);
         }
+        if inner.len() != MERKLE_FANOUT {
+            return Err(format!("a summary of {} inner hashes", inner.len()));
+        }
         let groups: Vec<u16> = differing_children(mine.inner(), &inner)
             .into_iter()
             .map(|g| g as u16)
@@ -197,6 +200,9 @@ impl Node {
         else {
             return Err("unexpected answer to MerkleLeaves".into());
         };
+        if theirs.len() != groups.len() || theirs.iter().any(|g| g.len() != MERKLE_FANOUT) {
+            return Err("leaf groups of the wrong shape".into());
+        }
         let mut leaves = Vec::new();
         for (group, their_leaves) in groups.iter().zip(&theirs) {
             let my_leaves = mine.leaf_group(*group as usize).ok_or("bad group")?;

@@ -371,12 +371,12 @@ impl Node {
                 entries,
                 done,
                 resume,
-            } = self.fetch_chunk(&ring, partition, after).await?;
+            } = self.fetch_chunk(&ring, partition, after.clone()).await?;
             let bytes: u64 = entries.iter().map(|(k, v)| record_bytes(k, v)).sum();
             let wait_until = self.throttle(bytes);
             tokio::time::sleep_until(wait_until).await;
             let last = resume.or_else(|| entries.last().map(|(k, _)| k.clone()));
-            if !done && last.is_none() {
+            if !done && (last.is_none() || last == after) {
                 return Err("the source's chunk moved no cursor".into());
             }
             let count = entries.len() as u64;

@@ -228,6 +228,9 @@ pub struct Limits {
     pub reconnect_backoff_max: Duration,
     /// Largest timeout a client may ask for with `timeout_ms`.
     pub request_timeout_max: Duration,
+    /// Longest a node works on one request of a peer, whatever deadline the peer sent: the
+    /// request holds one of the connection's `inbound_inflight_max` slots until then.
+    pub peer_timeout_max: Duration,
     /// With `--read-fanout quorum`: how long a read waits for the replicas it asked before it
     /// asks the remaining home replicas too (a speculative read).
     pub read_speculate_after: Duration,
@@ -244,6 +247,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_millis(500),
             reconnect_backoff_max: Duration::from_secs(2),
             request_timeout_max: Duration::from_secs(60),
+            peer_timeout_max: Duration::from_secs(300),
             read_speculate_after: Duration::from_millis(10),
         }
     }

@@ -169,6 +169,12 @@ async fn serve_connection<H: Handler>(
     let (mut sink, mut stream) = Framed::new(stream, codec(&limits)).split();
     let (reply_tx, mut replies) = mpsc::channel::<Bytes>(limits.inbound_inflight_max);
     let slots = Arc::new(Semaphore::new(limits.inbound_inflight_max));
+    let inbound = Inbound {
+        slots: &slots,
+        reply_tx: &reply_tx,
+        limits: &limits,
+        shutdown: &shutdown,
+    };
     'connection: loop {
         let first = tokio::select! {
             biased;
@@ -199,8 +205,7 @@ async fn serve_connection<H: Handler>(
                 }
                 Some(Ok(bytes)) => bytes,
             };
-            let max = limits.max_frame_bytes;
-            match serve_frame(&bytes, peer, &handler, &slots, &reply_tx, max).await {
+            match serve_frame(&bytes, peer, &handler, &inbound).await {
                 Served::Answer(answer) => {
                     if sink.feed(answer).await.is_err() {
                         break 'connection;
@@ -245,14 +250,21 @@ enum Served {
     Close,
 }
 
+/// Where `serve_frame` sends what it cannot answer at once, and what bounds it.
+struct Inbound<'a> {
+    slots: &'a Arc<Semaphore>,
+    reply_tx: &'a mpsc::Sender<Bytes>,
+    limits: &'a Limits,
+    shutdown: &'a CancellationToken,
+}
+
 async fn serve_frame<H: Handler>(
     bytes: &[u8],
     peer: SocketAddr,
     handler: &Arc<H>,
-    slots: &Arc<Semaphore>,
-    reply_tx: &mpsc::Sender<Bytes>,
-    max_frame_bytes: usize,
+    inbound: &Inbound<'_>,
 ) -> Served {
+    let max_frame_bytes = inbound.limits.max_frame_bytes;
     let frame = match postcard::from_bytes::<Frame>(bytes) {
         Ok(frame) => frame,
         Err(e) => {
@@ -274,7 +286,10 @@ async fn serve_frame<H: Handler>(
             timeout_ms,
             body,
         } => {
-            let timeout = Duration::from_millis(timeout_ms as u64);
+            // A peer's deadline, within the node's own bound: a request holds a slot at most
+            // that long.
+            let timeout =
+                Duration::from_millis(timeout_ms as u64).min(inbound.limits.peer_timeout_max);
             let at_once = matches!(body, Request::Read { .. } | Request::Ping);
             let mut work = handler.clone().handle(body, timeout);
             // A read or ping usually answers from memory on its first poll. One that has to
@@ -283,10 +298,14 @@ async fn serve_frame<H: Handler>(
             if at_once && let Some(body) = (&mut work).now_or_never() {
                 return Served::Answer(encode_answer(id, body, max_frame_bytes));
             }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let permit = tokio::select! {
+                permit = inbound.slots.clone().acquire_owned() => permit,
+                _ = inbound.shutdown.cancelled() => return Served::Close,
+            };
+            let Ok(permit) = permit else {
                 return Served::Close;
             };
-            let reply_tx = reply_tx.clone();
+            let reply_tx = inbound.reply_tx.clone();
             tokio::spawn(async move {
                 let body = match tokio::time::timeout(timeout, work).await {
                     Ok(body) => body,
@@ -759,6 +778,31 @@ mod tests {
                 server,
             }
         }
+    }
+
+    /// A peer's deadline is capped by the node's own bound: a request asking for ten seconds
+    /// of a server that allows 200 ms is answered "deadline passed" by the server (without
+    /// the cap it would hold its slot until the caller's own timeout ended the call).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_deadline_past_the_bound_is_cut_to_it() {
+        let server = SlowServer::start_with(Limits {
+            peer_timeout_max: Duration::from_millis(200),
+            ..Limits::default()
+        })
+        .await;
+        let request = Request::Read {
+            key: Bytes::from_static(b"slow"),
+        };
+        let answer = server
+            .peers
+            .call(server.addr, request, Duration::from_secs(10))
+            .await;
+        assert!(
+            matches!(&answer, Ok(Response::Error(why)) if why.contains("deadline")),
+            "{answer:?}"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
     }
 
     /// Reads answered on the connection's own task (the quick path) still never queue behind
