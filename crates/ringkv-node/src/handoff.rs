@@ -561,7 +561,7 @@ impl Node {
             };
             scans += 1;
             unreadable += step.unreadable.len();
-            let complete = step.examined < CHUNK_KEYS;
+            let complete = !step.more;
             if !step.entries.is_empty() || complete || scans == CHUNK_SCANS_MAX {
                 break (step.entries, complete, step.last.or(after));
             }

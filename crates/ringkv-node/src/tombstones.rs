@@ -270,7 +270,7 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let next = scanned.last.filter(|_| scanned.examined == PURGE_SCAN_KEYS);
+        let next = scanned.last.filter(|_| scanned.more);
         let batch = scanned.entries;
         {
             let now = Instant::now();

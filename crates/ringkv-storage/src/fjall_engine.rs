@@ -34,7 +34,8 @@ use crate::layout::{
 };
 use crate::read_cache::ReadCache;
 use crate::{
-    DEFAULT_MAX_HINTS, DROP_BATCH_KEYS, Hint, HintStore, Key, Scanned, StorageEngine, StorageError,
+    DEFAULT_MAX_HINTS, DROP_BATCH_KEYS, Hint, HintStore, Key, SCAN_BYTES_MAX, Scanned,
+    StorageEngine, StorageError,
 };
 
 /// Number of key locks; two keys share a lock when their hashes collide modulo this.
@@ -588,15 +589,25 @@ fn decode_entries(
 }
 
 /// Decodes records, listing those that fail their checksum or do not decode as unreadable.
+/// Decodes `records` into a `Scanned`, stopping after `limit` records or once `max_bytes` of
+/// record bytes were taken (at least one record).
 fn scan_records(
     partition: PartitionId,
     records: impl Iterator<Item = fjall::Guard>,
+    limit: usize,
+    max_bytes: usize,
 ) -> Result<Scanned, StorageError> {
     let mut out = Scanned::default();
+    let mut bytes = 0usize;
     for guard in records {
+        if out.examined == limit || bytes >= max_bytes {
+            out.more = true;
+            break;
+        }
         let (k, v) = guard.into_inner()?;
         let key = user_key(&k)?;
         out.examined += 1;
+        bytes += k.len() + v.len();
         out.last = Some(key.clone());
         let what = || record_description(partition, &key);
         match decode_versions(&what, &v) {
@@ -749,12 +760,12 @@ impl StorageEngine for FjallEngine {
     ) -> Result<Scanned, StorageError> {
         let start = scan_start(partition, after);
         let range = self.shared.records.range(partition_range(partition, start));
-        scan_records(partition, range.take(limit))
+        scan_records(partition, range, limit, SCAN_BYTES_MAX)
     }
 
     fn scan_leaf(&self, partition: PartitionId, leaf: LeafIndex) -> Result<Scanned, StorageError> {
         let records = self.shared.records.prefix(leaf_prefix(partition, leaf));
-        scan_records(partition, records)
+        scan_records(partition, records, usize::MAX, usize::MAX)
     }
 
     fn merkle(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {

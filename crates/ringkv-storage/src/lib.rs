@@ -164,7 +164,9 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// `scan`, except that a record that cannot be read (`StorageError::Corrupt`) does not end
     /// it: its key is listed in `unreadable`, never served, and the scan goes on. For the
     /// background walks over a whole partition (handoff, the ownership sweep, tombstone
-    /// scans), which one bad record must not stop for good. Resume after `Scanned::last`.
+    /// scans), which one bad record must not stop for good. At most `limit` keys and about
+    /// `SCAN_BYTES_MAX` bytes of records; `Scanned::more` says whether the partition goes on.
+    /// Resume after `Scanned::last`.
     fn scan_readable(
         &self,
         partition: PartitionId,
@@ -203,9 +205,16 @@ pub struct Scanned {
     pub unreadable: Vec<Key>,
     /// The last key examined, readable or not: where the next scan resumes.
     pub last: Option<Key>,
-    /// Keys examined; fewer than the limit asked for means the partition ends here.
+    /// Keys examined.
     pub examined: usize,
+    /// Whether the scan stopped at a limit (keys asked for, or `SCAN_BYTES_MAX`) rather than
+    /// at the end of the partition: resume after `last`.
+    pub more: bool,
 }
+
+/// Most bytes of stored records one `scan_readable` collects (it takes at least one record):
+/// a partition walk holds at most about this much, however large the values.
+pub const SCAN_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// A write destined for `target` that another node accepted on its behalf (hinted handoff).
 #[derive(Debug, Clone, PartialEq, Eq)]

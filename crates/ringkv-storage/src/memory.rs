@@ -13,7 +13,7 @@ use ringkv_core::{NodeId, PartitionId, VersionSet};
 use crate::layout::{
     check_key, leaf_prefix, partition_of, partition_prefix, record_key, scan_start, user_key,
 };
-use crate::{Hint, HintStore, Key, Scanned, StorageEngine, StorageError};
+use crate::{Hint, HintStore, Key, SCAN_BYTES_MAX, Scanned, StorageEngine, StorageError};
 
 #[derive(Default)]
 struct MemoryState {
@@ -263,8 +263,25 @@ impl StorageEngine for MemoryEngine {
     ) -> Result<Scanned, StorageError> {
         let prefix = partition_prefix(partition);
         let start = scan_start(partition, after);
-        let records = collect_range(&self.read().records, start, &prefix, limit)?;
-        Ok(self.sort_readable(records))
+        // Up to `limit` records and about `SCAN_BYTES_MAX` bytes of keys and values, as fjall.
+        let (mut records, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        for (k, v) in self
+            .read()
+            .records
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+        {
+            if records.len() == limit || bytes >= SCAN_BYTES_MAX {
+                more = true;
+                break;
+            }
+            bytes += k.len() + v.value_bytes();
+            records.push((user_key(k)?, v.clone()));
+        }
+        Ok(Scanned {
+            more,
+            ..self.sort_readable(records)
+        })
     }
 
     fn scan_leaf(&self, partition: PartitionId, leaf: LeafIndex) -> Result<Scanned, StorageError> {

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use common::*;
 use ringkv_core::merkle::{LeafIndex, MERKLE_LEAVES, MerkleTree};
 use ringkv_storage::{
-    DROP_BATCH_KEYS, FjallEngine, FjallOptions, MemoryEngine, StorageEngine, StorageError,
+    DROP_BATCH_KEYS, FjallEngine, FjallOptions, MemoryEngine, SCAN_BYTES_MAX, StorageEngine,
+    StorageError,
 };
 
 fn get_update_remove(engine: &dyn StorageEngine) {
@@ -93,6 +94,42 @@ fn scan_paginates(engine: &dyn StorageEngine) {
     engine.remove(p, &first[0].0).unwrap();
     let resumed = engine.scan(p, Some(&first[0].0), 1000).unwrap();
     assert_eq!(resumed.len(), 99);
+}
+
+/// A partition walk holds about `SCAN_BYTES_MAX` of records at a time however many keys it
+/// asks for, and `more` says whether the partition goes on; following `last` sees every key
+/// exactly once.
+fn scan_readable_is_bounded_by_bytes(engine: &dyn StorageEngine) {
+    let p = partition(3);
+    let value = "x".repeat(1024 * 1024);
+    let count = 20;
+    for i in 0..count {
+        put(engine, p, format!("big-{i:02}").as_bytes(), &value);
+    }
+    let (mut after, mut seen, mut scans) = (None::<Bytes>, Vec::new(), 0);
+    loop {
+        scans += 1;
+        assert!(scans <= count + 1, "the walk does not end");
+        let step = engine.scan_readable(p, after.as_deref(), 1000).unwrap();
+        let bytes: usize = step.entries.iter().map(|(_, v)| v.value_bytes()).sum();
+        assert!(
+            step.examined >= 1 && bytes <= SCAN_BYTES_MAX + value.len(),
+            "{} records, {bytes} bytes in one scan",
+            step.examined
+        );
+        seen.extend(step.entries.into_iter().map(|(k, _)| k));
+        if !step.more {
+            break;
+        }
+        after = step.last;
+    }
+    assert!(scans >= 3, "20 MiB came in {scans} scans");
+    let distinct: BTreeSet<Bytes> = seen.iter().cloned().collect();
+    assert_eq!((seen.len(), distinct.len()), (count, count));
+    // The key limit still applies, and a scan that ends the partition says so.
+    let one = engine.scan_readable(p, None, 1).unwrap();
+    assert!(one.examined == 1 && one.more);
+    assert!(!engine.scan_readable(partition(9), None, 10).unwrap().more);
 }
 
 fn scan_leaf_finds_exactly_a_leafs_keys(engine: &dyn StorageEngine) {
@@ -370,6 +407,10 @@ macro_rules! engine_suite {
             #[test]
             fn scan_paginates() {
                 run(super::scan_paginates)
+            }
+            #[test]
+            fn scan_readable_is_bounded_by_bytes() {
+                run(super::scan_readable_is_bounded_by_bytes)
             }
             #[test]
             fn scan_leaf_finds_exactly_a_leafs_keys() {
