@@ -22,8 +22,16 @@ const PLAN_SAMPLE_PARTITIONS: usize = 16;
 /// Keys counted per sampled partition at most.
 const PLAN_SAMPLE_KEYS: usize = 10_000;
 
-pub async fn status(State(state): State<HttpState>) -> Json<serde_json::Value> {
-    Json(status_json(&state.node))
+/// `GET /status`: 200 once the node is ready to serve (API.md §1: it has a ring, its own or
+/// the cluster's it joined), 503 before, with the same body either way.
+pub async fn status(State(state): State<HttpState>) -> (StatusCode, Json<serde_json::Value>) {
+    let ready = state.node.membership().ring().is_some();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(status_json(&state.node)))
 }
 
 /// `/status` as this node sees it.

@@ -126,7 +126,16 @@ impl Node {
         op: ClientOp,
         timeout: Duration,
     ) -> Result<ClientReply, ClientError> {
-        let home = self.home_replicas(op_key(&op))?;
+        let home = self.home_replicas(op_key(&op)).map_err(|e| match e {
+            // Not joined yet: a write was stored nowhere, and says so.
+            ClientError::Unavailable { message, .. } if matches!(op, ClientOp::Put { .. }) => {
+                ClientError::Unavailable {
+                    message,
+                    stored_on: Some(0),
+                }
+            }
+            other => other,
+        })?;
         if home.contains(self.membership.me()) {
             return self.coordinate(op, timeout).await;
         }

@@ -43,6 +43,14 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route(
+            "/kv/{key}/{*rest}",
+            get(split_key).put(split_key).delete(split_key),
+        )
+        .route(
+            "/kv/{key}/",
+            get(split_key).put(split_key).delete(split_key),
+        )
         .route("/status", get(crate::admin::status))
         .route("/ring", get(crate::admin::ring))
         .route("/metrics", get(render_metrics))
@@ -108,7 +116,11 @@ pub(crate) fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Two hex digits exactly (`from_str_radix` alone would take a sign: "%+1").
             let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -263,7 +275,7 @@ async fn get_key_inner(
 ) -> Result<Response, ApiError> {
     let key = key_from_uri(uri, "/kv/")?;
     let params = data_params(uri, &state.node)?;
-    let r = params.r.unwrap_or(state.node.settings().r);
+    let r = params.r.unwrap_or_else(|| state.node.default_r());
     let reply = state
         .node
         .client_op(
@@ -390,7 +402,7 @@ async fn write(
     // No context header: the write is concurrent with whatever is stored.
     let client_context = context_from(headers)?.unwrap_or_default();
     let context = Some(ClientContext::from(&client_context));
-    let w = params.w.unwrap_or(state.node.settings().w);
+    let w = params.w.unwrap_or_else(|| state.node.default_w());
     let reply = state
         .node
         .client_op(
@@ -426,6 +438,11 @@ async fn write(
 
 async fn empty_key() -> ApiError {
     ApiError::bad_request("the key must not be empty")
+}
+
+/// `/kv/a/b`: a key is one path segment, so a `/` in it is sent as `%2F`.
+async fn split_key() -> ApiError {
+    ApiError::bad_request("the key must be one path segment: percent-encode '/' as %2F")
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {

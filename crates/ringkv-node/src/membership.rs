@@ -182,7 +182,7 @@ impl Membership {
         let seeds: Vec<String> = settings
             .seeds
             .iter()
-            .filter(|s| **s != settings.listen)
+            .filter(|s| !settings.is_own_address(s))
             .map(|s| s.to_string())
             .collect();
         let ring = match ring {

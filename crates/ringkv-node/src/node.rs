@@ -140,6 +140,25 @@ impl Node {
         self.membership.shutdown().await;
     }
 
+    /// N of the cluster this node is in (its own `--n` until it has a ring).
+    pub fn replicas_n(&self) -> u8 {
+        self.membership
+            .ring()
+            .map_or(self.settings.n, |r| r.topology.params().n)
+    }
+
+    /// The R a read naming none uses: as configured, and if not configured, 2 or N if smaller.
+    pub fn default_r(&self) -> u8 {
+        let s = &self.settings;
+        s.default_quorum(s.r, s.quorums_given.0, self.replicas_n())
+    }
+
+    /// The W a write naming none uses (as `default_r`).
+    pub fn default_w(&self) -> u8 {
+        let s = &self.settings;
+        s.default_quorum(s.w, s.quorums_given.1, self.replicas_n())
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -136,6 +136,20 @@ pub struct ServerArgs {
     pub test_dead_node_grace_ms: Option<u64>,
 }
 
+/// A TOML value that is one string or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// The same settings as read from `--config FILE`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,8 +159,9 @@ struct FileSettings {
     http: Option<String>,
     resp: Option<String>,
     data_dir: Option<PathBuf>,
-    #[serde(default)]
-    seeds: Vec<String>,
+    /// `seed` as the flag is named (one address or a list); `seeds` is accepted too.
+    #[serde(default, alias = "seeds", deserialize_with = "one_or_many")]
+    seed: Vec<String>,
     storage: Option<StorageKind>,
     zone: Option<String>,
     weight: Option<u32>,
@@ -182,8 +197,12 @@ pub struct Settings {
     pub weight: u32,
     pub partitions: u32,
     pub n: u8,
+    /// The default R and W as configured (2 unless given); `Node::default_r` / `default_w`
+    /// are what a request naming no quorum uses.
     pub r: u8,
     pub w: u8,
+    /// Whether R and W were given (flag, file or environment) rather than defaulted.
+    pub quorums_given: (bool, bool),
     pub gossip_interval: Duration,
     pub anti_entropy_interval: Duration,
     pub hint_interval: Duration,
@@ -279,7 +298,29 @@ fn parse_addr(name: &'static str, text: &str) -> Result<SocketAddr, SettingsErro
         .ok_or_else(|| invalid(name, format!("{text:?} resolves to no address")))
 }
 
+/// The default R and W when none is given (API.md §1).
+pub const DEFAULT_QUORUM: u8 = 2;
+
 impl Settings {
+    /// Whether `addr` is this node's own inter-node address: the same, or, when the node
+    /// listens on every interface (`0.0.0.0` / `::`), a loopback address with its port.
+    pub fn is_own_address(&self, addr: &SocketAddr) -> bool {
+        *addr == self.listen
+            || (self.listen.ip().is_unspecified()
+                && addr.ip().is_loopback()
+                && addr.port() == self.listen.port())
+    }
+
+    /// Whether this node starts a new cluster (no seed, or only itself) if it has no ring yet.
+    pub fn founds_cluster(&self) -> bool {
+        self.seeds.iter().all(|s| self.is_own_address(s))
+    }
+
+    /// The default quorum, R or W (`configured`, given or not), for a cluster of N = `n`.
+    pub fn default_quorum(&self, configured: u8, given: bool, n: u8) -> u8 {
+        if given { configured } else { configured.min(n) }
+    }
+
     /// Resolves flags (and their env vars) over the config file over the defaults.
     pub fn resolve(args: ServerArgs) -> Result<Settings, SettingsError> {
         let file = match &args.config {
@@ -313,7 +354,7 @@ impl Settings {
             .or(file.data_dir)
             .ok_or(SettingsError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
         let seeds = if args.seeds.is_empty() {
-            file.seeds
+            file.seed
         } else {
             args.seeds
         };
@@ -341,8 +382,9 @@ impl Settings {
                 .or(file.partitions)
                 .unwrap_or(DEFAULT_PARTITIONS),
             n: args.n.or(file.n).unwrap_or(DEFAULT_N),
-            r: args.r.or(file.r).unwrap_or(2),
-            w: args.w.or(file.w).unwrap_or(2),
+            r: args.r.or(file.r).unwrap_or(DEFAULT_QUORUM),
+            w: args.w.or(file.w).unwrap_or(DEFAULT_QUORUM),
+            quorums_given: (args.r.or(file.r).is_some(), args.w.or(file.w).is_some()),
             gossip_interval: ms(args
                 .gossip_interval_ms
                 .or(file.gossip_interval_ms)
@@ -414,12 +456,17 @@ impl Settings {
         if self.n == 0 || self.n > MAX_N {
             return Err(invalid("n", format!("must be 1..={MAX_N}, got {}", self.n)));
         }
-        for (name, q) in [("r", self.r), ("w", self.w)] {
-            if q == 0 || q > self.n {
-                return Err(invalid(
-                    name,
-                    format!("must be 1..=N ({}), got {q}", self.n),
-                ));
+        // A default R or W that was not given is 2, or N if the cluster's N is smaller; one
+        // given is checked against this node's N when it founds the cluster (a joining node
+        // learns N from the ring), and answered 400 by requests if the cluster's N is smaller.
+        let given = [
+            ("r", self.r, self.quorums_given.0),
+            ("w", self.w, self.quorums_given.1),
+        ];
+        for (name, q, given) in given {
+            let most = if self.founds_cluster() { self.n } else { MAX_N };
+            if given && (q == 0 || q > most) {
+                return Err(invalid(name, format!("must be 1..=N ({most}), got {q}")));
             }
         }
         if self.weight == 0 || self.weight > 1000 {
@@ -513,6 +560,71 @@ mod tests {
         assert_eq!(s.w, 3, "the file fills what flags leave out");
         assert_eq!(s.seeds, vec!["127.0.0.1:7002".parse().unwrap()]);
         assert_eq!(s.read_fanout, ReadFanout::Quorum);
+    }
+
+    #[test]
+    fn default_quorums_follow_the_clusters_n_and_given_ones_are_checked_when_founding() {
+        // `--n 1` alone: R and W default to N, not to an impossible 2.
+        let mut a = base();
+        a.n = Some(1);
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(s.quorums_given, (false, false));
+        assert_eq!(s.default_quorum(s.r, false, 1), 1);
+        assert_eq!(s.default_quorum(s.w, false, 5), 2, "2 when N allows it");
+        // Given: as given. Founding, it must fit this node's N; joining, the cluster's N
+        // is not known yet.
+        let mut a = base();
+        a.r = Some(4);
+        assert!(Settings::resolve(a).unwrap_err().to_string().contains("r"));
+        let mut a = base();
+        a.r = Some(4);
+        a.seeds = vec!["127.0.0.1:7002".into()];
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(s.default_quorum(s.r, s.quorums_given.0, 5), 4);
+        let mut a = base();
+        a.w = Some(0);
+        a.seeds = vec!["127.0.0.1:7002".into()];
+        assert!(Settings::resolve(a).is_err(), "0 is never a quorum");
+    }
+
+    #[test]
+    fn a_seed_naming_this_node_on_loopback_founds_the_cluster() {
+        let mut a = base();
+        a.listen = Some("0.0.0.0:7001".into());
+        a.seeds = vec!["127.0.0.1:7001".into()];
+        let s = Settings::resolve(a).unwrap();
+        assert!(s.founds_cluster());
+        let mut a = base();
+        a.listen = Some("0.0.0.0:7001".into());
+        a.seeds = vec!["127.0.0.1:7009".into()];
+        assert!(!Settings::resolve(a).unwrap().founds_cluster());
+        let mut a = base();
+        a.seeds = vec!["127.0.0.1:7001".into()];
+        assert!(
+            Settings::resolve(a).unwrap().founds_cluster(),
+            "exactly itself"
+        );
+    }
+
+    #[test]
+    fn the_file_names_seeds_as_the_flag_does() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, want) in [
+            ("seed = \"127.0.0.1:7002\"", vec!["127.0.0.1:7002"]),
+            (
+                "seed = [\"127.0.0.1:7002\", \"127.0.0.1:7003\"]",
+                vec!["127.0.0.1:7002", "127.0.0.1:7003"],
+            ),
+            ("seeds = [\"127.0.0.1:7004\"]", vec!["127.0.0.1:7004"]),
+        ] {
+            let path = dir.path().join("node.toml");
+            std::fs::write(&path, text).unwrap();
+            let mut args = base();
+            args.config = Some(path);
+            let s = Settings::resolve(args).unwrap();
+            let want: Vec<SocketAddr> = want.iter().map(|a| a.parse().unwrap()).collect();
+            assert_eq!(s.seeds, want, "{text}");
+        }
     }
 
     #[test]

@@ -264,8 +264,25 @@ async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     Ok(response.json().await?)
 }
 
+/// `GET /status`: its body whether the node is ready (200) or not yet (503, before it has a
+/// ring: still what an operator wants to see).
+async fn get_status(node: &str) -> anyhow::Result<serde_json::Value> {
+    let url = url(node, "/status", &[]);
+    let response = reqwest::get(&url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let code = response.status();
+    if code != reqwest::StatusCode::OK && code != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        return Err(error_of(response).await);
+    }
+    if code != reqwest::StatusCode::OK {
+        eprintln!("the node is not ready yet: it has not joined a cluster");
+    }
+    Ok(response.json().await?)
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let body = get_json(&args.node.node, "/status").await?;
+    let body = get_status(&args.node.node).await?;
     let cluster = &body["cluster"];
     println!(
         "node {}  N={}  Q={}  ring version {}",
@@ -345,7 +362,7 @@ async fn watch_handoff(node: &str, total: u64) -> anyhow::Result<()> {
         .expect("a valid template"),
     );
     loop {
-        let body = get_json(node, "/status").await?;
+        let body = get_status(node).await?;
         match transfer_progress(&body) {
             Some((done, total)) => {
                 bar.set_length(total);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use ringkv_core::constants::DEFAULT_N;
 use tokio::process::{Child, Command};
 
 /// Most nodes `dev` starts.
@@ -60,6 +61,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg("--data-dir")
             .arg(dir.join(format!("n{}", i + 1)))
             .args(["--gossip-interval-ms", &args.gossip_interval_ms.to_string()])
+            // N=3 (the default) where the cluster has three nodes or more; a smaller dev
+            // cluster keeps one replica per node, so it serves (R and W default to N then).
+            .args(["--n", &args.nodes.min(u16::from(DEFAULT_N)).to_string()])
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if i > 0 {

@@ -53,7 +53,11 @@ async fn bad_keys_are_refused_with_json_errors() {
         ("/kv/%", 400, "bad_request"),
         ("/kv/a%4", 400, "bad_request"),
         ("/kv/%G0", 400, "bad_request"),
+        ("/kv/%+1", 400, "bad_request"),
+        ("/kv/%-f", 400, "bad_request"),
         ("/kv/", 400, "bad_request"),
+        ("/kv/a/b", 400, "bad_request"),
+        ("/kv/a/", 400, "bad_request"),
     ] {
         for method in [
             reqwest::Method::GET,
@@ -107,7 +111,7 @@ async fn bad_keys_are_refused_with_json_errors() {
 async fn unknown_endpoints_and_methods_get_json_errors() {
     let c = cluster().await;
     for (method, path, status, code) in [
-        (reqwest::Method::GET, "/kv/a/b", 404, "not_found"),
+        (reqwest::Method::POST, "/kv/a/b", 405, "method_not_allowed"),
         (reqwest::Method::GET, "/no-such-endpoint", 404, "not_found"),
         (reqwest::Method::GET, "/admin/local/", 404, "not_found"),
         (reqwest::Method::POST, "/kv/abc", 405, "method_not_allowed"),

@@ -139,7 +139,7 @@ fn port_free(port: u16) -> bool {
 
 /// Starts `ringkv dev` on three consecutive ports per role, below the ephemeral range where
 /// other tests pick theirs, on a base whose ports are all free right now.
-fn start_dev(dir: &std::path::Path) -> (std::process::Child, u16) {
+fn start_dev(dir: &std::path::Path, nodes: u16) -> (std::process::Child, u16) {
     // Seeded by process and folder, so two dev tests in one process pick different ports.
     let salt = dir
         .as_os_str()
@@ -154,7 +154,8 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, u16) {
             continue;
         }
         let child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
-            .args(["dev", "--nodes", "3", "--gossip-interval-ms", "100"])
+            .args(["dev", "--nodes", &nodes.to_string()])
+            .args(["--gossip-interval-ms", "100"])
             .args(["--http-base", &base.to_string()])
             .args(["--listen-base", &(base + 100).to_string()])
             .args(["--resp-base", &(base + 200).to_string()])
@@ -182,11 +183,43 @@ async fn dev_stops_its_nodes_on_sigterm() {
     dev_serves_then_stops_its_nodes_on(libc::SIGTERM, "SIGTERM").await;
 }
 
+/// `ringkv dev --nodes 1` is a cluster that serves: one replica per key, R and W of 1 (a
+/// node founding N=3 alone could never reach a quorum of 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_with_one_node_serves_reads_and_writes() {
+    let dir = std::env::temp_dir().join(format!("ringkv-cli-dev1-{}", std::process::id()));
+    let (mut child, base) = start_dev(&dir, 1);
+    let url = format!("http://127.0.0.1:{base}/kv/solo");
+    let client = reqwest::Client::new();
+    poll_until(
+        Duration::from_secs(60),
+        "the one-node dev cluster to take a write",
+        || async {
+            let r = client.put(&url).body("alone").send().await.ok()?;
+            (r.status().as_u16() == 204).then_some(())
+        },
+    )
+    .await;
+    let got = client.get(&url).send().await.expect("GET");
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.text().await.expect("body"), "alone");
+    common::signal(child.id(), libc::SIGINT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("waiting for ringkv dev").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringkv dev did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Starts `ringkv dev`, checks it serves, sends `signal` to the dev process alone (not its
 /// process group), and requires dev to exit cleanly with every node stopped.
 async fn dev_serves_then_stops_its_nodes_on(signal: libc::c_int, name: &str) {
     let dir = std::env::temp_dir().join(format!("ringkv-cli-dev-{}-{signal}", std::process::id()));
-    let (mut child, base) = start_dev(&dir);
+    let (mut child, base) = start_dev(&dir, 3);
     // Collect dev's stdout as it comes: the banner says when dev itself considers the
     // cluster formed and waits for Ctrl-C.
     let banner = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

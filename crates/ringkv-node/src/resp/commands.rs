@@ -287,7 +287,7 @@ async fn read(session: &Session, key: Bytes) -> Result<Option<VersionSet>, Reply
     let settings = session.node.settings();
     let op = ClientOp::Get {
         key,
-        r: settings.r,
+        r: session.node.default_r(),
         strict: false,
     };
     match session.node.client_op(op, settings.request_timeout).await {
@@ -322,7 +322,7 @@ async fn write_stored(
         key,
         context,
         value,
-        w: settings.w,
+        w: session.node.default_w(),
         strict: false,
     };
     match session.node.client_op(op, settings.request_timeout).await {
