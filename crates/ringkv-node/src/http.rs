@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::request_metrics::{self, Op, Outcome};
 use crate::wire::{ClientOp, ClientReply};
 
 /// Header carrying the causal context.
@@ -245,16 +246,14 @@ fn wants_json(headers: &HeaderMap) -> bool {
         })
 }
 
-fn record(op: &'static str, started: Instant, result: &Result<Response, ApiError>) {
+fn record(op: Op, started: Instant, result: &Result<Response, ApiError>) {
     let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) if e.status.is_client_error() => "bad_request",
-        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        Err(_) => "error",
+        Ok(_) => Outcome::Ok,
+        Err(e) if e.status.is_client_error() => Outcome::BadRequest,
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => Outcome::Unavailable,
+        Err(_) => Outcome::Error,
     };
-    metrics::counter!("ringkv_requests_total", "op" => op, "outcome" => outcome).increment(1);
-    metrics::histogram!("ringkv_request_duration_seconds", "op" => op, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
+    request_metrics::record(op, outcome, started);
 }
 
 async fn get_key(
@@ -264,7 +263,7 @@ async fn get_key(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = get_key_inner(&state, &uri, &headers).await;
-    record("get", started, &result);
+    record(Op::Get, started, &result);
     result
 }
 
@@ -376,7 +375,7 @@ async fn put_key(
         write(&state, &uri, &headers, Some(body)).await
     }
     .await;
-    record("put", started, &result);
+    record(Op::Put, started, &result);
     result
 }
 
@@ -387,7 +386,7 @@ async fn delete_key(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = write(&state, &uri, &headers, None).await;
-    record("delete", started, &result);
+    record(Op::Delete, started, &result);
     result
 }
 

@@ -11,6 +11,7 @@
 //! - `tombstones`: purging tombstones once causally stable; the dot floor.
 //! - `http`: the client and admin HTTP API.
 //! - `resp`: the Redis-protocol (RESP2) API.
+//! - `request_metrics`: request counts and latency per operation, for both front ends.
 //! - `seams`: the network, wall clock, randomness and blocking calls, replaceable (simulation).
 //! - `server`: start, serve, shut down.
 //!
@@ -27,6 +28,7 @@ pub mod hinted_handoff;
 pub mod http;
 pub mod membership;
 pub mod node;
+pub mod request_metrics;
 pub mod resp;
 pub mod seams;
 pub mod server;

@@ -1,13 +1,14 @@
 //! The RESP front end driven by the real `redis-cli` (Debian package `redis-tools`) against
 //! a 3-node cluster with `--resp` on every node: the plain commands, a sibling conflict and
-//! its reconciliation through GETCTX/PUTCTX, and pipelining.
+//! its reconciliation through GETCTX/PUTCTX, and pipelining. On a raw connection: the
+//! per-operation request metrics the RESP and HTTP front ends share, and `CLIENT REPLY`.
 
 mod resp_common;
 
 use std::net::SocketAddr;
 use std::process::Command;
 
-use resp_common::{RespCluster, Value, command};
+use resp_common::{Raw, RespCluster, Value, command};
 
 /// Runs `redis-cli --no-raw -h IP -p PORT args...` and answers what it printed.
 /// `--no-raw` keeps the human format even without a terminal: `"v"`, `(nil)`,
@@ -39,6 +40,26 @@ fn quoted_items(text: &str) -> Vec<String> {
             (end > start).then(|| l[start + 1..end].to_string())
         })
         .collect()
+}
+
+/// The value of the sample `name{labels...}` in a Prometheus text page: the line naming
+/// `name` with exactly these label pairs (in any order); `None` if there is no such series.
+fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (inside, value) = rest.split_once("} ")?;
+        let mut found: Vec<&str> = inside.split(',').collect();
+        let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        found.sort_unstable();
+        wanted.sort_unstable();
+        (found == wanted).then(|| value.trim().parse().expect("a sample value"))
+    })
+}
+
+/// `ringkv_request_duration_seconds_count{op, outcome}`, 0 if the series is absent.
+fn timed(page: &str, op: &str, outcome: &str) -> f64 {
+    let labels = [("op", op), ("outcome", outcome)];
+    sample(page, "ringkv_request_duration_seconds_count", &labels).unwrap_or(0.0)
 }
 
 fn require_redis_cli() {
@@ -117,6 +138,181 @@ async fn redis_cli_drives_a_cluster() {
     assert!(counted("SET", "error"), "{metrics}");
     assert!(counted("unknown", "error"), "{metrics}");
     assert!(metrics.contains("ringkv_resp_connections"), "{metrics}");
+
+    // Data commands are timed per operation in the histogram HTTP requests use (nothing here
+    // went through HTTP). Node a coordinated the GETs and SETs, node z the DEL.
+    let z_metrics = c.http_get(2, "/metrics").await;
+    for (page, op) in [(&metrics, "get"), (&metrics, "put"), (&z_metrics, "delete")] {
+        assert!(timed(page, op, "ok") > 0.0, "no {op} latency: {page}");
+    }
+    assert!(timed(&metrics, "put", "bad_request") > 0.0, "{metrics}");
+}
+
+/// RESP data commands land in the same `{op, outcome}` series as HTTP requests: exact counts
+/// per operation and outcome, the histogram's `+Inf` bucket and `ringkv_requests_total` agree,
+/// and an HTTP read adds to the RESP reads' series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_and_http_requests_share_one_latency_histogram_per_operation() {
+    let c = RespCluster::start(1, &["--n", "1", "--r", "1", "--w", "1"]).await;
+    let before = c.http_get(0, "/metrics").await;
+    for op in ["get", "put", "delete"] {
+        assert!(
+            sample(
+                &before,
+                "ringkv_request_duration_seconds_count",
+                &[("op", op), ("outcome", "ok")]
+            )
+            .is_none(),
+            "{op} timed before any request: {before}"
+        );
+    }
+
+    let mut raw = Raw::connect(c.resp(0)).await;
+    let script: &[(&[&str], Value)] = &[
+        (&["SET", "k", "v"], Value::Status("OK".into())),
+        (&["GET", "k"], Value::bulk("v")),
+        (&["GET", "absent"], Value::Nil),
+        (
+            &["MGET", "k", "absent"],
+            Value::Array(vec![Value::bulk("v"), Value::Nil]),
+        ),
+        (&["EXISTS", "k"], Value::Int(1)),
+        (&["MSET", "a", "1", "b", "2"], Value::Status("OK".into())),
+        (&["DEL", "k", "a"], Value::Int(2)),
+        (&["PING"], Value::Status("PONG".into())),
+        (&["ECHO", "x"], Value::bulk("x")),
+    ];
+    for (args, expected) in script {
+        assert_eq!(&raw.call(args).await, expected, "{args:?}");
+    }
+    // Two writes with an empty context are concurrent: siblings, so GET answers CONFLICT,
+    // which HTTP would answer with a 300: an `ok` read.
+    for value in ["1", "2"] {
+        assert!(matches!(
+            raw.call(&["PUTCTX", "c", "", value]).await,
+            Value::Bulk(_)
+        ));
+    }
+    let conflict = raw.call(&["GET", "c"]).await;
+    assert!(
+        matches!(&conflict, Value::Error(e) if e.starts_with("CONFLICT")),
+        "{conflict:?}"
+    );
+    let getctx = raw.call(&["GETCTX", "c"]).await;
+    let Value::Array(items) = getctx else {
+        panic!("GETCTX answered {getctx:?}")
+    };
+    let Value::Bulk(context) = &items[0] else {
+        panic!("no context in {items:?}")
+    };
+    let deleted = raw.call(&[b"DELCTX".as_slice(), b"c", context]).await;
+    assert!(matches!(deleted, Value::Bulk(_)), "{deleted:?}");
+    assert!(matches!(raw.call(&["GET"]).await, Value::Error(_)));
+    assert!(matches!(
+        raw.call(&["SET", "k", "v", "EX", "1"]).await,
+        Value::Error(_)
+    ));
+
+    // Recorded before the reply is written: the page already holds every command above.
+    let page = c.http_get(0, "/metrics").await;
+    let expected = [
+        ("get", "ok", 6.0),
+        ("put", "ok", 4.0),
+        ("delete", "ok", 2.0),
+        ("get", "bad_request", 1.0),
+        ("put", "bad_request", 1.0),
+        ("delete", "bad_request", 0.0),
+    ];
+    for (op, outcome, count) in expected {
+        let labels = [("op", op), ("outcome", outcome)];
+        let inf = [("op", op), ("outcome", outcome), ("le", "+Inf")];
+        assert_eq!(timed(&page, op, outcome), count, "{op} {outcome}: {page}");
+        if count > 0.0 {
+            let bucket = sample(&page, "ringkv_request_duration_seconds_bucket", &inf);
+            assert_eq!(bucket, Some(count), "{op} {outcome} +Inf bucket: {page}");
+            let total = sample(&page, "ringkv_requests_total", &labels);
+            assert_eq!(total, Some(count), "{op} {outcome} requests: {page}");
+            let sum = sample(&page, "ringkv_request_duration_seconds_sum", &labels);
+            assert!(sum.is_some_and(|s| s > 0.0), "{op} {outcome} sum: {page}");
+        }
+    }
+
+    // An HTTP read (404 here) adds to the same series as the RESP reads.
+    c.http_get(0, "/kv/absent").await;
+    let page = c.http_get(0, "/metrics").await;
+    assert_eq!(timed(&page, "get", "ok"), 7.0, "{page}");
+}
+
+/// `CLIENT REPLY OFF` silences every reply until `ON`; `SKIP` silences the next command's;
+/// the silenced commands still run. Replies come in order, so a reply that should have been
+/// dropped would show up in place of the expected one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reply_off_skip_and_on_as_redis() {
+    let c = RespCluster::start(1, &["--n", "1", "--r", "1", "--w", "1"]).await;
+    let mut raw = Raw::connect(c.resp(0)).await;
+    let pipeline = |commands: &[&[&str]]| -> Vec<u8> {
+        commands.iter().flat_map(|args| command(args)).collect()
+    };
+
+    // OFF: nothing, errors included, and SKIP changes nothing, until ON answers +OK.
+    raw.send(&pipeline(&[
+        &["CLIENT", "REPLY", "OFF"],
+        &["ECHO", "silent"],
+        &["SET", "k", "written while off"],
+        &["GET"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["CLIENT", "REPLY", "ON"],
+        &["ECHO", "after on"],
+    ]))
+    .await;
+    assert_eq!(raw.reply().await, Value::Status("OK".into()));
+    assert_eq!(raw.reply().await, Value::bulk("after on"));
+    assert_eq!(
+        raw.call(&["GET", "k"]).await,
+        Value::bulk("written while off")
+    );
+
+    // SKIP: the next command's reply only; a SKIP skipped by a SKIP skips the one after.
+    raw.send(&pipeline(&[
+        &["CLIENT", "REPLY", "SKIP"],
+        &["ECHO", "skipped"],
+        &["ECHO", "one"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["ECHO", "skipped too"],
+        &["ECHO", "two"],
+        &["client", "reply", "skip"],
+        &["CLIENT", "REPLY", "ON"],
+        &["ECHO", "three"],
+    ]))
+    .await;
+    assert_eq!(raw.reply().await, Value::bulk("one"));
+    assert_eq!(raw.reply().await, Value::bulk("two"));
+    assert_eq!(
+        raw.reply().await,
+        Value::Status("OK".into()),
+        "ON answers even when skipped"
+    );
+    assert_eq!(raw.reply().await, Value::bulk("three"));
+
+    // Bad arguments are errors and change nothing.
+    assert_eq!(
+        raw.call(&["CLIENT", "REPLY", "MAYBE"]).await,
+        Value::Error("ERR syntax error".into())
+    );
+    assert!(matches!(
+        raw.call(&["CLIENT", "REPLY"]).await,
+        Value::Error(_)
+    ));
+    assert_eq!(raw.call(&["PING"]).await, Value::Status("PONG".into()));
+
+    // QUIT while off closes without a word.
+    raw.send(&pipeline(&[&["CLIENT", "REPLY", "OFF"], &["QUIT"]]))
+        .await;
+    assert_eq!(raw.expect_closed().await, Vec::<Value>::new());
+    // Another connection is not affected.
+    let mut other = Raw::connect(c.resp(0)).await;
+    assert_eq!(other.call(&["PING"]).await, Value::Status("PONG".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,6 +13,7 @@ use ringkv_core::{Context, Dot, VersionSet};
 
 use super::parser::Reply;
 use crate::node::Node;
+use crate::request_metrics::{self, Op, Outcome};
 use crate::wire::{ClientContext, ClientError, ClientOp, ClientReply};
 
 /// Keys of one multi-key command (`DEL`, `EXISTS`, `MGET`, `MSET`) in flight at once.
@@ -33,6 +35,17 @@ pub enum Flow {
     Close,
 }
 
+/// Which replies a connection sends (`CLIENT REPLY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    #[default]
+    On,
+    /// No reply at all until `CLIENT REPLY ON`.
+    Off,
+    /// The next command's reply is dropped; then `On` again.
+    SkipNext,
+}
+
 /// One connection's state as the commands see it.
 pub struct Session {
     pub node: Arc<Node>,
@@ -40,19 +53,67 @@ pub struct Session {
     pub name: Option<Bytes>,
     /// Connections open on this node right now (for `INFO`).
     pub connections: Arc<AtomicUsize>,
+    /// Which replies this connection is sent (`CLIENT REPLY`).
+    pub replies: ReplyMode,
 }
 
-/// Runs one command and answers its reply; counts it by name and outcome.
-pub async fn execute(session: &mut Session, args: Vec<Bytes>) -> (Reply, Flow) {
+/// Runs one command and answers its reply, or `None` if `CLIENT REPLY` silenced it. Counts
+/// the command by name and outcome, and a data command's latency by operation
+/// (`request_metrics`).
+pub async fn execute(session: &mut Session, args: Vec<Bytes>) -> (Option<Reply>, Flow) {
+    // The mode this command's reply is under: a skip covers this one command.
+    let mode = session.replies;
+    if mode == ReplyMode::SkipNext {
+        session.replies = ReplyMode::On;
+    }
     let Some(first) = args.first() else {
-        return (Reply::err("empty command"), Flow::Continue);
+        let reply = Reply::err("empty command");
+        return ((mode == ReplyMode::On).then_some(reply), Flow::Continue);
     };
     let name = first.to_ascii_uppercase();
     let label = metric_label(&name);
+    let timed = data_op(&name).map(|op| (op, Instant::now()));
     let (reply, flow) = dispatch(session, &name, &args).await;
     metrics::counter!("ringkv_resp_commands_total", "command" => label, "outcome" => outcome(&reply))
         .increment(1);
-    (reply, flow)
+    if let Some((op, started)) = timed {
+        request_metrics::record(op, request_outcome(&reply), started);
+    }
+    // `CLIENT REPLY` answers only when it turns replies on (`ON`), whatever the mode before.
+    let switched = name == b"CLIENT"
+        && args
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"REPLY"))
+        && !reply.is_error();
+    let sent = if switched {
+        session.replies == ReplyMode::On
+    } else {
+        mode == ReplyMode::On
+    };
+    (sent.then_some(reply), flow)
+}
+
+/// The operation a data command performs, for the per-operation request metrics; `None` for
+/// the connection and server commands (`PING`, `CLIENT`, `INFO`, ...), which are not timed.
+fn data_op(name: &[u8]) -> Option<Op> {
+    match name {
+        b"GET" | b"GETCTX" | b"MGET" | b"EXISTS" => Some(Op::Get),
+        b"SET" | b"PUTCTX" | b"MSET" => Some(Op::Put),
+        b"DEL" | b"DELCTX" => Some(Op::Delete),
+        _ => None,
+    }
+}
+
+/// A data command's reply in the outcome words the HTTP front end uses: a sibling conflict is
+/// an answer (HTTP 300), not a failure.
+fn request_outcome(reply: &Reply) -> Outcome {
+    match reply {
+        Reply::Error(e) if e.starts_with("CONFLICT") => Outcome::Ok,
+        Reply::Error(e) if e.starts_with("UNAVAILABLE") => Outcome::Unavailable,
+        Reply::Error(e) if e.starts_with("ERR internal") => Outcome::Error,
+        Reply::Error(_) => Outcome::BadRequest,
+        _ => Outcome::Ok,
+    }
 }
 
 /// The metrics label of a command: its name if known, else `unknown` (bounded cardinality).
@@ -169,13 +230,31 @@ fn client(session: &mut Session, args: &[Bytes]) -> Reply {
         b"ID" => Reply::Integer(session.id as i64),
         b"INFO" => Reply::Bulk(Bytes::from(client_line(session))),
         b"LIST" => Reply::Bulk(Bytes::from(client_line(session) + "\n")),
+        b"REPLY" => client_reply(session, args),
         // Library handshakes (`CLIENT SETINFO lib-name ...`) and tuning flags: accepted.
-        b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH" | b"REPLY" => Reply::ok(),
+        b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH" => Reply::ok(),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try CLIENT HELP.",
             printable(&args[1])
         )),
     }
+}
+
+/// `CLIENT REPLY ON|OFF|SKIP`, as Redis: `OFF` silences every reply until `ON`; `SKIP`
+/// silences the next command's reply, and does nothing while replies are off. The `+OK` is
+/// sent only for `ON` (`execute` drops it for `OFF` and `SKIP`).
+fn client_reply(session: &mut Session, args: &[Bytes]) -> Reply {
+    if let Err(e) = arity(args, 3, 3) {
+        return e;
+    }
+    session.replies = match &args[2].to_ascii_uppercase()[..] {
+        b"ON" => ReplyMode::On,
+        b"OFF" => ReplyMode::Off,
+        b"SKIP" if session.replies == ReplyMode::Off => ReplyMode::Off,
+        b"SKIP" => ReplyMode::SkipNext,
+        _ => return Reply::err("syntax error"),
+    };
+    Reply::ok()
 }
 
 fn client_line(session: &Session) -> String {
@@ -549,4 +628,52 @@ fn parse_context(token: &[u8]) -> Result<Context, Reply> {
     let text = std::str::from_utf8(token)
         .map_err(|_| Reply::err("bad context: the token is not printable ASCII"))?;
     Context::decode(text).map_err(|e| Reply::err(format!("bad context: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_commands_map_to_the_http_operations() {
+        for (name, op) in [
+            ("GET", Some(Op::Get)),
+            ("GETCTX", Some(Op::Get)),
+            ("MGET", Some(Op::Get)),
+            ("EXISTS", Some(Op::Get)),
+            ("SET", Some(Op::Put)),
+            ("PUTCTX", Some(Op::Put)),
+            ("MSET", Some(Op::Put)),
+            ("DEL", Some(Op::Delete)),
+            ("DELCTX", Some(Op::Delete)),
+            ("PING", None),
+            ("CLIENT", None),
+            ("INFO", None),
+            ("NOSUCH", None),
+        ] {
+            assert_eq!(data_op(name.as_bytes()), op, "{name}");
+        }
+    }
+
+    #[test]
+    fn replies_map_to_the_http_outcomes() {
+        for (reply, outcome) in [
+            (Reply::ok(), Outcome::Ok),
+            (Reply::Nil, Outcome::Ok),
+            (Reply::Integer(2), Outcome::Ok),
+            (
+                Reply::Error("CONFLICT 2 siblings, use GETCTX".into()),
+                Outcome::Ok,
+            ),
+            (
+                Reply::Error("UNAVAILABLE 1 of 2".into()),
+                Outcome::Unavailable,
+            ),
+            (Reply::err("internal: the disk is gone"), Outcome::Error),
+            (Reply::err("syntax error"), Outcome::BadRequest),
+            (Reply::err("bad context: short"), Outcome::BadRequest),
+        ] {
+            assert_eq!(request_outcome(&reply), outcome, "{reply:?}");
+        }
+    }
 }

@@ -18,6 +18,7 @@
 //! | `QUIT` | `+OK`, then the connection is closed |
 //! | `COMMAND [...]` | an empty array (`COMMAND COUNT`: `0`): ringkv publishes no command table |
 //! | `CLIENT SETNAME n`, `GETNAME`, `ID`, `INFO`, `LIST`, `SETINFO ...` | as Redis (per connection) |
+//! | `CLIENT REPLY ON\|OFF\|SKIP` | as Redis: `OFF` sends no reply (errors included) until `ON`, which answers `+OK`; `SKIP` drops the next command's reply (nothing while `OFF`); `OFF` and `SKIP` answer nothing themselves. The commands still run and are counted. A protocol error is still answered before the connection closes |
 //! | `SELECT 0` | `+OK`; any other database is an error: there is one keyspace |
 //! | `CONFIG GET name ...` | `save` (empty), `appendonly` (`no`) and `databases` (`1`) when named exactly, for tools like redis-benchmark; any other name is left out (an empty array); other `CONFIG` subcommands are errors |
 //! | `HELLO ...` | `-NOPROTO`: clients fall back to RESP2 |
@@ -80,6 +81,14 @@
 //! `ringkv_resp_commands_total{command, outcome}` (unknown names count as `unknown`),
 //! the gauge `ringkv_resp_connections`, `ringkv_resp_connections_refused_total`,
 //! `ringkv_resp_protocol_errors_total` and `ringkv_resp_write_timeouts_total`.
+//!
+//! The data commands are also recorded, as HTTP requests are, in `ringkv_requests_total` and
+//! the histogram `ringkv_request_duration_seconds`, both `{op, outcome}` (`request_metrics`):
+//! `op` is `get` for `GET`, `GETCTX`, `MGET` and `EXISTS`, `put` for `SET`, `PUTCTX` and
+//! `MSET`, `delete` for `DEL` and `DELCTX`; `outcome` is HTTP's word for the reply (`ok`, a
+//! `CONFLICT` included; `bad_request` for `-ERR`; `unavailable`; `error` for `-ERR internal`).
+//! A multi-key command is one sample, from its dispatch to its reply being ready. The
+//! series carry no protocol label: one histogram per operation, whatever the protocol.
 
 pub mod commands;
 pub mod parser;
@@ -97,7 +106,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::node::Node;
-use commands::{Flow, Session};
+use commands::{Flow, ReplyMode, Session};
 use parser::{Parser, ParserLimits, Reply};
 
 /// Most RESP connections open at once.
@@ -158,6 +167,7 @@ async fn serve_limited(
             id: next_id.fetch_add(1, Ordering::Relaxed),
             name: None,
             connections: open.clone(),
+            replies: ReplyMode::On,
         };
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -253,7 +263,9 @@ async fn connection(
                 }
             };
             let (reply, flow) = commands::execute(&mut session, args).await;
-            reply.encode(&mut out);
+            if let Some(reply) = reply {
+                reply.encode(&mut out);
+            }
             if flow == Flow::Close {
                 let _ = flush(&mut stream, &mut out).await;
                 return End::Quit;
