@@ -25,6 +25,12 @@ fn server(dir: &std::path::Path, listen: &str, http: u16, extra: &[&str]) -> Chi
         .expect("starting ringkv server")
 }
 
+/// `PUT /kv/k` with the value `v` on the node at `base`.
+async fn put_k(client: &reqwest::Client, base: &str) -> reqwest::Response {
+    let url = format!("{base}/kv/k");
+    client.put(url).body("v").send().await.expect("PUT")
+}
+
 /// Stops `child` (SIGTERM) and waits for it.
 fn stop(mut child: Child) {
     common::signal(child.id(), libc::SIGTERM);
@@ -53,12 +59,7 @@ async fn a_node_that_has_not_joined_is_not_ready_and_says_so() {
     .await;
     assert_eq!(code, 503, "not ready before it joined: {body}");
     assert_eq!(body["node_id"], "n1", "{body}");
-    let put = client
-        .put(format!("{base}/kv/k"))
-        .body("v")
-        .send()
-        .await
-        .expect("PUT");
+    let put = put_k(&client, &base).await;
     assert_eq!(put.status().as_u16(), 503);
     let err: serde_json::Value = put.json().await.expect("JSON error");
     assert_eq!(err["stored_on"], 0, "a write stored nowhere says 0: {err}");
@@ -90,12 +91,7 @@ async fn a_node_on_every_interface_seeded_with_itself_founds_a_cluster() {
         (r.status().as_u16() == 200).then_some(())
     })
     .await;
-    let put = client
-        .put(format!("{base}/kv/k"))
-        .body("v")
-        .send()
-        .await
-        .expect("PUT");
+    let put = put_k(&client, &base).await;
     assert_eq!(put.status().as_u16(), 204, "N=1, W defaults to 1");
     stop(node);
 }
