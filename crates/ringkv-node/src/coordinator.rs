@@ -92,9 +92,12 @@ fn grows_too_large(current: &VersionSet, next: &VersionSet) -> Option<String> {
     }
     // A client context is merged into the key's: made-up replica ids or dots in it would
     // stay for good, and past a token's limits no client could write back with the context.
+    // The write's own dot adds at most one entry (a new coordinator id, a fallback's one-off
+    // id): only more than that comes from the client's context, and only that is refused, so
+    // blind writes and fallback writes always go through.
     let entries = |v: &VersionSet| v.context().len().max(v.cloud().len());
     let (was, now) = (entries(current), entries(next));
-    if now > was
+    if now > was + 1
         && now > CONTEXT_CHECK_FROM
         && let Err(e) = Context::of(next).try_encode()
     {
@@ -1004,8 +1007,12 @@ mod tests {
         let (twice, _) = once.update(&forged(600, 600), value(), &writer);
         let why = grows_too_large(&once, &twice).expect("1,200 context entries");
         assert!(why.contains("context"), "{why}");
-        // Writing back with the key's own context adds nothing: allowed however large.
+        // Writing back with the key's own context adds nothing: allowed however large; so is
+        // a blind write by a new coordinator id (one entry more, its own).
         let (back, _) = twice.update(twice.context(), value(), &writer);
         assert!(grows_too_large(&twice, &back).is_none());
+        let newcomer = ReplicaId::new(NodeId::new("fallback-1").unwrap(), 7);
+        let (blind, _) = twice.update(&VersionVector::new(), value(), &newcomer);
+        assert!(grows_too_large(&twice, &blind).is_none());
     }
 }

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chitchat::{
@@ -142,13 +142,35 @@ pub struct Membership {
     /// Why the gossip task ended, if it did (chitchat's task can panic, for one when its
     /// digest no longer fits a datagram: about 1,400 members with short ids).
     gossip_failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Ranks of rings refused as another cluster's (`adopt`), bounded.
+    refused_rings: Mutex<BTreeSet<(u64, u64)>>,
+}
+
+/// Rings refused as another cluster's that `better_ring_holder` passes over (the oldest
+/// forgotten first).
+const REFUSED_RINGS_MAX: usize = 64;
+
+/// Of `peers`, the live one advertising the best ring above `mine` that is not `refused`.
+fn best_ring_holder<'a>(
+    peers: impl Iterator<Item = &'a PeerInfo>,
+    me: &NodeId,
+    mine: (u64, u64),
+    refused: &BTreeSet<(u64, u64)>,
+) -> Option<(NodeId, SocketAddr, u64)> {
+    peers
+        .filter(|p| p.live && p.id != *me)
+        .map(|p| (p, (p.ring_version, p.ring_digest)))
+        .filter(|(_, rank)| *rank > mine && !refused.contains(rank))
+        .max_by_key(|(_, rank)| *rank)
+        .map(|(p, _)| (p.id.clone(), p.listen, p.ring_version))
 }
 
 /// Why `next` cannot be a later version of `current`'s cluster, if it cannot: Q and N are
-/// fixed when a cluster is created (every stored partition id depends on Q), and a ring
-/// evolves from the one before, so the two always share a member. A ring that fails either
-/// comes from another cluster (a seed of the wrong cluster, a node restarted with another
-/// data directory's peers): adopting it would misplace or drop every key.
+/// fixed when a cluster is created (every stored partition id depends on Q). A ring with
+/// others comes from another cluster (a seed of the wrong cluster): adopting it would misplace
+/// every key, and stored partitions past its Q would fail every sweep. (Members are not
+/// compared: a node down through a whole change of membership must still adopt the ring that
+/// no longer lists anyone it knew, and hand its keys over.)
 fn foreign_ring(current: &RingState, next: &RingState) -> Option<String> {
     let (was, now) = (current.topology.params(), next.topology.params());
     if was != now {
@@ -156,15 +178,6 @@ fn foreign_ring(current: &RingState, next: &RingState) -> Option<String> {
             "Q={} N={} where this cluster has Q={} N={}",
             now.partitions, now.n, was.partitions, was.n
         ));
-    }
-    let ours = current.topology.members(); // sorted by id
-    if !next
-        .topology
-        .members()
-        .iter()
-        .any(|m| ours.binary_search_by(|o| o.id.cmp(&m.id)).is_ok())
-    {
-        return Some("it shares no member with this cluster's ring".into());
     }
     None
 }
@@ -250,6 +263,7 @@ impl Membership {
             claim_lock: tokio::sync::Mutex::new(()),
             received: std::sync::Mutex::new(BTreeMap::new()),
             gossip_failure,
+            refused_rings: Mutex::new(BTreeSet::new()),
         };
         if let Some(ring) = ring {
             membership.adopt(ring).await;
@@ -329,6 +343,11 @@ impl Membership {
                     version = state.version,
                     "refusing a ring of another cluster: {why}"
                 );
+                let mut refused = self.refused_rings.lock().unwrap();
+                if refused.len() >= REFUSED_RINGS_MAX {
+                    refused.pop_first();
+                }
+                refused.insert(state.rank());
                 return false;
             }
             info!(
@@ -458,15 +477,12 @@ impl Membership {
         *self.view.write().unwrap() = Arc::new(view);
     }
 
-    /// The peer advertising the best ring, if it is better than ours.
+    /// The peer advertising the best ring, if it is better than ours and not one refused as
+    /// another cluster's (which would otherwise hide this cluster's newer rings for good).
     pub fn better_ring_holder(&self) -> Option<(NodeId, SocketAddr, u64)> {
         let mine = self.ring().map(|r| r.rank()).unwrap_or((0, 0));
-        self.view()
-            .peers
-            .values()
-            .filter(|p| p.live && p.id != self.me && (p.ring_version, p.ring_digest) > mine)
-            .max_by_key(|p| (p.ring_version, p.ring_digest))
-            .map(|p| (p.id.clone(), p.listen, p.ring_version))
+        let refused = self.refused_rings.lock().unwrap().clone();
+        best_ring_holder(self.view().peers.values(), &self.me, mine, &refused)
     }
 
     /// The claimant: the live member of the committed ring with the smallest id.
@@ -597,4 +613,48 @@ fn peer_info(id: &ChitchatId, state: &NodeState, live: bool) -> Option<PeerInfo>
         ring_digest,
         generation: id.generation_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &str, live: bool, ring: (u64, u64)) -> PeerInfo {
+        PeerInfo {
+            id: NodeId::new(id).unwrap(),
+            listen: "127.0.0.1:7000".parse().unwrap(),
+            http: "127.0.0.1:8000".parse().unwrap(),
+            resp: None,
+            zone: "default".into(),
+            weight: 1,
+            status: Status::Up,
+            live,
+            ring_version: ring.0,
+            ring_digest: ring.1,
+            generation: 1,
+        }
+    }
+
+    /// A refused ring of another cluster, however high its version, does not hide this
+    /// cluster's newer ring from the node.
+    #[test]
+    fn the_best_ring_holder_passes_over_refused_rings() {
+        let me = NodeId::new("n1").unwrap();
+        let peers = [
+            peer("n2", true, (11, 7)),
+            peer("x1", true, (50, 9)),
+            peer("n3", false, (12, 1)),
+            peer("n1", true, (99, 1)),
+        ];
+        let best = |refused: &BTreeSet<(u64, u64)>| {
+            best_ring_holder(peers.iter(), &me, (10, 3), refused).map(|(id, _, v)| (id, v))
+        };
+        let x1 = (NodeId::new("x1").unwrap(), 50);
+        assert_eq!(best(&BTreeSet::new()), Some(x1), "the highest live ring");
+        let refused = BTreeSet::from([(50, 9)]);
+        let n2 = (NodeId::new("n2").unwrap(), 11);
+        assert_eq!(best(&refused), Some(n2), "the refused one passed over");
+        let nothing_better = best_ring_holder(peers.iter(), &me, (60, 0), &refused);
+        assert!(nothing_better.is_none());
+    }
 }

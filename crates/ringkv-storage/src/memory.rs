@@ -275,7 +275,8 @@ impl StorageEngine for MemoryEngine {
                 more = true;
                 break;
             }
-            bytes += k.len() + v.value_bytes();
+            // Values, plus an estimate of each sibling's dot and the causal context.
+            bytes += k.len() + v.value_bytes() + 32 * (v.siblings().len() + v.context().len());
             records.push((user_key(k)?, v.clone()));
         }
         Ok(Scanned {
