@@ -139,8 +139,9 @@ pub struct Membership {
     /// Handoff confirmations received as claimant: per node, the target digest and the
     /// partitions it holds. Folded into the next ring version.
     received: std::sync::Mutex<BTreeMap<NodeId, (u64, Vec<u32>)>>,
-    /// Why the gossip task ended, if it did (chitchat's task can panic, for one when its
-    /// digest no longer fits a datagram: about 1,400 members with short ids).
+    /// Why the gossip task ended, if it did (chitchat's task can panic; it did when its
+    /// digest outgrew a datagram, which the vendored chitchat now prevents by learning no
+    /// more nodes, docs/design.md §12).
     gossip_failure: Arc<std::sync::Mutex<Option<String>>>,
     /// Ranks of rings refused as another cluster's (`adopt`), bounded.
     refused_rings: Mutex<BTreeSet<(u64, u64)>>,

@@ -19,8 +19,8 @@ use serde::Deserialize;
 /// generation behind as a dead node, and every gossip message lists the known nodes for half
 /// this time, so it bounds what a node restarting over and over (a crash loop) adds to gossip:
 /// with a week, one node restarting every five minutes put about 1,000 dead generations in
-/// every message within 3.5 days, past the 622 (64-byte ids) to 1,421 (5-byte ids) nodes a
-/// datagram holds (docs/design.md §12); with an hour, at most 6. A member down
+/// every message within 3.5 days, past the 613 (64-byte ids) to 1,399 (5-byte ids) nodes a
+/// node learns (docs/design.md §12); with an hour, at most 6. A member down
 /// for longer stays in the ring and in `/status`; its gossip state returns when it does.
 pub const DEAD_NODE_GRACE_DEFAULT: Duration = Duration::from_secs(3600);
 

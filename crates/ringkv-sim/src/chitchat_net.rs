@@ -24,8 +24,11 @@
 //!
 //! Every Syn and SynAck carries the sender's whole digest, one entry per known node, and
 //! chitchat sizes a SynAck's delta to what the datagram has left, asserting that this is at
-//! least 100 bytes. So a cluster has a hard size limit (`largest_gossiping_cluster`): past
-//! it, a node answering a Syn panics in its gossip task, and Syns no longer fit a datagram.
+//! least 100 bytes. ringkv's chitchat stops learning nodes before that (vendored patch,
+//! vendor/chitchat/VENDORED.md): a node learns no node whose entry would leave a SynAck less
+//! than 100 bytes plus a 1 KiB margin of delta, and no node whose id is longer than 64
+//! bytes. So a cluster has a hard size limit (`largest_gossiping_cluster`): past it, nodes
+//! stop learning nodes and the cluster never converges, but gossip keeps running.
 //!
 //! Not deterministic: chitchat seeds its peer-selection generator from the operating system
 //! and offers no way to pass a seed, so runs differ; report several changes. `gossip_model`
@@ -69,6 +72,11 @@ const ENVELOPE_HEADER_BYTES: usize = 4;
 const NODE_DIGEST_BYTES: usize = 24;
 /// The least room for a delta chitchat accepts (`DeltaSerializer::with_mtu` asserts it).
 pub const DELTA_ROOM_MIN_BYTES: usize = 100;
+/// The room ringkv's chitchat keeps for a SynAck's delta on top of `DELTA_ROOM_MIN_BYTES`:
+/// a node learns no node past it (`MAX_DIGEST_LEN` in vendor/chitchat/src/lib.rs).
+pub const DELTA_ROOM_MARGIN_BYTES: usize = 1024;
+/// The longest node id ringkv's chitchat learns a node under (`MAX_NEW_NODE_ID_LEN`).
+pub const LEARNT_ID_MAX_BYTES: usize = 64;
 
 /// Runs one simulated cluster: bootstrap, then `setup.changes` changes. Builds its own
 /// paused runtime.
@@ -181,16 +189,18 @@ pub fn full_view_syn_bytes(nodes: usize, id_bytes: usize) -> usize {
 
 /// Whether chitchat can gossip among `digest` bytes' worth of known nodes over datagrams of
 /// `mtu_bytes`: the Syn fits, and a SynAck (header, digest, delta) leaves the delta at least
-/// `DELTA_ROOM_MIN_BYTES` of chitchat's own datagram size, which is fixed at the largest UDP
-/// payload whatever the network carries.
+/// `DELTA_ROOM_MIN_BYTES` + `DELTA_ROOM_MARGIN_BYTES` of chitchat's own datagram size, which
+/// is fixed at the largest UDP payload whatever the network carries (past that a node learns
+/// no more nodes).
 fn gossips(digest: usize, mtu_bytes: usize) -> bool {
     let syn = ENVELOPE_HEADER_BYTES + digest + CLUSTER_ID.to_string().serialized_len();
     let delta_room = UDP_PAYLOAD_MAX_BYTES.saturating_sub(ENVELOPE_HEADER_BYTES + digest);
-    syn <= mtu_bytes && delta_room >= DELTA_ROOM_MIN_BYTES
+    syn <= mtu_bytes && delta_room >= DELTA_ROOM_MIN_BYTES + DELTA_ROOM_MARGIN_BYTES
 }
 
 /// The largest cluster chitchat can gossip in over datagrams of `mtu_bytes` (0 if none):
-/// past it, answering a Syn panics chitchat's gossip task and Syns stop fitting a datagram.
+/// past it, nodes stop learning nodes (or Syns stop fitting a datagram). With ids longer than
+/// `LEARNT_ID_MAX_BYTES` no node learns another, so at most one.
 pub fn largest_gossiping_cluster(mtu_bytes: usize, id_bytes: usize) -> usize {
     let mut digest = digest_bytes(0, id_bytes);
     let mut nodes = 0;
@@ -201,6 +211,9 @@ pub fn largest_gossiping_cluster(mtu_bytes: usize, id_bytes: usize) -> usize {
         }
         digest = next;
         nodes += 1;
+    }
+    if id_bytes > LEARNT_ID_MAX_BYTES {
+        return nodes.min(1);
     }
     nodes
 }

@@ -10,8 +10,8 @@ pub const MAX_GOSSIP_NODES: usize = 1 << 24;
 /// Length of the default node names, `n0000` to `n9999`.
 pub const DEFAULT_ID_BYTES: usize = 5;
 /// Longest node name a gossip simulation accepts. ringkv's node ids stop at 64 bytes
-/// (`ringkv_core::constants::MAX_NODE_ID_BYTES`); longer names only serve to reach chitchat's
-/// datagram limit with a handful of nodes.
+/// (`ringkv_core::constants::MAX_NODE_ID_BYTES`), and ringkv's chitchat learns no node with a
+/// longer one; longer names only serve to show that.
 pub const MAX_ID_BYTES: usize = 8192;
 
 /// One gossip simulation.

@@ -225,9 +225,10 @@ fn scale_command(args: &ScaleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Past its size limit chitchat panics in every node's gossip task; the simulation counts
-/// those (`stopped_servers`), so their messages, one per node, are left out. Any other panic
-/// is reported as usual.
+/// A panic in chitchat stops that node's gossip task (past its size limit it did in every
+/// node's, before ringkv's chitchat stopped learning nodes there); the simulation counts those
+/// (`stopped_servers`), so their messages, one per node, are left out. Any other panic is
+/// reported as usual.
 fn quiet_chitchat_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::chitchat_net::{DELTA_ROOM_MIN_BYTES, full_view_syn_bytes};
+use crate::chitchat_net::{DELTA_ROOM_MARGIN_BYTES, DELTA_ROOM_MIN_BYTES, full_view_syn_bytes};
 use crate::ring_scale::{ChangeKind, Movement, RingReport};
 use crate::scale::{GossipRow, ScaleReport, ScaleTimings};
 use crate::svg::{Chart, Rule, Series, render};
@@ -144,13 +144,13 @@ fn gossip_table(out: &mut String, report: &ScaleReport) {
     let _ = writeln!(
         out,
         "\nchitchat gossips in clusters of up to {} nodes with {}-byte node names ({} with \
-         64-byte names): past that a Syn outgrows a {}-byte datagram, or a SynAck leaves its \
-         delta under {} bytes and chitchat's gossip task panics.\n",
+         64-byte names): past that a Syn outgrows a {}-byte datagram, or nodes stop learning \
+         nodes, keeping at least {} bytes of each SynAck for its delta.\n",
         report.gossip_limit_nodes,
         report.id_bytes,
         report.gossip_limit_nodes_longest_ids,
         report.mtu_bytes,
-        DELTA_ROOM_MIN_BYTES
+        DELTA_ROOM_MIN_BYTES + DELTA_ROOM_MARGIN_BYTES
     );
 }
 

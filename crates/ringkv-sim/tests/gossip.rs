@@ -50,66 +50,68 @@ fn chitchat_converges_and_spreads_a_change_in_a_few_rounds() {
 }
 
 #[test]
-fn the_size_limit_is_where_the_delta_room_or_the_syn_runs_out() {
+fn the_size_limit_is_where_the_delta_room_runs_out() {
     let limit = chitchat_net::largest_gossiping_cluster(UDP_PAYLOAD_MAX_BYTES, DEFAULT_ID_BYTES);
-    // 46 bytes of digest per node with 5-byte names: about 1,400 nodes, and the delta room
-    // of a SynAck (100 bytes) runs out two nodes before the Syn stops fitting.
-    assert_eq!(limit, 1421);
+    // 46 bytes of digest per node with 5-byte names: about 1,400 nodes. A node learns no node
+    // that would leave a SynAck less than 100 bytes plus a 1 KiB margin of delta, long before
+    // the Syn stops fitting.
+    assert_eq!(limit, 1399);
     let syn = |n| chitchat_net::full_view_syn_bytes(n, DEFAULT_ID_BYTES);
     assert_eq!(
         syn(1),
         4 + 2 + 46 + 8,
         "header, count, one entry, cluster id"
     );
-    assert!(syn(limit + 2) <= UDP_PAYLOAD_MAX_BYTES);
-    assert!(syn(limit + 3) > UDP_PAYLOAD_MAX_BYTES);
+    assert!(syn(limit + 1) <= UDP_PAYLOAD_MAX_BYTES);
     let room = |n| UDP_PAYLOAD_MAX_BYTES - 4 - chitchat_net::digest_bytes(n, DEFAULT_ID_BYTES);
-    assert!(room(limit) >= chitchat_net::DELTA_ROOM_MIN_BYTES);
-    assert!(room(limit + 1) < chitchat_net::DELTA_ROOM_MIN_BYTES);
-    // Longer names, fewer nodes: ringkv accepts 64-byte node ids.
-    assert!(chitchat_net::largest_gossiping_cluster(UDP_PAYLOAD_MAX_BYTES, 64) < 700);
+    let least = chitchat_net::DELTA_ROOM_MIN_BYTES + chitchat_net::DELTA_ROOM_MARGIN_BYTES;
+    assert!(room(limit) >= least);
+    assert!(room(limit + 1) < least);
+    // Longer names, fewer nodes: ringkv accepts 64-byte node ids (613 nodes; checked once on
+    // chitchat itself, which converges at 613 and not at 614, with no gossip task stopped:
+    // two minutes, too long to run every time). Longer ids are not learnt at all.
+    assert_eq!(
+        chitchat_net::largest_gossiping_cluster(UDP_PAYLOAD_MAX_BYTES, 64),
+        613
+    );
+    assert_eq!(
+        chitchat_net::largest_gossiping_cluster(UDP_PAYLOAD_MAX_BYTES, 65),
+        1
+    );
     assert_eq!(
         chitchat_net::largest_gossiping_cluster(0, DEFAULT_ID_BYTES),
         0
     );
 }
 
-/// The name length that puts chitchat's limit at exactly `nodes`.
-fn id_bytes_for_limit(nodes: usize) -> usize {
-    (DEFAULT_ID_BYTES..)
-        .find(|&b| chitchat_net::largest_gossiping_cluster(UDP_PAYLOAD_MAX_BYTES, b + 1) < nodes)
-        .expect("long enough names bring any limit down")
-}
-
 #[test]
-fn chitchat_gossips_up_to_its_limit_and_its_tasks_panic_past_it() {
-    // Names of several KiB bring the limit down to 10 nodes, so the real protocol can be
-    // run on both sides of it in milliseconds.
-    let at_limit = id_bytes_for_limit(10);
-    assert_eq!(
-        chitchat_net::largest_gossiping_cluster(UDP_PAYLOAD_MAX_BYTES, at_limit),
-        10
-    );
+fn chitchat_learns_no_node_with_an_id_over_64_bytes_and_keeps_gossiping() {
     let fits = GossipSetup {
-        id_bytes: at_limit,
+        id_bytes: chitchat_net::LEARNT_ID_MAX_BYTES,
         changes: 1,
         max_rounds: 30,
         ..setup(10)
     };
-    let run = chitchat_net::run(&fits).expect("at its limit a cluster still gossips");
+    let run = chitchat_net::run(&fits).expect("64-byte ids gossip");
     assert_eq!(
         (run.stopped_servers, run.refused_datagrams),
         (0, 0),
         "{run:?}"
     );
     let past = GossipSetup {
-        id_bytes: at_limit + 1,
+        id_bytes: chitchat_net::LEARNT_ID_MAX_BYTES + 1,
         ..fits
     };
     match chitchat_net::run(&past) {
         Err(GossipError::NoConvergence {
-            stopped_servers, ..
-        }) => assert!(stopped_servers > 0, "gossip tasks panicked"),
+            stopped_servers,
+            refused_datagrams,
+            ..
+        }) => assert_eq!(
+            (stopped_servers, refused_datagrams),
+            (0, 0),
+            "no gossip task stopped"
+        ),
         other => panic!("expected no convergence, got {other:?}"),
     }
 }

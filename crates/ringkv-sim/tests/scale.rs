@@ -60,7 +60,7 @@ fn the_report_renders_as_tables_and_charts() {
         "| join n0040 (w 1) |",
         "| leave ",
         "| 100 | 6.6 |",
-        "chitchat gossips in clusters of up to 1421 nodes with 5-byte node names",
+        "chitchat gossips in clusters of up to 1399 nodes with 5-byte node names",
     ] {
         assert!(tables.contains(needle), "{needle:?} missing from\n{tables}");
     }

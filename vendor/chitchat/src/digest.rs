@@ -60,8 +60,9 @@ pub struct Digest {
     pub(crate) node_digests: BTreeMap<ChitchatId, NodeDigest>,
 }
 
-#[cfg(test)]
 impl Digest {
+    /// ringkv: public (was test-only), so a test outside the crate can build the digest of
+    /// a Syn, such as a forged one.
     pub fn add_node(
         &mut self,
         node: ChitchatId,
@@ -76,7 +77,10 @@ impl Digest {
         };
         self.node_digests.insert(node, node_digest);
     }
+}
 
+#[cfg(test)]
+impl Digest {
     pub fn sample_for_test(num_nodes: u16) -> Digest {
         let mut digest = Digest::default();
         for i in 0..num_nodes {

@@ -27,11 +27,12 @@ pub use listener::ListenerHandle;
 pub use serialize::{Deserializable, Serializable};
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use self::configuration::{CatchupCallback, ChitchatConfig};
 pub use self::state::{ClusterStateSnapshot, NodeState};
-use crate::digest::Digest;
+// ringkv: `Digest` is exported (with `Digest::add_node`), so a test can forge a Syn.
+pub use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 pub use crate::server::{ChitchatHandle, spawn_chitchat, spawn_chitchat_seeded};
 use crate::state::ClusterState;
@@ -72,6 +73,29 @@ pub(crate) const fn delta_mtu(reserved_len: usize) -> usize {
         .saturating_sub(ChitchatEnvelope::HEADER_LEN)
         .saturating_sub(reserved_len)
 }
+
+/// ringkv: the longest node id a node learns a new node under. ringkv's node ids are
+/// `[A-Za-z0-9_.-]{1,64}`, so a longer one only comes from a forged datagram; refusing it
+/// keeps a handful of forged ids from filling the digest (see `MAX_DIGEST_LEN`).
+pub(crate) const MAX_NEW_NODE_ID_LEN: usize = 64;
+
+/// ringkv: the largest digest (v0 wire format, every node state counted) a node grows to by
+/// learning new nodes; `ClusterState::may_learn` refuses a node that would take it past this.
+///
+/// A SynAck carries the node's whole digest and a delta sized to what is left of the
+/// datagram (`delta_mtu`), and `DeltaSerializer::with_mtu` asserts that at least 100 bytes
+/// are left: past that, answering any Syn panics the gossip task. Digests are unauthenticated,
+/// so one forged Syn listing enough unknown nodes used to get there. On top of those 100 bytes
+/// we keep a 1 KiB margin, so a SynAck sent at the limit still carries two to four of ringkv's
+/// node states (seven short keys: about 250-400 bytes each in a delta, uncompressed) rather
+/// than next to nothing, and updates of known nodes keep flowing both ways of an exchange. It costs 22 nodes of the limit with
+/// 5-byte ids (1,421 -> 1,399) and 9 with 64-byte ids (622 -> 613). With the v1 (compressed)
+/// digest the v0 size is an overestimate; ringkv gossips v0.
+pub(crate) const MAX_DIGEST_LEN: usize = delta_mtu(0) - DELTA_MIN_LEN - DELTA_ROOM_MARGIN_LEN;
+/// ringkv: the least room for a delta `DeltaSerializer::with_mtu` accepts.
+const DELTA_MIN_LEN: usize = 100;
+/// ringkv: room kept for a SynAck's delta on top of `DELTA_MIN_LEN` (see `MAX_DIGEST_LEN`).
+const DELTA_ROOM_MARGIN_LEN: usize = 1024;
 
 /// To prevent dead nodes from being recorded again after deletion,
 /// we keep a local memory of the last nodes that were garbage collected.
@@ -130,8 +154,21 @@ impl Chitchat {
     /// Digest contains important information about the list of members in
     /// the cluster.
     fn report_heartbeats_in_digest(&mut self, digest: &Digest) {
+        // ringkv: counts the unknown nodes refused (`ClusterState::may_learn`), to log them
+        // once per digest: a flood of forged datagrams must not flood the log.
+        let mut refused = 0usize;
         for (chitchat_id, node_digest) in &digest.node_digests {
-            self.report_heartbeat(chitchat_id, node_digest.heartbeat);
+            if !self.report_heartbeat(chitchat_id, node_digest.heartbeat) {
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            debug!(
+                refused,
+                known = self.cluster_state.node_states().len(),
+                "ringkv: not learning nodes listed in a digest: id over 64 bytes, or no room \
+                 left in this node's digest"
+            );
         }
     }
 
@@ -207,9 +244,12 @@ impl Chitchat {
 
     /// Reports heartbeats to the failure detector for nodes in the delta for which we received an
     /// update.
-    fn report_heartbeat(&mut self, chitchat_id: &ChitchatId, heartbeat: Heartbeat) {
+    ///
+    /// ringkv: returns false when it refused to learn an unknown node
+    /// (`ClusterState::may_learn`); known nodes are updated as before.
+    fn report_heartbeat(&mut self, chitchat_id: &ChitchatId, heartbeat: Heartbeat) -> bool {
         if chitchat_id == self.self_chitchat_id() {
-            return;
+            return true;
         }
 
         let should_init_if_absent = self
@@ -219,16 +259,23 @@ impl Chitchat {
             .unwrap_or(true);
 
         let node_state = if should_init_if_absent {
+            // ringkv: a node not known yet gets a state only if it may be learnt.
+            if self.cluster_state.node_state(chitchat_id).is_none()
+                && !self.cluster_state.may_learn(chitchat_id)
+            {
+                return false;
+            }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
             node_state
         } else {
-            return;
+            return true;
         };
 
         if node_state.try_set_heartbeat(heartbeat) {
             self.failure_detector.report_heartbeat(chitchat_id);
         }
+        true
     }
 
     /// Marks the node as dead or alive depending on the new phi values and updates the live nodes
@@ -390,6 +437,13 @@ impl Chitchat {
             .is_none();
 
         let node_state = if should_init_if_absent {
+            // ringkv: the same bound as for a node learnt from a digest (`report_heartbeat`).
+            if self.cluster_state.node_state(chitchat_id).is_none()
+                && !self.cluster_state.may_learn(chitchat_id)
+            {
+                debug!("ringkv: skip reset_node_state: the node may not be learnt");
+                return;
+            }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
             node_state
@@ -1540,9 +1594,11 @@ mod tests {
         // Prepare node
         let config = ChitchatConfig::for_test(10_006);
 
+        // ringkv: 64-byte ids (longer ones are not learnt) and enough nodes to come close
+        // to `MAX_DIGEST_LEN` (the upstream test has 55 nodes with 1,000-byte ids).
         fn id(i: usize) -> ChitchatId {
             ChitchatId {
-                node_id: Arc::from("a".repeat(1000).as_str()),
+                node_id: Arc::from("a".repeat(MAX_NEW_NODE_ID_LEN).as_str()),
                 generation_id: i as u64,
                 gossip_advertise_addr: SocketAddr::from(([127, 0, 0, 1], 10000u16 + i as u16)),
             }
@@ -1564,13 +1620,14 @@ mod tests {
 
         let mut digest = Digest::default();
         let mut delta = Delta::default();
-        for i in 0..55 {
+        for i in 0..612 {
             digest.add_node(id(i), Heartbeat(1), 0, 0);
             delta.add_node(id(i), 0, 0);
             delta.add_kv(&id(i), "key", &random_string(1000), 1, false);
         }
         node.report_heartbeats_in_digest(&digest);
         node.process_delta(delta);
+        assert_eq!(node.node_states().len(), 613);
 
         // Process a SYN message with an empty foreign digest
 
@@ -1593,6 +1650,58 @@ mod tests {
         let ChitchatMessage::SynAck { delta, .. } = ack_envelope.message else {
             panic!("Expected SynAck, got {:?}", ack_envelope.message);
         };
-        assert_eq!(delta.node_deltas.len(), 4);
+        assert_eq!(delta.node_deltas.len(), 1);
+    }
+
+    // ringkv: a node learns no node with an id over 64 bytes, and no node past the one that
+    // brings its digest to `MAX_DIGEST_LEN`; it still answers a Syn, and known nodes are
+    // still updated.
+    #[test]
+    fn test_ringkv_learning_stops_at_the_digest_limit() {
+        let config = ChitchatConfig::for_test(10_007);
+        let (_seed_addrs_rx, seed_addrs_tx) = watch::channel(Default::default());
+        let mut node = Chitchat::with_chitchat_id_and_seeds(config, seed_addrs_tx, Vec::new());
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20_000));
+        let id = |name: String| ChitchatId::new(name, 1, addr);
+
+        let mut long = Digest::default();
+        long.add_node(id("x".repeat(MAX_NEW_NODE_ID_LEN + 1)), Heartbeat(1), 0, 0);
+        long.add_node(id("x".repeat(MAX_NEW_NODE_ID_LEN)), Heartbeat(1), 0, 0);
+        node.report_heartbeats_in_digest(&long);
+        assert_eq!(node.node_states().len(), 2, "self and the 64-byte id");
+
+        let mut flood = Digest::default();
+        for i in 0..3_000 {
+            flood.add_node(id(format!("f{i}")), Heartbeat(1), 0, 0);
+        }
+        node.report_heartbeats_in_digest(&flood);
+        let digest = node.compute_digest(&HashSet::new());
+        let len = digest.serialized_len(ProtocolVersion::V0);
+        assert!(len <= MAX_DIGEST_LEN, "{len}");
+        // The next node, whatever its id, would not fit: entries are at least 41 bytes.
+        assert!(len + 41 > MAX_DIGEST_LEN, "{len}");
+        let known = node.node_states().len();
+        assert!(known > 1_300 && known < 3_000, "{known}");
+
+        let known_id = id("f0".to_string());
+        let mut update = Digest::default();
+        update.add_node(known_id.clone(), Heartbeat(2), 0, 0);
+        node.report_heartbeats_in_digest(&update);
+        assert_eq!(
+            node.node_state(&known_id).unwrap().heartbeat(),
+            Heartbeat(2)
+        );
+
+        let syn_ack = node
+            .process_message(ChitchatMessage::Syn {
+                cluster_id: node.config.cluster_id.clone(),
+                digest: Digest::default(),
+            })
+            .unwrap();
+        let envelope = ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: syn_ack,
+        };
+        assert!(envelope.serialize_to_vec().len() <= MAX_UDP_DATAGRAM_PAYLOAD_SIZE);
     }
 }

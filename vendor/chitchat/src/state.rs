@@ -19,10 +19,11 @@ use tracing::{info, warn};
 use crate::delta::{Delta, DeltaSerializer, NodeDelta};
 use crate::digest::{Digest, NodeDigest};
 use crate::listener::Listeners;
+use crate::serialize::Serializable;
 use crate::types::{DeletionStatus, DeletionStatusMutation};
 use crate::{
-    ChitchatId, GARBAGE_COLLECTED_NODE_HISTORY_SIZE, Heartbeat, KeyChangeEvent, Version,
-    VersionedValue,
+    ChitchatId, GARBAGE_COLLECTED_NODE_HISTORY_SIZE, Heartbeat, KeyChangeEvent, MAX_DIGEST_LEN,
+    MAX_NEW_NODE_ID_LEN, Version, VersionedValue,
 };
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -510,6 +511,10 @@ pub(crate) struct ClusterState {
     // Memory of the recently garbage collected nodes to avoid recreating them
     // if some other node is still sharing them.
     garbage_collected_nodes: LruCache<ChitchatId, Heartbeat>,
+    // ringkv: the length of the v0 digest of every node state (the node's own digest, before
+    // nodes scheduled for deletion are left out), kept up to date where `node_states` gains
+    // or loses a node, so `may_learn` costs the same at any cluster size.
+    digest_len_v0: usize,
 }
 
 impl Debug for ClusterState {
@@ -530,6 +535,7 @@ impl Default for ClusterState {
             seed_addrs: seed_addrs_rx,
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
+            digest_len_v0: EMPTY_DIGEST_LEN_V0,
         }
     }
 }
@@ -541,6 +547,7 @@ impl ClusterState {
             node_states: BTreeMap::new(),
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
+            digest_len_v0: EMPTY_DIGEST_LEN_V0,
         }
     }
 
@@ -559,6 +566,7 @@ impl ClusterState {
             Entry::Occupied(value) => value.into_mut(),
             Entry::Vacant(vacant) => {
                 self.garbage_collected_nodes.pop(chitchat_id);
+                self.digest_len_v0 += digest_entry_len_v0(chitchat_id); // ringkv
                 let new_node_state = NodeState::new(chitchat_id.clone(), self.listeners.clone());
                 vacant.insert(new_node_state)
             }
@@ -567,6 +575,19 @@ impl ClusterState {
 
     pub fn node_state(&self, chitchat_id: &ChitchatId) -> Option<&NodeState> {
         self.node_states.get(chitchat_id)
+    }
+
+    /// ringkv: whether a state may be created for `chitchat_id`, a node not known yet. Digests
+    /// are unauthenticated and chitchat used to learn every node any digest lists, so one
+    /// forged Syn could grow this node's own digest until answering a Syn panicked the gossip
+    /// task (see `MAX_DIGEST_LEN`). Refused: an id longer than ringkv's longest
+    /// (`MAX_NEW_NODE_ID_LEN`), and a node whose entry would take the node's digest past
+    /// `MAX_DIGEST_LEN`. Past that limit the node learns no more nodes until states are
+    /// garbage collected (a dead node's, after the dead node grace period); known nodes are
+    /// updated as before. The caller logs refusals.
+    pub(crate) fn may_learn(&self, chitchat_id: &ChitchatId) -> bool {
+        chitchat_id.node_id.len() <= MAX_NEW_NODE_ID_LEN
+            && self.digest_len_v0 + digest_entry_len_v0(chitchat_id) <= MAX_DIGEST_LEN
     }
 
     /// Get a mutable node state if it exists.
@@ -585,6 +606,7 @@ impl ClusterState {
     pub(crate) fn remove_node(&mut self, chitchat_id: &ChitchatId) {
         let node_state = self.node_states.remove(chitchat_id);
         if let Some(node_state) = node_state {
+            self.digest_len_v0 -= digest_entry_len_v0(chitchat_id); // ringkv
             self.garbage_collected_nodes
                 .push(chitchat_id.clone(), node_state.heartbeat);
         }
@@ -611,6 +633,17 @@ impl ClusterState {
     }
 
     pub fn compute_digest(&self, scheduled_for_deletion: &HashSet<&ChitchatId>) -> Digest {
+        // ringkv: the running length matches the digest it stands for (checked in debug builds,
+        // which ringkv's tests are).
+        debug_assert_eq!(
+            self.digest_len_v0,
+            EMPTY_DIGEST_LEN_V0
+                + self
+                    .node_states
+                    .keys()
+                    .map(digest_entry_len_v0)
+                    .sum::<usize>()
+        );
         Digest {
             node_digests: self
                 .node_states
@@ -707,6 +740,14 @@ impl ClusterState {
     pub fn last_heartbeat_if_deleted(&self, chitchat_id: &ChitchatId) -> Option<Heartbeat> {
         self.garbage_collected_nodes.peek(chitchat_id).copied()
     }
+}
+
+/// ringkv: the length of an empty v0 digest: its u16 node count.
+const EMPTY_DIGEST_LEN_V0: usize = 2;
+
+/// ringkv: the length of a node's entry in a v0 digest (`Digest::serialized_len`).
+fn digest_entry_len_v0(chitchat_id: &ChitchatId) -> usize {
+    chitchat_id.serialized_len() + NodeDigest::default().serialized_len()
 }
 
 /// Score used to decide which member should be gossiped first.
