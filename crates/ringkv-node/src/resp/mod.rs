@@ -66,6 +66,13 @@
 //!   `parser::MAX_INLINE_BYTES` per inline line; `parser::MIN_COMMAND_BYTES` or more per
 //!   command). An announcement over a limit is refused before its bytes are read:
 //!   `-ERR Protocol error: ...` and the connection is closed, as for any malformed request.
+//! - Input held by all connections together: each may hold `INPUT_FREE_BYTES` (1 MiB) of
+//!   input not yet run (a command still arriving, pipelined ones not parsed); beyond that it
+//!   draws on one node-wide `InputBudget` of `INPUT_BUDGET_BYTES` (1 GiB). A connection the
+//!   budget cannot cover is told `-ERR the node's RESP input budget is exhausted ...` and
+//!   closed, nothing of its pending command having run
+//!   (`ringkv_resp_input_budget_refusals_total`). Without it, 10,000 connections each
+//!   sending one 64 MiB command could hold 640 GiB.
 //! - One reply: `MGET` answers at most `commands::MAX_MGET_REPLY_BYTES` (64 MiB) of values;
 //!   past it the command fails with `-ERR the values would pass ... bytes; ask for fewer
 //!   keys`, the keys left unread, and the connection serves on. Every other reply is one
@@ -124,18 +131,89 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 const TOO_MANY_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
+/// Input a connection may hold (a command still arriving, or pipelined ones not yet parsed)
+/// without drawing on the node-wide budget.
+pub const INPUT_FREE_BYTES: usize = 1024 * 1024;
+/// Input all connections together may hold beyond their `INPUT_FREE_BYTES` each. Each
+/// connection is bounded by its parser (one command of at most 64 MiB); this bounds them all.
+pub const INPUT_BUDGET_BYTES: usize = 1024 * 1024 * 1024;
+const BUDGET_EXHAUSTED: &str = "the node's RESP input budget is exhausted (too many large commands arriving at once); \
+     nothing of this command ran: retry later";
+
+/// The node-wide bound on RESP input held by connections beyond their free share.
+#[derive(Debug)]
+pub struct InputBudget {
+    used: AtomicUsize,
+    free_per_connection: usize,
+    max: usize,
+}
+
+impl InputBudget {
+    pub fn new(free_per_connection: usize, max: usize) -> InputBudget {
+        InputBudget {
+            used: AtomicUsize::new(0),
+            free_per_connection,
+            max,
+        }
+    }
+
+    /// Bytes drawn from the budget now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What one connection draws from the `InputBudget`; given back when it changes or ends.
+struct Reservation {
+    budget: Arc<InputBudget>,
+    held: usize,
+}
+
+impl Reservation {
+    /// Draws what `input` bytes need beyond the free share; `false` (nothing drawn) when the
+    /// budget cannot cover it.
+    fn resize(&mut self, input: usize) -> bool {
+        let want = input.saturating_sub(self.budget.free_per_connection);
+        if want <= self.held {
+            self.budget
+                .used
+                .fetch_sub(self.held - want, Ordering::Relaxed);
+            self.held = want;
+            return true;
+        }
+        let more = want - self.held;
+        let drawn = self
+            .budget
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + more <= self.budget.max).then_some(used + more)
+            });
+        if drawn.is_ok() {
+            self.held = want;
+        }
+        drawn.is_ok()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
 
 /// Serves RESP2 clients on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
-    serve_limited(listener, node, shutdown, MAX_CONNECTIONS).await
+    let budget = Arc::new(InputBudget::new(INPUT_FREE_BYTES, INPUT_BUDGET_BYTES));
+    serve_limited(listener, node, shutdown, MAX_CONNECTIONS, budget).await
 }
 
-/// `serve` with at most `max_connections` open connections.
+/// `serve` with at most `max_connections` open connections and `budget` for their input.
 async fn serve_limited(
     listener: TcpListener,
     node: Arc<Node>,
     shutdown: CancellationToken,
     max_connections: usize,
+    budget: Arc<InputBudget>,
 ) {
     let limits = ParserLimits::for_max_value_bytes(node.settings().max_value_bytes);
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -170,11 +248,15 @@ async fn serve_limited(
             replies: ReplyMode::On,
         };
         let shutdown = shutdown.clone();
+        let reservation = Reservation {
+            budget: budget.clone(),
+            held: 0,
+        };
         tasks.spawn(async move {
             let _slot = slot;
             let _open = OpenConnection::new(session.connections.clone());
             let id = session.id;
-            let end = connection(stream, session, limits, shutdown).await;
+            let end = connection(stream, session, limits, reservation, shutdown).await;
             debug!(connection = id, end = %end, "RESP connection closed");
         });
     }
@@ -224,6 +306,8 @@ enum End {
     Shutdown,
     Protocol(parser::ProtocolError),
     WriteTimeout,
+    /// The node-wide input budget could not cover this connection's command.
+    Budget,
     Io(std::io::Error),
 }
 
@@ -235,6 +319,7 @@ impl std::fmt::Display for End {
             End::Shutdown => f.write_str("node shutting down"),
             End::Protocol(e) => write!(f, "{e}"),
             End::WriteTimeout => write!(f, "replies blocked for {WRITE_TIMEOUT:?}"),
+            End::Budget => f.write_str("input budget exhausted"),
             End::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -245,6 +330,7 @@ async fn connection(
     mut stream: TcpStream,
     mut session: Session,
     limits: ParserLimits,
+    mut reservation: Reservation,
     shutdown: CancellationToken,
 ) -> End {
     crate::sockets::tune(&stream);
@@ -282,6 +368,14 @@ async fn connection(
         // An idle connection holds no buffer: wait for readiness, then read into a chunk
         // that lives only until it is fed to the parser.
         parser.release_idle_memory();
+        // What it still holds (a command arriving) counts against the node's budget; past it
+        // the client is told and the connection closed, nothing of the command having run.
+        if !reservation.resize(parser.held_bytes()) {
+            metrics::counter!("ringkv_resp_input_budget_refusals_total").increment(1);
+            Reply::err(BUDGET_EXHAUSTED).encode(&mut out);
+            let _ = flush(&mut stream, &mut out).await;
+            return End::Budget;
+        }
         let readable = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
             readable = stream.readable() => readable,
@@ -383,7 +477,8 @@ mod tests {
         let node = one_node(&shutdown).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_limited(listener, node, shutdown.clone(), 2));
+        let budget = Arc::new(InputBudget::new(INPUT_FREE_BYTES, INPUT_BUDGET_BYTES));
+        let server = tokio::spawn(serve_limited(listener, node, shutdown.clone(), 2, budget));
 
         let mut first = TcpStream::connect(addr).await.unwrap();
         let mut second = TcpStream::connect(addr).await.unwrap();
@@ -408,6 +503,85 @@ mod tests {
             assert!(Instant::now() < deadline, "the slot never came back");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve stops on shutdown")
+            .unwrap();
+    }
+
+    /// Polls `done` every 10 ms until it holds; fails after 10 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Large commands arriving at once on several connections draw on one node-wide budget:
+    /// the one that would pass it is told and closed, nothing of it run; the others complete,
+    /// and what they drew comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn input_past_the_node_budget_is_refused_and_the_budget_comes_back() {
+        let shutdown = CancellationToken::new();
+        let node = one_node(&shutdown).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // One whole command (600 KiB, 536 beyond the free share) fits; two halves (386 KiB
+        // beyond it each) do not.
+        let budget = Arc::new(InputBudget::new(64 * 1024, 640 * 1024));
+        let server = tokio::spawn(serve_limited(
+            listener,
+            node,
+            shutdown.clone(),
+            16,
+            budget.clone(),
+        ));
+        const VALUE: usize = 300 * 1024;
+        // `MSET a <VALUE> b <VALUE>` cut `VALUE / 2` bytes into its last value, and the rest.
+        let mset = |a: &str, b: &str| {
+            let mut head =
+                format!("*5\r\n$4\r\nMSET\r\n${}\r\n{a}\r\n${VALUE}\r\n", a.len()).into_bytes();
+            head.extend(vec![b'x'; VALUE]);
+            head.extend(format!("\r\n${}\r\n{b}\r\n${VALUE}\r\n", b.len()).into_bytes());
+            head.extend(vec![b'y'; VALUE / 2]);
+            let mut tail = vec![b'y'; VALUE - VALUE / 2];
+            tail.extend_from_slice(b"\r\n");
+            (head, tail)
+        };
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let (head, first_tail) = mset("k1", "k2");
+        first.write_all(&head).await.unwrap();
+        until("the first command never drew on the budget", || {
+            budget.used() >= VALUE
+        })
+        .await;
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let (head, _) = mset("k3", "k4");
+        let _ = second.write_all(&head).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut answer))
+            .await
+            .expect("the refused connection is closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("-ERR the node's RESP input budget"),
+            "{answer}"
+        );
+
+        assert_eq!(
+            exchange(&mut first, &first_tail, b"+OK\r\n").await,
+            b"+OK\r\n"
+        );
+        until("the budget never came back", || budget.used() == 0).await;
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let (mut whole, tail) = mset("k3", "k4");
+        whole.extend(tail);
+        assert_eq!(exchange(&mut third, &whole, b"+OK\r\n").await, b"+OK\r\n");
+        let got = exchange(&mut third, b"EXISTS k1 k2 k3 k4\r\n", b"\r\n").await;
+        assert_eq!(got, b":4\r\n");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), server)
             .await

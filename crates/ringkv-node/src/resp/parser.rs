@@ -153,6 +153,16 @@ impl Parser {
         self.buf.len()
     }
 
+    /// Bytes of input this connection holds: unparsed bytes plus the arguments of an array
+    /// request still arriving (what the node-wide input budget counts).
+    pub fn held_bytes(&self) -> usize {
+        let parsed = self.array.as_ref().map_or(0, |a| {
+            let announced = a.bulk_len.map_or(0, |len| len + ARG_OVERHEAD_BYTES);
+            a.cost_bytes.saturating_sub(announced)
+        });
+        self.buf.len() + parsed
+    }
+
     /// The next complete command, `Ok(None)` if more input is needed first.
     pub fn next_command(&mut self) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         loop {
