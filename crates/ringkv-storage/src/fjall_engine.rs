@@ -476,14 +476,14 @@ impl FjallEngine {
             Change::Put(new) => {
                 let ticket =
                     self.append_change(&mut state, partition, key, current.as_ref(), Some(&new))?;
-                self.cache.update(&encoded, &new);
+                self.cache.put(&encoded, Some(&new));
                 Ok((ticket, Some(new)))
             }
             Change::Delete if current.is_none() => Ok((self.shared.commit.latest(), None)),
             Change::Delete => {
                 let ticket =
                     self.append_change(&mut state, partition, key, current.as_ref(), None)?;
-                self.cache.remove(&encoded);
+                self.cache.put(&encoded, None);
                 Ok((ticket, None))
             }
         }
@@ -623,8 +623,8 @@ impl StorageEngine for FjallEngine {
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<VersionSet>, StorageError> {
         check_key(key)?;
         let encoded = record_key(partition, key);
-        if let Some(versions) = self.cache.get(&encoded) {
-            return Ok(Some(versions));
+        if let Some(known) = self.cache.get(&encoded) {
+            return Ok(known);
         }
         // A miss fills the cache under the key's lock, so no write of this key interleaves
         // (writes update the cache under it), and only if no drop ran since the read. A read
@@ -639,11 +639,10 @@ impl StorageEngine for FjallEngine {
             return self.read_record(partition, &encoded);
         };
         let current = self.read_record(partition, &encoded)?;
-        if let Some(versions) = &current
-            && let Some(state) = try_lock(&part)
+        if let Some(state) = try_lock(&part)
             && state.generation == generation
         {
-            self.cache.put(&encoded, versions);
+            self.cache.put(&encoded, current.as_ref());
         }
         Ok(current)
     }
@@ -1059,6 +1058,50 @@ mod tests {
         assert!(matches!(second.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
         let mut first = std::pin::pin!(first.wait());
         assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    /// The read cache is write-through and remembers absence: a key just written, and a key
+    /// found empty once, are answered without reading fjall; a delete is remembered too.
+    #[test]
+    fn writes_fill_the_read_cache_and_a_key_found_empty_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        let partition = PartitionId::of(ringkv_core::key_hash(b"k"), 64);
+        let set = VersionSet::default()
+            .update_exact(
+                &Default::default(),
+                &[],
+                Some(bytes::Bytes::from_static(b"v")),
+                &ringkv_core::ReplicaId::new(NodeId::new("n1").unwrap(), 1),
+            )
+            .0;
+        let counts = |engine: &FjallEngine| {
+            let stats = engine.read_cache_stats().unwrap();
+            (stats.hits, stats.misses)
+        };
+        engine
+            .update(partition, b"k", &mut |_| Some(set.clone()))
+            .unwrap();
+        assert_eq!(engine.get(partition, b"k").unwrap(), Some(set.clone()));
+        assert_eq!(counts(&engine), (1, 0), "the write filled the cache");
+        assert_eq!(engine.get(partition, b"absent").unwrap(), None);
+        assert_eq!(
+            counts(&engine),
+            (1, 1),
+            "first read of an absent key misses"
+        );
+        assert_eq!(engine.get(partition, b"absent").unwrap(), None);
+        assert_eq!(counts(&engine), (2, 1), "its absence is remembered");
+        engine.remove(partition, b"k").unwrap();
+        assert_eq!(engine.get(partition, b"k").unwrap(), None);
+        assert_eq!(counts(&engine), (3, 1), "a delete is remembered");
+        engine.drop_partition(partition).unwrap();
+        assert_eq!(engine.get(partition, b"absent").unwrap(), None);
+        assert_eq!(
+            counts(&engine),
+            (3, 2),
+            "a drop forgets the partition's entries"
+        );
     }
 
     /// `JournalSync` fsyncs the file fjall appends to, also after fjall rotated its journal
