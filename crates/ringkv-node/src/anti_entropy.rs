@@ -397,3 +397,184 @@ pub(crate) fn log_pass(repaired_before: u64, node: &Node) {
         info!(repaired, "anti-entropy pass repaired keys");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use ringkv_core::{ReplicaId, VersionVector, key_hash};
+    use ringkv_storage::StorageEngine;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::common::{Distorting, Running, eventually, node_ids, settled, start, start_serving};
+    use crate::settings::ServerArgs;
+
+    /// What the peer does to its anti-entropy answers.
+    type Bend = fn(Response) -> Response;
+
+    /// n1 and n2, both home replicas of every partition (N=2), whose trees differ in
+    /// `partition`: n1 alone holds a key of it. n2 answers the anti-entropy steps it is asked
+    /// through `bend`, which the test sets, and notes them in `asked`.
+    struct Pair {
+        n1: Running,
+        n2: Running,
+        partition: PartitionId,
+        bend: Arc<Mutex<Bend>>,
+        asked: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    fn step(request: &Request) -> Option<&'static str> {
+        match request {
+            Request::MerkleSummary { .. } => Some("summary"),
+            Request::MerkleLeaves { .. } => Some("leaves"),
+            Request::LeafDigests { .. } => Some("digests"),
+            _ => None,
+        }
+    }
+
+    async fn pair(shutdown: &CancellationToken) -> Pair {
+        // No passes of their own: the test runs each exchange.
+        let no_passes = |args: &mut ServerArgs| args.anti_entropy_interval_ms = Some(3_600_000);
+        let bend: Arc<Mutex<Bend>> = Arc::new(Mutex::new(|answer| answer));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (b, a) = (bend.clone(), asked.clone());
+        let distort = move |request: &Request, answer: Response| match step(request) {
+            Some(step) => {
+                a.lock().unwrap().push(step);
+                (*b.lock().unwrap())(answer)
+            }
+            None => answer,
+        };
+        let n1 = start("n1", None, shutdown, no_passes).await;
+        let n2 = start_serving("n2", Some(&n1.listen), shutdown, no_passes, |node| {
+            Arc::new(Distorting { node, distort })
+        })
+        .await;
+        let ids = node_ids(&["n1", "n2"]);
+        eventually(
+            Duration::from_secs(30),
+            "the nodes never formed a ring",
+            || settled(&[&n1, &n2], &ids),
+        )
+        .await;
+        let key = Bytes::from_static(b"only-on-n1");
+        let ring = n1.node.membership().ring().unwrap();
+        let partition = ring.topology.partition_of(key_hash(&key));
+        let writer = ReplicaId::new(ids[0].clone(), 1);
+        let (versions, _) =
+            VersionSet::default().update(&VersionVector::new(), Some(key.clone()), &writer);
+        n1.engine
+            .update(partition, &key, &mut |_| Some(versions.clone()))
+            .unwrap();
+        Pair {
+            n1,
+            n2,
+            partition,
+            bend,
+            asked,
+        }
+    }
+
+    impl Pair {
+        /// One exchange of n1 with n2, n2 answering through `bend`; and the steps n2 was asked.
+        async fn exchange(&self, bend: Bend) -> (Result<bool, String>, Vec<&'static str>) {
+            *self.bend.lock().unwrap() = bend;
+            self.asked.lock().unwrap().clear();
+            let peer = self.n2.node.membership().me().clone();
+            let result = self
+                .n1
+                .node
+                .exchange(self.partition, &peer, &mut Budget::new())
+                .await;
+            (result, std::mem::take(&mut *self.asked.lock().unwrap()))
+        }
+
+        /// Each of `bends` ends its exchange with an error that says `why`, with nothing asked
+        /// after `steps`. n1 goes on: answered honestly, the next exchange repairs the
+        /// partition, and the one after finds the trees equal.
+        async fn each_ends_the_exchange(&self, bends: &[(&str, Bend)], why: &str, steps: &[&str]) {
+            for (what, bend) in bends {
+                let (result, asked) = self.exchange(*bend).await;
+                assert!(
+                    matches!(&result, Err(e) if e.contains(why)),
+                    "{what}: {result:?}"
+                );
+                assert_eq!(asked, steps, "{what}: the steps asked");
+            }
+            assert_eq!(self.exchange(|answer| answer).await.0, Ok(false));
+            assert_eq!(self.exchange(|answer| answer).await.0, Ok(true));
+        }
+    }
+
+    /// A summary of more or fewer inner hashes than `MERKLE_FANOUT` ends the exchange with an
+    /// error at that answer. (Unchecked, a short one was compared hash by hash with what was
+    /// not there, and the exchange went on to ask for leaves.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_summary_of_the_wrong_shape_ends_the_exchange() {
+        let shutdown = CancellationToken::new();
+        let pair = pair(&shutdown).await;
+        let bends: [(&str, Bend); 2] = [
+            ("a hash short", |answer| match answer {
+                Response::Merkle { root, mut inner } => {
+                    inner.pop();
+                    Response::Merkle { root, inner }
+                }
+                other => other,
+            }),
+            ("a hash over", |answer| match answer {
+                Response::Merkle { root, mut inner } => {
+                    inner.push(0);
+                    Response::Merkle { root, inner }
+                }
+                other => other,
+            }),
+        ];
+        pair.each_ends_the_exchange(&bends, "inner hashes", &["summary"])
+            .await;
+        shutdown.cancel();
+    }
+
+    /// Leaf groups of the wrong shape (a group fewer or more than asked, a group of fewer or
+    /// more than `MERKLE_FANOUT` hashes) end the exchange with an error at that answer.
+    /// (Unchecked, the groups were paired with those asked as far as both went and compared
+    /// with what was not there, and the exchange went on to ask for digests.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaf_groups_of_the_wrong_shape_end_the_exchange() {
+        let shutdown = CancellationToken::new();
+        let pair = pair(&shutdown).await;
+        let bends: [(&str, Bend); 4] = [
+            ("a group fewer", |answer| match answer {
+                Response::Leaves(mut groups) => {
+                    groups.pop();
+                    Response::Leaves(groups)
+                }
+                other => other,
+            }),
+            ("a group more", |answer| match answer {
+                Response::Leaves(mut groups) => {
+                    groups.push(vec![0; MERKLE_FANOUT]);
+                    Response::Leaves(groups)
+                }
+                other => other,
+            }),
+            ("a hash short", |answer| match answer {
+                Response::Leaves(mut groups) => {
+                    groups[0].pop();
+                    Response::Leaves(groups)
+                }
+                other => other,
+            }),
+            ("a hash over", |answer| match answer {
+                Response::Leaves(mut groups) => {
+                    groups[0].push(0);
+                    Response::Leaves(groups)
+                }
+                other => other,
+            }),
+        ];
+        pair.each_ends_the_exchange(&bends, "wrong shape", &["summary", "leaves"])
+            .await;
+        shutdown.cancel();
+    }
+}

@@ -878,6 +878,9 @@ pub enum LeaveError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::common::{Distorting, eventually, start, start_serving};
+    use crate::settings::ServerArgs;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn the_throttle_spaces_transfers_by_their_bytes() {
@@ -910,5 +913,86 @@ mod tests {
         );
         set = one;
         assert_eq!(record_bytes(b"key", &set), 3 + 5 + 16);
+    }
+
+    /// A source whose chunk is not the last yet names, as where to resume, the very key the
+    /// receiver asked after ends the transfer with an error at that chunk. (Unchecked, the
+    /// receiver asked for the same chunk again, for ever; here the source answers a repeat
+    /// with an error, so that the test ends either way.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_that_does_not_move_the_cursor_ends_the_transfer() {
+        let shutdown = CancellationToken::new();
+        let asked = Arc::new(Mutex::new(Vec::<Option<Bytes>>::new()));
+        let log = asked.clone();
+        // The first chunk moves the receiver to "m"; every later one stays where it was asked.
+        let stuck = move |request: &Request, answer: Response| {
+            let Request::HandoffChunk { after, .. } = request else {
+                return answer;
+            };
+            let mut log = log.lock().unwrap();
+            let again = log.contains(after);
+            log.push(after.clone());
+            if again {
+                return Response::Error("asked again for the same chunk".into());
+            }
+            let resume = after.clone().or(Some(Bytes::from_static(b"m")));
+            Response::Chunk {
+                entries: Vec::new(),
+                done: false,
+                resume,
+            }
+        };
+        let one_replica = |args: &mut ServerArgs| {
+            args.n = Some(1);
+            args.anti_entropy_interval_ms = Some(3_600_000);
+        };
+        let n1 = start_serving("n1", None, &shutdown, one_replica, |node| {
+            Arc::new(Distorting {
+                node,
+                distort: stuck,
+            })
+        })
+        .await;
+        // n2 joins; its own rounds start no transfer (the first runs before it has a ring, the
+        // next in an hour): the test runs the one it checks.
+        let n2 = start("n2", Some(&n1.listen), &shutdown, |args| {
+            one_replica(args);
+            args.handoff_interval_ms = Some(3_600_000);
+        })
+        .await;
+        let source = NodeId::new("n1").unwrap();
+        let mut awaited = None;
+        eventually(
+            Duration::from_secs(30),
+            "n2 never awaited a partition from n1",
+            || {
+                let membership = n2.node.membership();
+                awaited = membership.ring().and_then(|ring| {
+                    let partition = *ring.topology.awaiting(membership.me()).first()?;
+                    Some((ring.target_digest()?, partition))
+                });
+                awaited.is_some() && membership.is_live(&source)
+            },
+        )
+        .await;
+        let (target, partition) = awaited.unwrap();
+        {
+            // As a round does before it starts a transfer.
+            let mut progress = n2.node.handoff.progress.lock().unwrap();
+            assert_ne!(progress.target, target, "a round of n2's own began it");
+            progress.target = target;
+        }
+
+        let ended = n2.node.receive(partition, target).await;
+        assert!(
+            matches!(&ended, Err(why) if why.contains("moved no cursor")),
+            "{ended:?}"
+        );
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [None, Some(Bytes::from_static(b"m"))],
+            "the chunks asked of the source, by the key asked after"
+        );
+        shutdown.cancel();
     }
 }

@@ -40,3 +40,11 @@ pub mod wire;
 
 pub use server::run;
 pub use settings::{ServerArgs, Settings};
+
+// The unit tests that drive a node's inner steps against a real peer start their nodes as the
+// integration tests do, with the same helpers (which name this crate `ringkv_node`).
+#[cfg(test)]
+extern crate self as ringkv_node;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod common;

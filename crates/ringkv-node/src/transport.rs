@@ -876,6 +876,39 @@ mod tests {
         );
     }
 
+    /// A request waiting for a slot stops waiting when the node stops: it is dropped unrun, and
+    /// the connection closes as soon as the request holding the slot has answered. (Without
+    /// that, the wait went on until the slot was free, up to the holder's deadline, and the
+    /// request then ran after the stop, keeping the connection open until its own deadline.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_waiting_for_a_slot_stops_waiting_at_shutdown() {
+        let server = SlowServer::start_with(Limits {
+            inbound_inflight_max: 1,
+            ..Limits::default()
+        })
+        .await;
+        let holder = hold_a_slow_read(&server).await;
+        // On the same connection; a read, so the server starts it at once, then it waits for
+        // the only slot.
+        let waiting = hold_a_slow_read(&server).await;
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+        server.handler.release.notify_one();
+        let answer = holder.await.unwrap();
+        assert!(
+            matches!(answer, Ok(Response::Versions(None))),
+            "the request holding the slot: {answer:?}"
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the request waiting for a slot was run after the stop")
+            .unwrap();
+        assert!(
+            matches!(answer, Err(TransportError::Closed(_))),
+            "the request waiting for a slot: {answer:?}"
+        );
+    }
+
     /// Starts a read of `slow` (held until released) and waits until the server has it.
     async fn hold_a_slow_read(
         server: &SlowServer,

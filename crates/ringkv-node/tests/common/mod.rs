@@ -1,14 +1,19 @@
 //! Nodes run in the test's own process on loopback, on the in-memory engine, with their
-//! engines and hint stores in the test's hands.
+//! engines and hint stores in the test's hands; a node may answer its peers through a
+//! `Distorting` handler (a peer that misbehaves). The node crate's own unit tests use this
+//! module too (`lib.rs`), to drive a node's inner steps against such a peer.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ringkv_core::NodeId;
 use ringkv_node::node::Node;
 use ringkv_node::seams::Seams;
 use ringkv_node::settings::StorageKind;
+use ringkv_node::transport::Handler;
+use ringkv_node::wire::{Request, Response};
 use ringkv_node::{ServerArgs, Settings};
 use ringkv_storage::{MemoryEngine, MemoryHintStore};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +42,17 @@ pub async fn start(
     seed: Option<&str>,
     shutdown: &CancellationToken,
     tweak: impl FnOnce(&mut ServerArgs),
+) -> Running {
+    start_serving(id, seed, shutdown, tweak, |node| node).await
+}
+
+/// `start`, the node's peers answered by `serve(node)` instead of the node itself.
+pub async fn start_serving<H: Handler>(
+    id: &str,
+    seed: Option<&str>,
+    shutdown: &CancellationToken,
+    tweak: impl FnOnce(&mut ServerArgs),
+    serve: impl FnOnce(Arc<Node>) -> Arc<H>,
 ) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
@@ -71,7 +87,7 @@ pub async fn start(
         .unwrap();
     tokio::spawn(ringkv_node::transport::serve(
         listener,
-        node.clone(),
+        serve(node.clone()),
         limits,
         shutdown.clone(),
     ));
@@ -82,6 +98,29 @@ pub async fn start(
         hints,
         listen,
         _dir: dir,
+    }
+}
+
+/// A peer that misbehaves: it answers as its node does, except where `distort` (given the
+/// request and the node's answer) answers something else.
+pub struct Distorting<F> {
+    pub node: Arc<Node>,
+    pub distort: F,
+}
+
+impl<F> Handler for Distorting<F>
+where
+    F: Fn(&Request, Response) -> Response + Send + Sync + 'static,
+{
+    fn handle(
+        self: Arc<Self>,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Response> {
+        Box::pin(async move {
+            let answer = self.node.clone().handle(request.clone(), timeout).await;
+            (self.distort)(&request, answer)
+        })
     }
 }
 
