@@ -462,8 +462,13 @@ impl FjallEngine {
         let _key_guard = self.key_lock(&encoded);
         let part = self.partition_state(partition);
         // Optimistic: read without the partition lock, then check no drop happened since.
+        // The cache is current under the key's lock (every change of the record sets its
+        // entry under it), so an entry spares the fjall read.
         let generation = lock(&part).generation;
-        let mut current = self.read_record(partition, &encoded)?;
+        let mut current = match self.cache.known(&encoded) {
+            Some(known) => known,
+            None => self.read_record(partition, &encoded)?,
+        };
         let mut change = decide(current.as_ref());
         let mut state = lock(&part);
         if state.generation != generation {

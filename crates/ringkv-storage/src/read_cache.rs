@@ -1,4 +1,4 @@
-//! A bounded cache of decoded version sets in front of fjall, for reads only.
+//! A bounded cache of decoded version sets in front of fjall.
 //!
 //! A point read from fjall walks the memtable's skiplist (and, past it, the segments), then
 //! decodes the record; profiles put that walk at about a fifth of a node's CPU per GET when
@@ -14,8 +14,8 @@
 //!   read;
 //! - `drop_partition` removes the partition's entries under the partition's lock.
 //!
-//! It serves `get` only: a read-modify-write always reads fjall, so even a stale entry could
-//! only make a read stale (which read repair fixes), never lose a version.
+//! It serves `get`, and the engine's read-modify-writes, which hold the key's lock (under which
+//! an entry equals the stored record) and check the drop generation before they append.
 //!
 //! Bounded: each shard holds at most `budget / SHARDS` bytes (keys, values and a fixed
 //! overhead per entry and sibling), and drops arbitrary entries when a new one would pass that.
@@ -113,27 +113,53 @@ impl ReadCache {
         found
     }
 
+    /// What the cache knows of `key`, as `get`, without counting a hit or a miss (for the
+    /// engine's read-modify-writes, so the counts stay those of reads).
+    pub fn known(&self, key: &[u8]) -> Option<Option<VersionSet>> {
+        self.shard(key).entries.get(key).map(|(v, _)| v.clone())
+    }
+
     /// Records `versions` (`None`: nothing) as what `key` holds, evicting other entries of
     /// its shard to stay within the budget. A set larger than a whole shard's budget is not
     /// cached (and the key's older entry is gone).
     pub fn put(&self, key: &[u8], versions: Option<&VersionSet>) {
         let size = size_of(key, versions);
         let mut shard = self.shard(key);
-        shard.remove(key);
         if size > self.shard_budget {
+            shard.remove(key);
             return;
         }
-        // Bounded: each round removes an entry.
-        while shard.bytes + size > self.shard_budget {
-            let Some(victim) = shard.entries.keys().next().cloned() else {
-                break;
-            };
-            shard.remove(&victim);
+        // A key already cached (a write of a key just read or written) is replaced in place.
+        let replaced = shard.entries.get_mut(key).map(|(held, held_size)| {
+            *held = versions.cloned();
+            std::mem::replace(held_size, size)
+        });
+        match replaced {
+            Some(old_size) => {
+                shard.bytes = shard.bytes - old_size + size;
+                // Bounded: each round removes an entry other than this key.
+                while shard.bytes > self.shard_budget {
+                    let Some(victim) = shard.entries.keys().find(|k| k.as_slice() != key).cloned()
+                    else {
+                        break;
+                    };
+                    shard.remove(&victim);
+                }
+            }
+            None => {
+                // Bounded: each round removes an entry.
+                while shard.bytes + size > self.shard_budget {
+                    let Some(victim) = shard.entries.keys().next().cloned() else {
+                        break;
+                    };
+                    shard.remove(&victim);
+                }
+                shard.bytes += size;
+                shard
+                    .entries
+                    .insert(key.to_vec(), (versions.cloned(), size));
+            }
         }
-        shard.bytes += size;
-        shard
-            .entries
-            .insert(key.to_vec(), (versions.cloned(), size));
     }
 
     /// Forgets `key`.
