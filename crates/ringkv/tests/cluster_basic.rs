@@ -223,10 +223,16 @@ async fn the_read_cache_reports_hits_misses_and_size_on_metrics() {
     c.wait_settled().await;
     let put = c.put(0, b"cached", b"v1", None, "").await;
     assert_eq!(put.status, 204, "{put:?}");
-    // With N = 3 on three nodes and the default fanout, every GET reads every replica.
+    // With N = 3 on three nodes and the default fanout, every GET reads every replica. The
+    // write filled the caches (write-through), so these reads hit.
     for _ in 0..3 {
         let got = c.get(0, b"cached", "").await;
         assert_eq!(got.values(), vec![b"v1".to_vec()], "{got:?}");
+    }
+    // A key never written misses once on every replica, then its absence is cached.
+    for _ in 0..2 {
+        let absent = c.get(0, b"never-written", "").await;
+        assert_eq!(absent.status, 404, "{absent:?}");
     }
     for node in 0..2 {
         poll_until(Duration::from_secs(10), "the cache to hit", || async {
