@@ -298,9 +298,11 @@ async fn serve_frame<H: Handler>(
             if at_once && let Some(body) = (&mut work).now_or_never() {
                 return Served::Answer(encode_answer(id, body, max_frame_bytes));
             }
+            // A stop wins over a slot freed at the same time: nothing new starts after it.
             let permit = tokio::select! {
-                permit = inbound.slots.clone().acquire_owned() => permit,
+                biased;
                 _ = inbound.shutdown.cancelled() => return Served::Close,
+                permit = inbound.slots.clone().acquire_owned() => permit,
             };
             let Ok(permit) = permit else {
                 return Served::Close;
@@ -891,9 +893,10 @@ mod tests {
         // On the same connection; a read, so the server starts it at once, then it waits for
         // the only slot.
         let waiting = hold_a_slow_read(&server).await;
+        // The slot is freed right as the stop comes: the stop must win.
         server.shutdown.cancel();
-        server.server.await.unwrap();
         server.handler.release.notify_one();
+        server.server.await.unwrap();
         let answer = holder.await.unwrap();
         assert!(
             matches!(answer, Ok(Response::Versions(None))),
