@@ -16,13 +16,6 @@
 //! writes. Waiting is either blocking (`wait_durable`, for the engine's own calls) or async
 //! (`Durable::wait`, so a node's write path holds no thread during the fsync).
 //!
-//! **Commit delay under load** (PostgreSQL's `commit_delay` and `commit_siblings`): when at
-//! least `COMMIT_SIBLINGS` writes were appended while an fsync ran, the node is busy and the
-//! next fsync would cover only those; the sync thread then sleeps for as long as that fsync
-//! took (at most `COMMIT_DELAY_MAX`) before it reads its next target, so each fsync covers
-//! about twice as many writes. A node that is not busy never waits: a write that finds the
-//! thread idle is synced at once.
-//!
 //! A failed fsync is fatal (the page cache may have dropped the dirty pages, see "Can
 //! applications recover from fsync failures?", ATC'20): every later write fails too.
 //! Dropping the `GroupCommit` syncs what was appended, then stops the thread.
@@ -34,11 +27,6 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 use crate::StorageError;
-
-/// Writes appended during an fsync from which the next fsync is delayed.
-const COMMIT_SIBLINGS: u64 = 2;
-/// The longest commit delay.
-const COMMIT_DELAY_MAX: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// What the sync thread has published.
 #[derive(Debug, Clone, Default)]
@@ -70,8 +58,6 @@ struct Inner<S> {
     synced_cv: Condvar,
     published: watch::Sender<Synced>,
     fsyncs: AtomicU64,
-    /// Commit delays taken.
-    delays: AtomicU64,
 }
 
 /// Batches the fsyncs of concurrent writers. `sync` is the fsync itself.
@@ -122,7 +108,6 @@ impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> GroupCommit<S>
             synced_cv: Condvar::new(),
             published: watch::Sender::new(Synced::default()),
             fsyncs: AtomicU64::new(0),
-            delays: AtomicU64::new(0),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -187,11 +172,6 @@ impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> GroupCommit<S>
     pub fn fsync_count(&self) -> u64 {
         self.inner.fsyncs.load(Ordering::Relaxed)
     }
-
-    /// How many commit delays were taken so far.
-    pub fn delay_count(&self) -> u64 {
-        self.inner.delays.load(Ordering::Relaxed)
-    }
 }
 
 impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> Drop for GroupCommit<S> {
@@ -211,9 +191,7 @@ impl<S: Fn() -> Result<(), StorageError>> Inner<S> {
         loop {
             let target = self.written.load(Ordering::SeqCst);
             if target > synced {
-                let started = std::time::Instant::now();
                 let result = (self.sync)();
-                let took = started.elapsed();
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 let failed = result.is_err();
                 let mut state = self.lock();
@@ -230,11 +208,6 @@ impl<S: Fn() -> Result<(), StorageError>> Inner<S> {
                     return;
                 }
                 synced = target;
-                let busy = self.written.load(Ordering::SeqCst) - synced >= COMMIT_SIBLINGS;
-                if busy && !self.stop.load(Ordering::SeqCst) {
-                    self.delays.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(took.min(COMMIT_DELAY_MAX));
-                }
                 continue;
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -324,41 +297,6 @@ mod tests {
         });
         assert_eq!(gc.inner.lock().upto, 1600);
         assert!(gc.fsync_count() < 1600, "{} syncs", gc.fsync_count());
-    }
-
-    #[test]
-    fn the_next_sync_is_delayed_only_when_writes_piled_up_during_one() {
-        // The first sync waits until the test has appended two more writes behind it.
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
-        let first = AtomicBool::new(true);
-        let gc = GroupCommit::new(move || {
-            if first.swap(false, Ordering::SeqCst) {
-                started_tx.lock().unwrap().send(()).unwrap();
-                release_rx.lock().unwrap().recv().unwrap();
-            }
-            Ok(())
-        });
-        let one = gc.appended();
-        started_rx.recv().unwrap();
-        gc.appended();
-        let three = gc.appended();
-        release_tx.send(()).unwrap();
-        gc.wait_durable(one).unwrap();
-        gc.wait_durable(three).unwrap();
-        assert_eq!(
-            gc.delay_count(),
-            1,
-            "two writes waited behind the first sync"
-        );
-        // One writer at a time: never two writes behind a sync, never a delay.
-        for _ in 0..100 {
-            let ticket = gc.appended();
-            gc.wait_durable(ticket).unwrap();
-        }
-        assert_eq!(gc.delay_count(), 1, "a lone writer was delayed");
-        assert_eq!(gc.inner.lock().upto, 103);
     }
 
     #[test]
