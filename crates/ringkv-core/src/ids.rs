@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::constants::MAX_NODE_ID_BYTES;
 
@@ -19,23 +20,29 @@ pub enum IdError {
 }
 
 /// A node's stable name: `[A-Za-z0-9_.-]{1,64}`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct NodeId(String);
+///
+/// Shared, not owned: node ids are cloned on every request (preference lists, quorum
+/// trackers) and with every version set (each replica id in its context and dots), so a
+/// clone is a reference count, not an allocation.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
 
 impl NodeId {
     pub fn new(id: impl Into<String>) -> Result<NodeId, IdError> {
         let id = id.into();
-        let valid = !id.is_empty()
-            && id.len() <= MAX_NODE_ID_BYTES
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if valid {
-            Ok(NodeId(id))
+        if Self::valid(&id) {
+            Ok(NodeId(Arc::from(id)))
         } else {
             Err(IdError::InvalidNodeId(id))
         }
+    }
+
+    fn valid(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= MAX_NODE_ID_BYTES
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     }
 
     pub fn as_str(&self) -> &str {
@@ -43,10 +50,30 @@ impl NodeId {
     }
 }
 
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        NodeId::new(s).map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NodeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node id")
+            }
+            // Borrowed or not, the id is copied once, into its shared allocation.
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<NodeId, E> {
+                if NodeId::valid(id) {
+                    Ok(NodeId(Arc::from(id)))
+                } else {
+                    Err(E::custom(IdError::InvalidNodeId(id.to_owned())))
+                }
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
