@@ -18,11 +18,14 @@
 //! an entry equals the stored record) and check the drop generation before they append.
 //!
 //! Bounded: each shard holds at most `budget / SHARDS` bytes (keys, values and a fixed
-//! overhead per entry and sibling), and drops arbitrary entries when a new one would pass that.
+//! overhead per entry and sibling). Past that it evicts by CLOCK (second chance): a lookup
+//! that finds an entry, or a write that replaces it, marks it used; a hand sweeps the shard's
+//! entries in order, clearing marks, and evicts the first unmarked one. A new entry starts
+//! unmarked, so keys read once (a scan, a load of new keys) go before keys read again.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use indexmap::IndexMap;
 use ringkv_core::VersionSet;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -33,10 +36,21 @@ const SHARDS: usize = 64;
 const ENTRY_OVERHEAD: usize = 96;
 const SIBLING_OVERHEAD: usize = 64;
 
+struct Entry {
+    /// `None`: the key is known to hold nothing.
+    versions: Option<VersionSet>,
+    /// As counted against the budget.
+    size: usize,
+    /// Used since the hand last passed (CLOCK's reference bit).
+    used: bool,
+}
+
 #[derive(Default)]
 struct Shard {
-    /// `None`: the key is known to hold nothing.
-    entries: HashMap<Vec<u8>, (Option<VersionSet>, usize)>,
+    /// In insertion order, except that a removal moves the last entry into the gap; the hand
+    /// is an index into it.
+    entries: IndexMap<Vec<u8>, Entry>,
+    hand: usize,
     bytes: usize,
     /// Lookups answered and not, counted under the shard's lock (no shared counter to
     /// bounce between cores on every read).
@@ -46,9 +60,34 @@ struct Shard {
 
 impl Shard {
     fn remove(&mut self, key: &[u8]) {
-        if let Some((_, size)) = self.entries.remove(key) {
-            self.bytes -= size;
+        if let Some(entry) = self.entries.swap_remove(key) {
+            self.bytes -= entry.size;
         }
+    }
+
+    /// Evicts one entry other than `keep` by CLOCK; false if there is none. Bounded: the first
+    /// sweep clears every mark it passes, so an unmarked entry (other than `keep`) turns up
+    /// within two sweeps of the shard.
+    fn evict_one(&mut self, keep: &[u8]) -> bool {
+        for _ in 0..=2 * self.entries.len() {
+            if self.hand >= self.entries.len() {
+                self.hand = 0;
+            }
+            let Some((key, entry)) = self.entries.get_index_mut(self.hand) else {
+                return false;
+            };
+            if entry.used || key.as_slice() == keep {
+                entry.used = false;
+                self.hand += 1;
+                continue;
+            }
+            // The last entry moves into the hand's slot and is looked at next.
+            if let Some((_, entry)) = self.entries.swap_remove_index(self.hand) {
+                self.bytes -= entry.size;
+            }
+            return true;
+        }
+        false
     }
 }
 
@@ -105,7 +144,10 @@ impl ReadCache {
     /// key's set, or `Some(None)` when the key is known to hold nothing.
     pub fn get(&self, key: &[u8]) -> Option<Option<VersionSet>> {
         let mut shard = self.shard(key);
-        let found = shard.entries.get(key).map(|(v, _)| v.clone());
+        let found = shard.entries.get_mut(key).map(|entry| {
+            entry.used = true;
+            entry.versions.clone()
+        });
         match found {
             Some(_) => shard.hits += 1,
             None => shard.misses += 1,
@@ -116,12 +158,16 @@ impl ReadCache {
     /// What the cache knows of `key`, as `get`, without counting a hit or a miss (for the
     /// engine's read-modify-writes, so the counts stay those of reads).
     pub fn known(&self, key: &[u8]) -> Option<Option<VersionSet>> {
-        self.shard(key).entries.get(key).map(|(v, _)| v.clone())
+        self.shard(key)
+            .entries
+            .get(key)
+            .map(|entry| entry.versions.clone())
     }
 
     /// Records `versions` (`None`: nothing) as what `key` holds, evicting other entries of
-    /// its shard to stay within the budget. A set larger than a whole shard's budget is not
-    /// cached (and the key's older entry is gone).
+    /// its shard to stay within the budget. A key already held is replaced in place and
+    /// marked used (a write of a key just read or written); a new one starts unmarked. A set
+    /// larger than a whole shard's budget is not cached (and the key's older entry is gone).
     pub fn put(&self, key: &[u8], versions: Option<&VersionSet>) {
         let size = size_of(key, versions);
         let mut shard = self.shard(key);
@@ -129,36 +175,26 @@ impl ReadCache {
             shard.remove(key);
             return;
         }
-        // A key already cached (a write of a key just read or written) is replaced in place.
-        let replaced = shard.entries.get_mut(key).map(|(held, held_size)| {
-            *held = versions.cloned();
-            std::mem::replace(held_size, size)
+        let replaced = shard.entries.get_mut(key).map(|entry| {
+            entry.versions = versions.cloned();
+            entry.used = true;
+            std::mem::replace(&mut entry.size, size)
         });
-        match replaced {
-            Some(old_size) => {
-                shard.bytes = shard.bytes - old_size + size;
-                // Bounded: each round removes an entry other than this key.
-                while shard.bytes > self.shard_budget {
-                    let Some(victim) = shard.entries.keys().find(|k| k.as_slice() != key).cloned()
-                    else {
-                        break;
-                    };
-                    shard.remove(&victim);
-                }
+        let held = replaced.unwrap_or(0);
+        // Bounded: each round removes an entry other than this key, or ends.
+        while shard.bytes - held + size > self.shard_budget {
+            if !shard.evict_one(key) {
+                break;
             }
-            None => {
-                // Bounded: each round removes an entry.
-                while shard.bytes + size > self.shard_budget {
-                    let Some(victim) = shard.entries.keys().next().cloned() else {
-                        break;
-                    };
-                    shard.remove(&victim);
-                }
-                shard.bytes += size;
-                shard
-                    .entries
-                    .insert(key.to_vec(), (versions.cloned(), size));
-            }
+        }
+        shard.bytes = shard.bytes - held + size;
+        if replaced.is_none() {
+            let entry = Entry {
+                versions: versions.cloned(),
+                size,
+                used: false,
+            };
+            shard.entries.insert(key.to_vec(), entry);
         }
     }
 
@@ -171,15 +207,15 @@ impl ReadCache {
     pub fn remove_prefix(&self, prefix: &[u8]) {
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let gone: Vec<Vec<u8>> = shard
-                .entries
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect();
-            for key in gone {
-                shard.remove(&key);
-            }
+            let mut freed = 0;
+            shard.entries.retain(|key, entry| {
+                let keep = !key.starts_with(prefix);
+                if !keep {
+                    freed += entry.size;
+                }
+                keep
+            });
+            shard.bytes -= freed;
         }
     }
 
@@ -313,5 +349,64 @@ mod tests {
         none.put(b"j", None);
         assert_eq!(none.get(b"j"), None);
         assert_eq!(none.get(b"k"), None, "a zero budget caches nothing");
+    }
+    /// A stream of keys read once each (a scan, a load of new keys) must not displace the keys
+    /// read again and again: each hot key is looked up (and filled on a miss, as the engine
+    /// does) between inserts of keys never seen again, with the cache five times the hot set.
+    #[test]
+    fn keys_read_again_outlast_a_stream_of_keys_read_once() {
+        let per_entry = size_of(b"hot-00000", Some(&set(&[7u8; 100])));
+        let cache = ReadCache::new(SHARDS * 50 * per_entry);
+        let hot: Vec<Vec<u8>> = (0..SHARDS * 10)
+            .map(|i| format!("hot-{i:05}").into_bytes())
+            .collect();
+        let versions = set(&[7u8; 100]);
+        let (mut hits, mut lookups) = (0u32, 0u32);
+        for round in 0..40_000usize {
+            let key = &hot[round % hot.len()];
+            let found = cache.get(key).is_some();
+            if !found {
+                cache.put(key, Some(&versions));
+            }
+            if round >= 20_000 {
+                lookups += 1;
+                hits += u32::from(found);
+            }
+            cache.put(format!("once-{round:06}").as_bytes(), Some(&versions));
+        }
+        let rate = f64::from(hits) / f64::from(lookups);
+        assert!(
+            rate >= 0.95,
+            "hot keys found {hits} of {lookups} times ({rate:.3})"
+        );
+    }
+    /// With every entry marked used, an insert still finds room (the hand clears the marks and
+    /// comes round), the bytes stay within the budget, and the new key is held.
+    #[test]
+    fn eviction_finds_room_when_every_entry_was_used() {
+        let budget = SHARDS * 4 * size_of(b"key-00000", Some(&set(&[1u8; 100])));
+        let cache = ReadCache::new(budget);
+        let versions = set(&[1u8; 100]);
+        let keys: Vec<String> = (0..2_000).map(|i| format!("key-{i:05}")).collect();
+        for key in &keys {
+            cache.put(key.as_bytes(), Some(&versions));
+        }
+        let held: Vec<&String> = keys
+            .iter()
+            .filter(|k| cache.get(k.as_bytes()).is_some())
+            .collect();
+        assert!(!held.is_empty());
+        for key in &held {
+            assert!(
+                cache.get(key.as_bytes()).is_some(),
+                "each held key marked used"
+            );
+        }
+        for i in 0..500 {
+            let key = format!("new-{i:05}");
+            cache.put(key.as_bytes(), Some(&versions));
+            assert!(cache.bytes() <= budget, "{} bytes after {i}", cache.bytes());
+            assert!(cache.known(key.as_bytes()).is_some(), "{key} was cached");
+        }
     }
 }
