@@ -48,7 +48,7 @@ fn read_cache(c: &mut Criterion) {
         let mut n = 0u64;
         b.iter(|| {
             n += 1;
-            if n % 100_000 == 0 {
+            if n.is_multiple_of(100_000) {
                 cache = ReadCache::new(1 << 30);
             }
             cache.put(&key(n), Some(&versions))
