@@ -31,6 +31,8 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     5.0, 10.0,
 ];
 const SIBLING_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 100.0];
+/// Appends made durable by one fsync (group commit).
+const FSYNC_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// The process-wide metrics recorder (one node per process).
 fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
@@ -43,6 +45,10 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full("ringkv_read_siblings".into()),
             SIBLING_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("ringkv_storage_fsync_batches".into()),
+            FSYNC_BATCH_BUCKETS,
         )?
         .install_recorder()?;
     let handle = HANDLE.get_or_init(|| handle).clone();

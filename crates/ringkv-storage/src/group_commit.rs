@@ -16,6 +16,9 @@
 //! writes. Waiting is either blocking (`wait_durable`, for the engine's own calls) or async
 //! (`Durable::wait`, so a node's write path holds no thread during the fsync).
 //!
+//! Each fsync is timed (`ringkv_storage_fsync_duration_seconds`) and counts the appends it
+//! makes durable (`ringkv_storage_fsync_batches`).
+//!
 //! A failed fsync is fatal (the page cache may have dropped the dirty pages, see "Can
 //! applications recover from fsync failures?", ATC'20): every later write fails too.
 //! Dropping the `GroupCommit` syncs what was appended, then stops the thread.
@@ -23,6 +26,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -191,8 +195,16 @@ impl<S: Fn() -> Result<(), StorageError>> Inner<S> {
         loop {
             let target = self.written.load(Ordering::SeqCst);
             if target > synced {
+                let started = Instant::now();
                 let result = (self.sync)();
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                // What a disk's sync costs, and how many appends share each one (group
+                // commit at work); recorded through the `metrics` facade, a no-op until a
+                // recorder is installed (the node's `/metrics`).
+                metrics::histogram!("ringkv_storage_fsync_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("ringkv_storage_fsync_batches")
+                    .record((target - synced) as f64);
                 let failed = result.is_err();
                 let mut state = self.lock();
                 match result {

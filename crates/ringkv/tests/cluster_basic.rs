@@ -205,6 +205,39 @@ async fn metrics_show_repair_hint_and_handoff_counters_before_their_first_event(
     }
 }
 
+/// Each node's journal fsyncs show on `/metrics`: a write is acknowledged only once durable
+/// on W replicas, so after acknowledged writes every replica has timed at least one fsync, and
+/// each fsync made at least one append durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn journal_fsyncs_are_timed_and_counted_on_metrics() {
+    let c = Cluster::start_with(3, &[]).await;
+    for i in 0..5 {
+        let key = format!("synced-{i}");
+        let put = c.put(i % 3, key.as_bytes(), b"v", None, "").await;
+        assert_eq!(put.status, 204, "{put:?}");
+    }
+    for node in 0..3 {
+        poll_until(Duration::from_secs(10), "fsyncs on /metrics", || async {
+            (c.metric(node, "ringkv_storage_fsync_duration_seconds_count")
+                .await
+                >= 1.0)
+                .then_some(())
+        })
+        .await;
+        let fsyncs = c.metric(node, "ringkv_storage_fsync_batches_count").await;
+        let appends = c.metric(node, "ringkv_storage_fsync_batches_sum").await;
+        assert!(fsyncs >= 1.0, "node {node}: {fsyncs} fsyncs");
+        assert!(
+            appends >= fsyncs,
+            "node {node}: {appends} appends in {fsyncs} fsyncs"
+        );
+        let seconds = c
+            .metric(node, "ringkv_storage_fsync_duration_seconds_sum")
+            .await;
+        assert!(seconds > 0.0, "node {node}: fsyncs took {seconds} s");
+    }
+}
+
 /// Each node's read cache shows on `/metrics`: reads of a key fill it on every replica and
 /// then hit, and `--read-cache-bytes` sets its budget (0 turns it off: nothing is held or hit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
