@@ -141,14 +141,46 @@ cluster_formed() {
 }
 
 # ringkv_bench NAME ARGS...: one `ringkv bench` run of workload A, its JSON report in $OUT.
+# Writes "CPU_US_PER_OP IDLE_PCT APPENDS_PER_FSYNC" to $OUT/usage-NAME.txt: the CPU the nodes
+# used per operation, the share of the machine's CPU left idle, and how many appends each of
+# the nodes' journal fsyncs made durable (group commit), all over the whole run (the first run
+# also loads the records; later runs pass --load false).
 ringkv_bench() {
     local name=$1; shift
     log "ringkv bench: $name"
-    local stolen
+    local stolen ticks idle total fsyncs
     stolen=$(stolen_ticks)
+    ticks=$(cpu_ticks "${PIDS[@]}")
+    idle=$(idle_ticks)
+    total=$(total_ticks)
+    fsyncs=$(fsync_totals)
     "$RINGKV" bench --workload a --duration-secs "$DURATION" --concurrency "$CONCURRENCY" \
         --json "$OUT/bench-$name.json" "$@" | tee "$OUT/bench-$name.txt" >&2
     stolen_secs "$stolen" >"$OUT/stolen-$name.txt"
+    local ops
+    ops=$(jq '[.operations[] | .count] | add' "$OUT/bench-$name.json")
+    awk -v t=$(($(cpu_ticks "${PIDS[@]}") - ticks)) -v i=$(($(idle_ticks) - idle)) \
+        -v all=$(($(total_ticks) - total)) -v hz="$(getconf CLK_TCK)" -v n="$ops" \
+        -v f0="$fsyncs" -v f1="$(fsync_totals)" 'BEGIN {
+            split(f0, a, " "); split(f1, b, " ");
+            per = (b[2] > a[2]) ? (b[1] - a[1]) / (b[2] - a[2]) : 0;
+            printf "%.0f %.0f %.1f\n", (n > 0 ? t / hz * 1e6 / n : 0), (all > 0 ? 100 * i / all : 0), per }' \
+        >"$OUT/usage-$name.txt"
+}
+
+# idle_ticks / total_ticks: the machine's idle (idle + iowait) and total CPU ticks so far.
+idle_ticks() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
+total_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t }' /proc/stat; }
+
+# fsync_totals: "APPENDS FSYNCS" summed over the nodes' /metrics (ringkv_storage_fsync_batches).
+fsync_totals() {
+    local port appends=0 fsyncs=0 page
+    for port in "${HTTP_PORTS[@]}"; do
+        page=$(curl -sf "http://127.0.0.1:$port/metrics" || true)
+        appends=$(awk -v a="$appends" '$1 == "ringkv_storage_fsync_batches_sum" { a += $2 } END { printf "%.0f", a }' <<<"$page")
+        fsyncs=$(awk -v f="$fsyncs" '$1 == "ringkv_storage_fsync_batches_count" { f += $2 } END { printf "%.0f", f }' <<<"$page")
+    done
+    echo "$appends $fsyncs"
 }
 
 field() { jq -r "$2" "$OUT/bench-$1.json"; }
@@ -225,7 +257,7 @@ if [[ ${BENCH_PERF:-0} == 1 ]] && command -v perf >/dev/null; then
         sleep "$DURATION" >"$OUT/perf-record.log" 2>&1) &
     PERF_PID=$!
 fi
-ringkv_bench client-closed --driver client "${NODES[@]}"
+ringkv_bench client-closed --driver client --load false "${NODES[@]}"
 if [[ -n $PERF_PID ]]; then
     wait "$PERF_PID" || true
     perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
@@ -233,10 +265,10 @@ if [[ -n $PERF_PID ]]; then
     perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
         grep -E '^ +[0-9]' | head -n 60 >"$OUT/perf-children.txt" || true
 fi
-ringkv_bench one-node-closed --driver client-one-node "${NODES[@]}"
+ringkv_bench one-node-closed --driver client-one-node --load false "${NODES[@]}"
 MAX=$(field client-closed .throughput_ops_per_sec)
 HALF=$(awk -v m="$MAX" 'BEGIN { printf "%d", m / 2 }')
-ringkv_bench client-open --driver client "${NODES[@]}" --rate "$HALF"
+ringkv_bench client-open --driver client --load false "${NODES[@]}" --rate "$HALF"
 
 RSS_AFTER=$(rss_mib "${PIDS[@]}")
 
@@ -266,14 +298,16 @@ done
     echo
     echo "## ringkv bench, workload A, read fanout $READ_FANOUT, $CONCURRENCY workers, ${DURATION}s, 10000 records of 100 bytes"
     echo
-    echo "| run | ops/s | read p50 / p99 / p99.9 / max ms | update p50 / p99 / p99.9 / max ms | errors | late | CPU stolen (s) |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| run | ops/s | read p50 / p99 / p99.9 / max ms | update p50 / p99 / p99.9 / max ms | errors | late | CPU stolen (s) | nodes' CPU per op (us) | machine idle | appends per fsync |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     for name in http-closed client-closed one-node-closed client-open; do
-        jq -r --arg name "$name" --arg stolen "$(cat "$OUT/stolen-$name.txt")" '
+        read -r USAGE_CPU USAGE_IDLE USAGE_FSYNC <"$OUT/usage-$name.txt"
+        jq -r --arg name "$name" --arg stolen "$(cat "$OUT/stolen-$name.txt")" \
+            --arg usage "$USAGE_CPU | $USAGE_IDLE % | $USAGE_FSYNC" '
             def lat(op): if .operations[op] then
                 [.operations[op] | .p50_ms, .p99_ms, .p999_ms, .max_ms] | map(tostring) | join(" / ")
                 else "-" end;
-            "| \($name)\(if .rate_ops_per_sec then " @ \(.rate_ops_per_sec) ops/s" else "" end) | \(.throughput_ops_per_sec | floor) | \(lat("read")) | \(lat("update")) | \(.errors_total) | \(.scheduler.late) | \($stolen) |"' \
+            "| \($name)\(if .rate_ops_per_sec then " @ \(.rate_ops_per_sec) ops/s" else "" end) | \(.throughput_ops_per_sec | floor) | \(lat("read")) | \(lat("update")) | \(.errors_total) | \(.scheduler.late) | \($stolen) | \($usage) |"' \
             "$OUT/bench-$name.json"
     done
     echo
