@@ -8,8 +8,10 @@
 #   2. `ringkv bench` YCSB workload A on the same cluster: closed loop over HTTP and over
 #      the zero-hop client, the client with every request sent to one node, and an open
 #      loop at half of the zero-hop client's maximum throughput;
-#   3. a side-by-side table and the ratios against the targets of docs/benchmarks.md, and
-#      each node's resident memory once formed and after the runs.
+#   3. a side-by-side table and the ratios against the targets of docs/benchmarks.md (with,
+#      per `ringkv bench` run, the nodes' CPU per operation, the machine's idle share and the
+#      appends per journal fsync), and each node's resident memory once formed and after the
+#      runs.
 #
 # Settings (environment): BENCH_TARGET_DIR (cargo target dir of the release build, kept
 # apart from target/debug so running tests keep their binary), BENCH_DURATION_SECS (each
