@@ -494,6 +494,29 @@ impl FjallEngine {
         }
     }
 
+    /// Deletes every record and leaf of the partition, in batches; returns the last batch's
+    /// ticket. Under the partition's lock; the caller settles the cache and the tree.
+    fn drop_all(
+        &self,
+        state: &mut PartitionState,
+        partition: PartitionId,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut last_ticket = None;
+        // Each round deletes DROP_BATCH_KEYS records; the loop ends when none is left.
+        while let Some(ticket) = self.drop_some(state, partition)? {
+            last_ticket = Some(ticket);
+        }
+        // Leaves left over (only if a corrupt record's digest could not be subtracted).
+        let mut batch = self.shared.db.batch();
+        for guard in self.shared.leaves.prefix(partition_prefix(partition)) {
+            batch.remove(&self.shared.leaves, guard.key()?);
+        }
+        if !batch.is_empty() {
+            last_ticket = Some(self.shared.append(batch)?);
+        }
+        Ok(last_ticket)
+    }
+
     /// Deletes up to `DROP_BATCH_KEYS` records of the partition with their leaf changes.
     /// Returns the ticket of the batch, or `None` when the partition had no record left.
     fn drop_some(
@@ -797,24 +820,19 @@ impl StorageEngine for FjallEngine {
     fn drop_partition(&self, partition: PartitionId) -> Result<(), StorageError> {
         let part = self.partition_state(partition);
         let mut state = lock(&part);
-        let mut last_ticket = None;
-        // Each round deletes DROP_BATCH_KEYS records; the loop ends when none is left.
-        while let Some(ticket) = self.drop_some(&mut state, partition)? {
-            last_ticket = Some(ticket);
-        }
-        // Leaves left over (only if a corrupt record's digest could not be subtracted).
-        let mut batch = self.shared.db.batch();
-        for guard in self.shared.leaves.prefix(partition_prefix(partition)) {
-            batch.remove(&self.shared.leaves, guard.key()?);
-        }
-        if !batch.is_empty() {
-            last_ticket = Some(self.shared.append(batch)?);
-        }
-        state.tree = Some(MerkleTree::new());
+        let dropped = self.drop_all(&mut state, partition);
+        // Whether or not every batch made it, some records may be gone: every cache entry of
+        // the partition and every read made before now are stale, on the error path too.
         state.generation += 1;
         self.cache.remove_prefix(&partition_prefix(partition));
+        state.tree = match dropped {
+            Ok(_) => Some(MerkleTree::new()),
+            // The in-memory tree took changes a failed batch never stored: load it again from
+            // the stored leaves, which every appended batch kept equal to the stored records.
+            Err(_) => None,
+        };
         drop(state);
-        match last_ticket {
+        match dropped? {
             Some(ticket) => self.shared.commit.wait_durable(ticket),
             None => Ok(()),
         }
@@ -1107,6 +1125,54 @@ mod tests {
             (3, 2),
             "a drop forgets the partition's entries"
         );
+    }
+
+    /// A drop that fails after some of its batches were appended still forgets the cache's
+    /// entries of the partition and its in-memory tree: reads and read-modify-writes then see
+    /// what is stored, and the tree is what the stored leaves say (before, the deleted records
+    /// were still served from the cache and built on by writes).
+    #[test]
+    fn a_drop_that_fails_midway_leaves_no_stale_cache_entry_or_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        let partition = PartitionId::new(7, 1024).unwrap();
+        let keys: Vec<Vec<u8>> = (0..DROP_BATCH_KEYS + 100)
+            .map(|i| format!("k{i:05}").into_bytes())
+            .collect();
+        for key in &keys {
+            let value = one_value(key);
+            engine
+                .update(partition, key, &mut |_| Some(value.clone()))
+                .unwrap();
+        }
+        // A malformed record key that sorts after every record of the partition: the drop's
+        // first batch is appended, then the second fails on it.
+        let mut malformed = partition_prefix(partition).to_vec();
+        malformed.push(0xff);
+        engine.shared.records.insert(malformed, b"x").unwrap();
+        assert!(engine.drop_partition(partition).is_err());
+        let mut deleted = 0;
+        for key in &keys {
+            let stored = engine
+                .shared
+                .records
+                .get(record_key(partition, key))
+                .unwrap();
+            let expected = stored.is_some().then(|| one_value(key));
+            deleted += usize::from(stored.is_none());
+            assert_eq!(engine.get(partition, key).unwrap(), expected, "{key:?}");
+            let mut seen = None;
+            engine
+                .update(partition, key, &mut |current| {
+                    seen = Some(current.cloned());
+                    None
+                })
+                .unwrap();
+            assert_eq!(seen, Some(expected), "{key:?}: what a write builds on");
+        }
+        assert_eq!(deleted, DROP_BATCH_KEYS, "the first batch was deleted");
+        let stored_tree = engine.load_tree(partition).unwrap();
+        assert_eq!(engine.merkle(partition).unwrap(), stored_tree);
     }
 
     /// `JournalSync` fsyncs the file fjall appends to, also after fjall rotated its journal
