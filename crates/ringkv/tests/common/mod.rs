@@ -20,8 +20,11 @@ pub use ringkv_testkit::{Rng, encode_key, free_port, poll_until, stderr_tail};
 use ringkv_testkit::{STDERR_TAIL_BYTES, node_command, stop_nodes};
 use serde_json::Value;
 
-/// Default deadline for a cluster to form or a node to become ready.
-pub const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline for a cluster to form or a node to become ready. Forming takes a few
+/// seconds on an idle machine, but a node that gossips late joins in a second transition after
+/// the first one's partitions were all handed over, and on a loaded 2-core machine (two
+/// cluster tests side by side with a build) that took over 30 s once.
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default deadline for a status change to be observed through gossip.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between two polls.
