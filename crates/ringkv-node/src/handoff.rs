@@ -259,15 +259,17 @@ impl Node {
             return;
         };
         let awaiting = ring.topology.awaiting(self.membership.me());
-        if awaiting.is_empty() {
-            return;
-        }
         let received: Vec<u32> = {
+            // Progress of an earlier transition is forgotten as soon as another is seen, also
+            // in one where this node awaits nothing (it may sweep partitions it had received).
             let mut progress = self.handoff.progress.lock().unwrap();
             if progress.target != target {
                 progress.target = target;
                 progress.done.clear();
                 progress.cursors.clear();
+            }
+            if awaiting.is_empty() {
+                return;
             }
             awaiting
                 .iter()

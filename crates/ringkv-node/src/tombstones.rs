@@ -598,12 +598,16 @@ pub(crate) enum Held {
     Unreadable,
 }
 
+/// What this node holds for `key`, once that is durable. The peer asking drops or purges its
+/// own copy on this answer, and a plain read may see a write still waiting for its fsync (a
+/// crash would take it back), so this reads through a read-modify-write that changes nothing:
+/// it waits until what it read is durable (`StorageEngine::update`).
 pub(crate) fn held(
     s: &dyn StorageEngine,
     partition: PartitionId,
     key: &[u8],
 ) -> Result<Held, StorageError> {
-    match s.get(partition, key) {
+    match s.update(partition, key, &mut |_| None) {
         Ok(None) => Ok(Held::Absent),
         Ok(Some(v)) => Ok(Held::Set(v)),
         Err(StorageError::Corrupt { .. }) => Ok(Held::Unreadable),

@@ -234,17 +234,22 @@ impl RingState {
             let hash = |bytes: Vec<u8>| xxhash_rust::xxh3::xxh3_64(&bytes);
             (
                 hash(postcard::to_allocvec(&self.topology).expect("topologies serialize")),
-                self.topology
-                    .target()
-                    .map(|t| hash(postcard::to_allocvec(t).expect("rings serialize"))),
+                // The committed ring with the target: a transition back to a ring met before
+                // (a join, then the leave of another node) is a new one, and handoff progress
+                // recorded for the old one must not count for it.
+                self.topology.target().map(|t| {
+                    let pair = (self.topology.committed(), t);
+                    hash(postcard::to_allocvec(&pair).expect("rings serialize"))
+                }),
             )
         })
     }
     pub fn digest(&self) -> u64 {
         self.digests().0
     }
-    /// The digest of the transition's target ring (what handoff progress is recorded
-    /// against), if a transition is open.
+    /// The digest of the open transition, if any: of its committed ring and its target ring
+    /// (what handoff progress and confirmations are recorded against). Two transitions to
+    /// the same target from different committed rings differ.
     pub fn target_digest(&self) -> Option<u64> {
         self.digests().1
     }
@@ -273,4 +278,63 @@ pub struct HandoffProgress {
     pub cursors: BTreeMap<u32, Bytes>,
     /// Bytes of records received by handoff since the node was created, over all transitions.
     pub bytes_received: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_core::NodeId;
+    use ringkv_core::ring::{Member, Ring, RingParams};
+    use ringkv_core::topology::Topology;
+
+    use super::RingState;
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: NodeId::new(id).unwrap(),
+            weight: 1,
+            zone: String::new(),
+        }
+    }
+
+    /// x joins (its transition's target is R1); later e joins and then leaves, and the leave's
+    /// transition often targets R1 again. Handoff progress recorded for the first transition
+    /// (x received its partitions) must not count for the last (x swept some of them when e
+    /// took them, and must receive them again), so the two transitions' digests differ.
+    #[test]
+    fn a_transition_back_to_an_earlier_target_has_a_new_digest() {
+        let params = RingParams {
+            partitions: 64,
+            n: 3,
+        };
+        let base: Vec<Member> = ["a", "b", "c"].iter().map(|id| member(id)).collect();
+        let r0 = Ring::claim(None, &base, params).unwrap();
+        let join_x = Topology::settled(r0)
+            .begin_transition(&[member("x")])
+            .unwrap()
+            .unwrap();
+        let r1 = join_x.target().unwrap().clone();
+        let mut same_target = 0;
+        for e in ["e", "y", "a0", "nn", "w9", "zz", "m5", "q1"] {
+            let join_e = Topology::settled(r1.clone())
+                .begin_transition(&[member(e)])
+                .unwrap()
+                .unwrap();
+            let mut leave_e = Topology::settled(join_e.target().unwrap().clone());
+            leave_e.request_leave(&NodeId::new(e).unwrap()).unwrap();
+            let leave_e = leave_e.begin_transition(&[]).unwrap().unwrap();
+            if leave_e.target() != Some(&r1) {
+                continue;
+            }
+            same_target += 1;
+            assert_ne!(
+                RingState::new(2, join_x.clone()).target_digest(),
+                RingState::new(9, leave_e).target_digest(),
+                "e = {e}: the leave's transition targets R1 again"
+            );
+        }
+        assert!(
+            same_target > 0,
+            "no case led back to R1: the test checks nothing"
+        );
+    }
 }

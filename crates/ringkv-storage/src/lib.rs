@@ -96,7 +96,9 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// returns the new set to store, or `None` to leave it unchanged. `f` may be called more
     /// than once (if the partition is dropped concurrently), so it should be a function of
     /// its argument. Durable before it returns; the partition's Merkle leaf changes in the
-    /// same batch. Returns what is stored afterwards.
+    /// same batch. Returns what is stored afterwards. When `f` leaves the set unchanged, it
+    /// returns once what `f` saw is durable (another writer's change may still be waiting for
+    /// its fsync), so a caller can vouch for it.
     fn update(
         &self,
         partition: PartitionId,
