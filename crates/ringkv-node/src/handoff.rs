@@ -382,20 +382,20 @@ impl Node {
                 return Err("the source's chunk moved no cursor".into());
             }
             let count = entries.len() as u64;
-            self.store(move |s| {
-                s.update_many(
-                    partition,
-                    &entries,
-                    &mut |current, incoming| match current {
-                        Some(c) if c.includes(incoming) => None,
-                        Some(c) => Some(c.sync(incoming)),
-                        None => Some(incoming.clone()),
-                    },
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            let unreadable = self
+                .store(move |s| store_chunk(s, partition, &entries))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if !unreadable.is_empty() {
+                warn!(
+                    partition = index,
+                    keys = ?unreadable,
+                    "handoff: left out keys whose copy here cannot be read"
+                );
+                metrics::counter!("ringkv_unreadable_records_skipped_total")
+                    .increment(unreadable.len() as u64);
+            }
             if done {
                 self.level(&ring, partition).await;
             }
@@ -877,6 +877,39 @@ pub enum LeaveError {
     Unavailable(String),
 }
 
+/// Syncs a received chunk into the store; returns the keys left out because this node's own
+/// copy cannot be read (it cannot be merged with). One such key fails the whole batch, so the
+/// chunk is then stored key by key. Leaving it out is safe: the source keeps the key, since its
+/// sweep finds it not held here (`SameVersions`) and this node refuses the write it then sends.
+/// Without this, the partition's transfer failed on that chunk every round, and the transition
+/// never finished.
+fn store_chunk(
+    s: &dyn ringkv_storage::StorageEngine,
+    partition: PartitionId,
+    entries: &[(Bytes, VersionSet)],
+) -> Result<Vec<Bytes>, ringkv_storage::StorageError> {
+    fn merge(current: Option<&VersionSet>, incoming: &VersionSet) -> Option<VersionSet> {
+        match current {
+            Some(c) if c.includes(incoming) => None,
+            Some(c) => Some(c.sync(incoming)),
+            None => Some(incoming.clone()),
+        }
+    }
+    match s.update_many(partition, entries, &mut merge) {
+        Err(ringkv_storage::StorageError::Corrupt { .. }) => {}
+        other => return other.map(|()| Vec::new()),
+    }
+    let mut unreadable = Vec::new();
+    for (key, incoming) in entries {
+        match s.update(partition, key, &mut |current| merge(current, incoming)) {
+            Ok(_) => {}
+            Err(ringkv_storage::StorageError::Corrupt { .. }) => unreadable.push(key.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(unreadable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,6 +1027,87 @@ mod tests {
             *asked.lock().unwrap(),
             [None, Some(Bytes::from_static(b"m"))],
             "the chunks asked of the source, by the key asked after"
+        );
+        shutdown.cancel();
+    }
+    /// A key this node already holds but cannot read does not stop the transfer of its
+    /// partition: the chunk's other keys are stored, the unreadable one is left out (the source
+    /// keeps it), and the partition is received. Before, `update_many` failed the whole chunk
+    /// on that key, every round, and the transition never finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_unreadable_on_the_receiver_is_left_out_and_the_partition_received() {
+        use ringkv_storage::StorageEngine;
+        let shutdown = CancellationToken::new();
+        let one_replica = |args: &mut ServerArgs| {
+            args.n = Some(1);
+            args.anti_entropy_interval_ms = Some(3_600_000);
+        };
+        let n1 = start("n1", None, &shutdown, one_replica).await;
+        let n2 = start("n2", Some(&n1.listen), &shutdown, |args| {
+            one_replica(args);
+            args.handoff_interval_ms = Some(3_600_000);
+        })
+        .await;
+        let source = NodeId::new("n1").unwrap();
+        let mut awaited = None;
+        eventually(
+            Duration::from_secs(30),
+            "n2 never awaited a partition from n1",
+            || {
+                let membership = n2.node.membership();
+                awaited = membership.ring().and_then(|ring| {
+                    let partition = *ring.topology.awaiting(membership.me()).first()?;
+                    Some((ring.target_digest()?, partition))
+                });
+                awaited.is_some() && membership.is_live(&source)
+            },
+        )
+        .await;
+        let (target, partition) = awaited.unwrap();
+        let replica = ringkv_core::ReplicaId::new(source.clone(), 1);
+        let value = |v: &'static [u8]| {
+            let set = VersionSet::default();
+            set.update_exact(
+                set.context(),
+                set.cloud(),
+                Some(Bytes::from_static(v)),
+                &replica,
+            )
+            .0
+        };
+        for key in [&b"bad"[..], b"good-1", b"good-2"] {
+            n1.engine
+                .update(partition, key, &mut |_| Some(value(b"from n1")))
+                .unwrap();
+        }
+        n2.engine
+            .update(partition, b"bad", &mut |_| Some(value(b"old")))
+            .unwrap();
+        n2.engine.make_unreadable(&[b"bad"]);
+        {
+            // As a round does before it starts a transfer.
+            let mut progress = n2.node.handoff.progress.lock().unwrap();
+            progress.target = target;
+        }
+
+        let ended = n2.node.receive(partition, target).await;
+        assert!(ended.is_ok(), "{ended:?}");
+        for key in [&b"good-1"[..], b"good-2"] {
+            assert_eq!(
+                n2.engine.get(partition, key).unwrap(),
+                Some(value(b"from n1")),
+                "{key:?} was received"
+            );
+        }
+        assert!(
+            n2.node
+                .handoff
+                .progress
+                .lock()
+                .unwrap()
+                .done
+                .contains(&partition.index()),
+            "the partition counts as received"
         );
         shutdown.cancel();
     }
