@@ -178,6 +178,40 @@ fn a_corrupt_merkle_leaf_is_rebuilt_corrupt_meta_is_an_error_and_a_corrupt_hint_
     assert_eq!(values(&engine.get(p, b"k").unwrap().unwrap()), ["v"]);
 }
 
+/// A hint key that does not decode (its target is not a node id) is passed over when the
+/// store lists its targets: the other targets' hints are still found and delivered (before,
+/// listing failed at that key, and no hint was delivered at all).
+#[test]
+fn a_hint_key_that_does_not_decode_does_not_hide_the_other_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition(5);
+    {
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        for target in [node(1), node(2)] {
+            let hint = Hint {
+                target,
+                partition: p,
+                key: Bytes::from_static(b"hinted"),
+                versions: write(None, "v", &replica(0), false),
+            };
+            engine.hint_store().unwrap().push(hint).unwrap();
+        }
+    }
+    {
+        let db = Database::builder(dir.path()).open().unwrap();
+        let ks = db
+            .keyspace(HINTS_KEYSPACE, KeyspaceCreateOptions::default)
+            .unwrap();
+        // Sorts before both targets' hints: a target length of 1 naming "!" (not a node id).
+        ks.insert([1u8, b'!', 0, 0, 0, 0], b"x").unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    let hints = engine.hint_store().unwrap();
+    assert_eq!(hints.targets().unwrap(), [node(1), node(2)]);
+    assert_eq!(hints.pending(&node(2), None, 10).unwrap().len(), 1);
+}
+
 #[test]
 fn a_record_that_decodes_to_a_broken_version_set_is_corrupt() {
     // A valid checksum over a payload that is not a well-formed VersionSet.
