@@ -381,6 +381,14 @@ impl Node {
             if !done && (last.is_none() || last == after) {
                 return Err("the source's chunk moved no cursor".into());
             }
+            // Chunks go forward in storage order; a source that sends the cursor back (or
+            // round in a cycle) would keep this transfer going for ever.
+            if !done
+                && let (Some(last), Some(after)) = (&last, &after)
+                && storage_order(last) < storage_order(after)
+            {
+                return Err("the source's chunk moved the cursor back".into());
+            }
             let count = entries.len() as u64;
             let unreadable = self
                 .store(move |s| store_chunk(s, partition, &entries))
@@ -877,6 +885,12 @@ pub enum LeaveError {
     Unavailable(String),
 }
 
+/// A key's place in a partition's storage order (its Merkle leaf, then its bytes), the order
+/// handoff chunks go in.
+fn storage_order(key: &[u8]) -> (ringkv_core::merkle::LeafIndex, &[u8]) {
+    (ringkv_core::merkle::LeafIndex::of_key(key), key)
+}
+
 /// Syncs a received chunk into the store; returns the keys left out because this node's own
 /// copy cannot be read (it cannot be merged with). One such key fails the whole batch, so the
 /// chunk is then stored key by key. Leaving it out is safe: the source keeps the key, since its
@@ -916,6 +930,54 @@ mod tests {
     use crate::common::{Distorting, eventually, start, start_serving};
     use crate::settings::ServerArgs;
     use tokio_util::sync::CancellationToken;
+
+    /// n1 (one replica per key, anti-entropy off) with its peers answered by `serve(node)`,
+    /// and n2 joined through it, awaiting a partition from n1 in the transition that adds it;
+    /// n2's own rounds start no transfer (the first runs before it has a ring, the next in an
+    /// hour), and its progress is set to the transition as a round does before it starts one:
+    /// the test runs the transfer it checks with `n2.node.receive(partition, target)`.
+    async fn n2_awaiting_from_n1<H: crate::transport::Handler>(
+        shutdown: &CancellationToken,
+        serve: impl FnOnce(Arc<Node>) -> Arc<H>,
+    ) -> (
+        crate::common::Running,
+        crate::common::Running,
+        u64,
+        PartitionId,
+    ) {
+        let one_replica = |args: &mut ServerArgs| {
+            args.n = Some(1);
+            args.anti_entropy_interval_ms = Some(3_600_000);
+        };
+        let n1 = start_serving("n1", None, shutdown, one_replica, serve).await;
+        let n2 = start("n2", Some(&n1.listen), shutdown, |args| {
+            one_replica(args);
+            args.handoff_interval_ms = Some(3_600_000);
+        })
+        .await;
+        let source = NodeId::new("n1").unwrap();
+        let mut awaited = None;
+        eventually(
+            Duration::from_secs(30),
+            "n2 never awaited a partition from n1",
+            || {
+                let membership = n2.node.membership();
+                awaited = membership.ring().and_then(|ring| {
+                    let partition = *ring.topology.awaiting(membership.me()).first()?;
+                    Some((ring.target_digest()?, partition))
+                });
+                awaited.is_some() && membership.is_live(&source)
+            },
+        )
+        .await;
+        let (target, partition) = awaited.unwrap();
+        {
+            let mut progress = n2.node.handoff.progress.lock().unwrap();
+            assert_ne!(progress.target, target, "a round of n2's own began it");
+            progress.target = target;
+        }
+        (n1, n2, target, partition)
+    }
 
     #[test]
     fn the_throttle_spaces_transfers_by_their_bytes() {
@@ -977,47 +1039,13 @@ mod tests {
                 resume,
             }
         };
-        let one_replica = |args: &mut ServerArgs| {
-            args.n = Some(1);
-            args.anti_entropy_interval_ms = Some(3_600_000);
-        };
-        let n1 = start_serving("n1", None, &shutdown, one_replica, |node| {
+        let (_n1, n2, target, partition) = n2_awaiting_from_n1(&shutdown, |node| {
             Arc::new(Distorting {
                 node,
                 distort: stuck,
             })
         })
         .await;
-        // n2 joins; its own rounds start no transfer (the first runs before it has a ring, the
-        // next in an hour): the test runs the one it checks.
-        let n2 = start("n2", Some(&n1.listen), &shutdown, |args| {
-            one_replica(args);
-            args.handoff_interval_ms = Some(3_600_000);
-        })
-        .await;
-        let source = NodeId::new("n1").unwrap();
-        let mut awaited = None;
-        eventually(
-            Duration::from_secs(30),
-            "n2 never awaited a partition from n1",
-            || {
-                let membership = n2.node.membership();
-                awaited = membership.ring().and_then(|ring| {
-                    let partition = *ring.topology.awaiting(membership.me()).first()?;
-                    Some((ring.target_digest()?, partition))
-                });
-                awaited.is_some() && membership.is_live(&source)
-            },
-        )
-        .await;
-        let (target, partition) = awaited.unwrap();
-        {
-            // As a round does before it starts a transfer.
-            let mut progress = n2.node.handoff.progress.lock().unwrap();
-            assert_ne!(progress.target, target, "a round of n2's own began it");
-            progress.target = target;
-        }
-
         let ended = n2.node.receive(partition, target).await;
         assert!(
             matches!(&ended, Err(why) if why.contains("moved no cursor")),
@@ -1038,32 +1066,8 @@ mod tests {
     async fn a_key_unreadable_on_the_receiver_is_left_out_and_the_partition_received() {
         use ringkv_storage::StorageEngine;
         let shutdown = CancellationToken::new();
-        let one_replica = |args: &mut ServerArgs| {
-            args.n = Some(1);
-            args.anti_entropy_interval_ms = Some(3_600_000);
-        };
-        let n1 = start("n1", None, &shutdown, one_replica).await;
-        let n2 = start("n2", Some(&n1.listen), &shutdown, |args| {
-            one_replica(args);
-            args.handoff_interval_ms = Some(3_600_000);
-        })
-        .await;
+        let (n1, n2, target, partition) = n2_awaiting_from_n1(&shutdown, |node| node).await;
         let source = NodeId::new("n1").unwrap();
-        let mut awaited = None;
-        eventually(
-            Duration::from_secs(30),
-            "n2 never awaited a partition from n1",
-            || {
-                let membership = n2.node.membership();
-                awaited = membership.ring().and_then(|ring| {
-                    let partition = *ring.topology.awaiting(membership.me()).first()?;
-                    Some((ring.target_digest()?, partition))
-                });
-                awaited.is_some() && membership.is_live(&source)
-            },
-        )
-        .await;
-        let (target, partition) = awaited.unwrap();
         let replica = ringkv_core::ReplicaId::new(source.clone(), 1);
         let value = |v: &'static [u8]| {
             let set = VersionSet::default();
@@ -1084,11 +1088,6 @@ mod tests {
             .update(partition, b"bad", &mut |_| Some(value(b"old")))
             .unwrap();
         n2.engine.make_unreadable(&[b"bad"]);
-        {
-            // As a round does before it starts a transfer.
-            let mut progress = n2.node.handoff.progress.lock().unwrap();
-            progress.target = target;
-        }
 
         let ended = n2.node.receive(partition, target).await;
         assert!(ended.is_ok(), "{ended:?}");
@@ -1108,6 +1107,59 @@ mod tests {
                 .done
                 .contains(&partition.index()),
             "the partition counts as received"
+        );
+        shutdown.cancel();
+    }
+    /// A source that sends the cursor back (a key earlier in storage order than the one asked
+    /// after) ends the transfer with an error at that chunk: a source going round a cycle
+    /// would otherwise keep the transfer going for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_that_moves_the_cursor_back_ends_the_transfer() {
+        let shutdown = CancellationToken::new();
+        let forward = Bytes::from_static(b"m");
+        // A key before "m" in storage order (the leaf first, then the bytes).
+        let back = (0..1000)
+            .map(|i| Bytes::from(format!("k{i}")))
+            .find(|k| storage_order(k) < storage_order(&forward))
+            .expect("some key sorts before m");
+        // From the start to "m", from "m" back to `back`, from `back` to "m" again: a cycle.
+        // (Unchecked, the receiver went round it for ever; here the source answers an error
+        // after a few rounds, so that the test ends either way.)
+        let answered = Arc::new(Mutex::new(0));
+        let cycle = {
+            let (forward, back) = (forward.clone(), back.clone());
+            move |request: &Request, answer: Response| {
+                let Request::HandoffChunk { after, .. } = request else {
+                    return answer;
+                };
+                let mut answered = answered.lock().unwrap();
+                *answered += 1;
+                if *answered > 8 {
+                    return Response::Error("went round in a cycle".into());
+                }
+                let resume = if after.as_ref() == Some(&forward) {
+                    back.clone()
+                } else {
+                    forward.clone()
+                };
+                Response::Chunk {
+                    entries: Vec::new(),
+                    done: false,
+                    resume: Some(resume),
+                }
+            }
+        };
+        let (_n1, n2, target, partition) = n2_awaiting_from_n1(&shutdown, |node| {
+            Arc::new(Distorting {
+                node,
+                distort: cycle,
+            })
+        })
+        .await;
+        let ended = n2.node.receive(partition, target).await;
+        assert!(
+            matches!(&ended, Err(why) if why.contains("moved the cursor back")),
+            "{ended:?}"
         );
         shutdown.cancel();
     }
