@@ -56,7 +56,8 @@ pub const PURGE_CANDIDATES_MAX: usize = 100_000;
 /// Tombstones seen stable, waiting out the grace period, by (partition, key).
 #[derive(Debug, Default)]
 pub(crate) struct Candidates {
-    seen: BTreeMap<(u32, Bytes), (u64, Instant)>,
+    /// (digest, when this node first saw that tombstone, when every check first passed).
+    seen: BTreeMap<(u32, Bytes), (u64, Instant, Option<Instant>)>,
 }
 
 impl Candidates {
@@ -74,13 +75,48 @@ impl Candidates {
         match self.seen.get_mut(&slot) {
             Some(entry) if entry.0 == digest => true,
             Some(entry) => {
-                *entry = (digest, now);
+                *entry = (digest, now, None);
                 true
             }
             None if full => false,
             None => {
-                self.seen.insert(slot, (digest, now));
+                self.seen.insert(slot, (digest, now, None));
                 true
+            }
+        }
+    }
+
+    /// Records the outcome of the checks of every home replica and member for a ripe
+    /// candidate, and says whether it may be purged now: only once every check has passed
+    /// in a pass at least `grace` before this one (counted from `healthy_since` if later),
+    /// with no failed check since. The grace must run from the moment every home replica
+    /// held the tombstone, not from when this node first saw it: the exchange that gives
+    /// the last replica the tombstone may run just before the checks, while a message sent
+    /// before it (an older copy of the key) is still on its way.
+    pub(crate) fn settle(
+        &mut self,
+        partition: u32,
+        key: &Bytes,
+        passed: bool,
+        now: Instant,
+        grace: Duration,
+        healthy_since: Option<Instant>,
+    ) -> bool {
+        let Some(entry) = self.seen.get_mut(&(partition, key.clone())) else {
+            return false;
+        };
+        match (passed, entry.2) {
+            (false, _) => {
+                entry.2 = None;
+                false
+            }
+            (true, None) => {
+                entry.2 = Some(now);
+                false
+            }
+            (true, Some(confirmed)) => {
+                let start = healthy_since.map_or(confirmed, |h| h.max(confirmed));
+                now.saturating_duration_since(start) >= grace
             }
         }
     }
@@ -102,12 +138,12 @@ impl Candidates {
         self.seen
             .range((partition, Bytes::new())..)
             .take_while(|((p, _), _)| *p == partition)
-            .filter(|(_, (_, since))| {
+            .filter(|(_, (_, since, _))| {
                 let start = healthy_since.map_or(*since, |h| h.max(*since));
                 now.saturating_duration_since(start) >= grace
             })
             .take(limit)
-            .map(|((_, key), (digest, _))| (key.clone(), *digest))
+            .map(|((_, key), (digest, _, _))| (key.clone(), *digest))
             .collect()
     }
 
@@ -227,7 +263,10 @@ impl Node {
         if ripe.is_empty() {
             return;
         }
-        match self.purge_batch(ring, partition, ripe).await {
+        match self
+            .purge_batch(ring, partition, ripe, (now, grace, healthy_since))
+            .await
+        {
             Ok(0) => {}
             Ok(purged) => info!(
                 partition = partition.index(),
@@ -304,6 +343,7 @@ impl Node {
         ring: &RingState,
         partition: PartitionId,
         ripe: Vec<(Bytes, u64)>,
+        (now, grace, healthy_since): (Instant, Duration, Option<Instant>),
     ) -> Result<usize, String> {
         let index = partition.index();
         let me = self.membership.me().clone();
@@ -321,6 +361,7 @@ impl Node {
                     .forget(index, &key);
             }
         }
+        let checked = keys.clone();
         // 2. The same set on every other home replica.
         let others: Vec<NodeId> = ring
             .topology
@@ -389,6 +430,17 @@ impl Node {
                 .into_iter()
                 .zip(other.into_iter().chain(std::iter::repeat(true)))
                 .filter_map(|(k, other)| (!other).then_some(k))
+                .collect();
+        }
+        // Purged only a grace after every check first passed (`Candidates::settle`).
+        {
+            let mut candidates = self.tombstones.candidates.lock().unwrap();
+            keys = checked
+                .into_iter()
+                .filter(|(key, _)| {
+                    let passed = keys.iter().any(|(k, _)| k == key);
+                    candidates.settle(index, key, passed, now, grace, healthy_since)
+                })
                 .collect();
         }
         if keys.is_empty() {
@@ -649,6 +701,37 @@ mod tests {
         let mut cursors: Vec<u32> = state.cursors.lock().unwrap().keys().copied().collect();
         cursors.sort_unstable();
         assert_eq!(cursors, vec![0, 2]);
+    }
+
+    /// A ripe candidate is purged only a whole grace after a pass in which every check passed
+    /// (every home replica held the tombstone): the first such pass only starts that wait, a
+    /// failed check starts it over, and an unhealthy cluster holds it back as for ripening.
+    #[test]
+    fn a_candidate_is_purged_only_a_grace_after_every_check_first_passed() {
+        let grace = Duration::from_secs(5);
+        let mut c = Candidates::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(c.observe(1, key("k"), 7, t0));
+        // Ripe by age at 5 s, but another home replica does not hold the tombstone yet.
+        assert!(!c.settle(1, &key("k"), false, at(5), grace, None));
+        // At 6 s every check passes: the wait starts now, nothing is purged.
+        assert!(!c.settle(1, &key("k"), true, at(6), grace, None));
+        assert!(!c.settle(1, &key("k"), true, at(10), grace, None));
+        assert!(c.settle(1, &key("k"), true, at(11), grace, None));
+        // A failed check starts the wait over.
+        assert!(!c.settle(1, &key("k"), false, at(12), grace, None));
+        assert!(!c.settle(1, &key("k"), true, at(13), grace, None));
+        assert!(!c.settle(1, &key("k"), true, at(17), grace, None));
+        assert!(c.settle(1, &key("k"), true, at(18), grace, None));
+        // The cluster was unhealthy until 20 s: a grace from then.
+        assert!(!c.settle(1, &key("k"), true, at(24), grace, Some(at(20))));
+        assert!(c.settle(1, &key("k"), true, at(25), grace, Some(at(20))));
+        // A new tombstone (another digest) starts from scratch.
+        assert!(c.observe(1, key("k"), 8, at(26)));
+        assert!(!c.settle(1, &key("k"), true, at(40), grace, None));
+        // A key that is no candidate is never purged.
+        assert!(!c.settle(1, &key("other"), true, at(40), grace, None));
     }
 
     #[test]
