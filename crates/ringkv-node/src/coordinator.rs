@@ -225,9 +225,20 @@ impl Node {
                 strict,
             } => {
                 let tracker = self.plan(&key, quorum(w)?, strict)?;
-                self.coordinate_put(key, context, value, tracker, timeout)
-                    .await
-                    .map(|(stored, dot)| ClientReply::Written { stored, dot })
+                let written = if self.is_home_of(&key) {
+                    self.coordinate_put(key, context, value, tracker, timeout)
+                        .await
+                } else {
+                    // Not a home replica (a peer on an older ring forwarded the write here):
+                    // this node may have handed the key over and swept it, raising its dot
+                    // floor past the dots still live on the home replicas. Counting from an
+                    // empty set raised to that floor would claim to have seen those values
+                    // and supersede them unseen; a one-off actor claims nothing it has not.
+                    let deadline = Instant::now() + timeout;
+                    self.coordinate_as_one_off(key, context, value, tracker, deadline)
+                        .await
+                };
+                written.map(|(stored, dot)| ClientReply::Written { stored, dot })
             }
         }
     }
@@ -346,6 +357,23 @@ impl Node {
             .unwrap_or(self.settings.n);
         let w = Quorum::new(w as u32, n).map_err(|e| ClientError::BadRequest(e.to_string()))?;
         let tracker = self.plan(&key, w, false)?;
+        metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
+        let (stored, dot) = self
+            .coordinate_as_one_off(key, context, value, tracker, deadline)
+            .await?;
+        Ok(ClientReply::Written { stored, dot })
+    }
+
+    /// A write counted by a one-off actor, from what this node holds of the key (a set its
+    /// own replica id may not have a full history of), sent to the plan's targets.
+    async fn coordinate_as_one_off(
+        self: &Arc<Self>,
+        key: Bytes,
+        context: Option<ClientContext>,
+        value: Option<Bytes>,
+        tracker: QuorumTracker<NodeId>,
+        deadline: Instant,
+    ) -> Result<(VersionSet, Dot), ClientError> {
         let current = self.read_held(key.clone()).await?.unwrap_or_default();
         let actor = self.one_off_actor().await?;
         let (vector, dots) = match &context {
@@ -356,12 +384,17 @@ impl Node {
         if let Some(why) = grows_too_large(&current, &versions) {
             return Err(ClientError::TooLarge(why));
         }
-        metrics::counter!("ringkv_fallback_coordinated_total").increment(1);
         self.write_incoming(&key, &versions, deadline).await;
-        let (stored, dot) = self
-            .replicate(key, versions, dot, None, tracker, deadline)
-            .await?;
-        Ok(ClientReply::Written { stored, dot })
+        self.replicate(key, versions, dot, None, tracker, deadline)
+            .await
+    }
+
+    /// Whether this node is a home replica serving `key` in the ring it holds.
+    fn is_home_of(&self, key: &[u8]) -> bool {
+        self.membership.ring().is_some_and(|ring| {
+            let partition = ring.topology.partition_of(ringkv_core::key_hash(key));
+            ring.topology.is_home(partition, self.membership.me())
+        })
     }
 
     /// Sends a written version set to the request's targets and waits for W of them. The
@@ -1014,5 +1047,85 @@ mod tests {
         let newcomer = ReplicaId::new(NodeId::new("fallback-1").unwrap(), 7);
         let (blind, _) = twice.update(&VersionVector::new(), value(), &newcomer);
         assert!(grows_too_large(&twice, &blind).is_none());
+    }
+    /// A write forwarded to a node that is no home replica of its key (a peer on an older ring
+    /// sent it) never supersedes a value that node has not seen. Here n2 issued the live value
+    /// (n2's dot 1, now held by n1 only) and then forgot the key, raising its dot floor as a
+    /// handoff sweep does; a blind write through n2 must leave that value as a sibling. Counting
+    /// from an empty set raised to the floor claimed to have seen dot 1 and dropped it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_forwarded_to_a_non_home_node_keeps_the_values_it_has_not_seen() {
+        use crate::common::{eventually, start};
+        use ringkv_storage::StorageEngine;
+        use tokio_util::sync::CancellationToken;
+        let shutdown = CancellationToken::new();
+        let one_replica = |args: &mut crate::settings::ServerArgs| {
+            args.n = Some(1);
+            args.anti_entropy_interval_ms = Some(3_600_000);
+        };
+        let n1 = start("n1", None, &shutdown, one_replica).await;
+        let n2 = start("n2", Some(&n1.listen), &shutdown, one_replica).await;
+        let (id1, id2) = (NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap());
+        eventually(
+            Duration::from_secs(30),
+            "n2 never held a settled ring of both nodes",
+            || {
+                n2.node.membership().ring().is_some_and(|r| {
+                    r.topology.transition().is_none()
+                        && r.topology.is_member(&id1)
+                        && r.topology.is_member(&id2)
+                })
+            },
+        )
+        .await;
+        let ring = n2.node.membership().ring().unwrap();
+        let key = (0..10_000)
+            .map(|i| Bytes::from(format!("key-{i}")))
+            .find(|k| {
+                let partition = ring.topology.partition_of(ringkv_core::key_hash(k));
+                ring.topology.home(partition) == [id1.clone()]
+            })
+            .expect("some key lives on n1 alone");
+        let partition = ring.topology.partition_of(ringkv_core::key_hash(&key));
+        let live = VersionSet::new()
+            .update(
+                &VersionVector::new(),
+                Some(Bytes::from_static(b"old")),
+                &n2.node.replica,
+            )
+            .0;
+        n1.engine
+            .update(partition, &key, &mut |_| Some(live.clone()))
+            .unwrap();
+        n2.node
+            .tombstones
+            .dot_floor
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+
+        let op = ClientOp::Put {
+            key: key.clone(),
+            context: None,
+            value: Some(Bytes::from_static(b"new")),
+            w: 1,
+            strict: false,
+        };
+        let written = n2.node.coordinate(op, Duration::from_secs(5)).await;
+        assert!(written.is_ok(), "{written:?}");
+        let held = n1
+            .engine
+            .get(partition, &key)
+            .unwrap()
+            .expect("n1 holds the key");
+        let mut values: Vec<Bytes> = held
+            .siblings()
+            .iter()
+            .filter_map(|s| s.value.clone())
+            .collect();
+        values.sort();
+        assert_eq!(
+            values,
+            [Bytes::from_static(b"new"), Bytes::from_static(b"old")]
+        );
+        shutdown.cancel();
     }
 }
