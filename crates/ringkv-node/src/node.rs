@@ -515,6 +515,11 @@ impl Node {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error(e.to_string()),
             },
+            Request::Coordinate(crate::wire::ClientOp::Put {
+                context: Some(ctx), ..
+            }) if !ctx.counters_in_range() => Response::Coordinated(Err(ClientError::BadRequest(
+                "the context names a counter over the limit".into(),
+            ))),
             Request::Coordinate(op) => Response::Coordinated(self.coordinate(op, timeout).await),
             ae @ (Request::MerkleSummary { .. }
             | Request::MerkleLeaves { .. }
@@ -667,4 +672,57 @@ fn load_identity(
     };
     storage.put_meta(IDENTITY_META_KEY, &postcard::to_allocvec(&identity)?)?;
     Ok(ReplicaId::new(identity.node_id, epoch))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use ringkv_core::{ReplicaId, VersionVector};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::common::start;
+    use crate::wire::{ClientContext, ClientError, ClientOp, Request, Response};
+
+    /// A peer's `Coordinate` whose context names a counter over `MAX_COUNTER` (only a forged or
+    /// broken peer sends one: client tokens are checked when decoded) is refused as a bad
+    /// request. Before, the coordinator counted the next dot past `u64::MAX`: a panic in
+    /// debug builds, a wrapped dot 0 in release builds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_context_with_a_counter_over_the_limit_is_refused() {
+        let shutdown = CancellationToken::new();
+        let n1 = start("n1", None, &shutdown, |args| args.n = Some(1)).await;
+        let me = n1.node.replica.clone();
+        let other = ReplicaId::new(ringkv_core::NodeId::new("elsewhere").unwrap(), 7);
+        for (replica, counter) in [
+            (me.clone(), u64::MAX),
+            (other, ringkv_core::constants::MAX_COUNTER + 1),
+        ] {
+            let context = ClientContext {
+                vector: VersionVector::from_entries([(replica, counter)]),
+                dots: Vec::new(),
+            };
+            let op = ClientOp::Put {
+                key: Bytes::from_static(b"k"),
+                context: Some(context),
+                value: Some(Bytes::from_static(b"v")),
+                w: 1,
+                strict: false,
+            };
+            let answer = n1
+                .node
+                .clone()
+                .serve_request(Request::Coordinate(op), Duration::from_secs(5))
+                .await;
+            assert!(
+                matches!(
+                    answer,
+                    Response::Coordinated(Err(ClientError::BadRequest(_)))
+                ),
+                "counter {counter}: {answer:?}"
+            );
+        }
+        shutdown.cancel();
+    }
 }

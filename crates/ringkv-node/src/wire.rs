@@ -133,6 +133,16 @@ pub struct ClientContext {
     pub dots: Vec<Dot>,
 }
 
+impl ClientContext {
+    /// Whether every counter it names is within `MAX_COUNTER`, as a decoded client token's
+    /// are. A peer's `Coordinate` carries the context already decoded, so the node checks it
+    /// on receipt: a counter near `u64::MAX` overflowed the next dot's count.
+    pub fn counters_in_range(&self) -> bool {
+        let max = ringkv_core::constants::MAX_COUNTER;
+        self.vector.entries().all(|(_, c)| c <= max) && self.dots.iter().all(|d| d.counter <= max)
+    }
+}
+
 impl From<&Context> for ClientContext {
     fn from(c: &Context) -> ClientContext {
         ClientContext {
