@@ -263,6 +263,7 @@ impl Node {
         if ripe.is_empty() {
             return;
         }
+        let batch: Vec<Bytes> = ripe.iter().map(|(key, _)| key.clone()).collect();
         match self
             .purge_batch(ring, partition, ripe, (now, grace, healthy_since))
             .await
@@ -273,6 +274,13 @@ impl Node {
                 purged, "purged stable tombstones"
             ),
             Err(e) => {
+                // Checks that could not finish (a peer did not answer) confirm nothing: the
+                // wait for every check to pass starts over.
+                let mut candidates = self.tombstones.candidates.lock().unwrap();
+                for key in &batch {
+                    candidates.settle(partition.index(), key, false, now, grace, healthy_since);
+                }
+                drop(candidates);
                 self.defer(1, &e);
             }
         }
