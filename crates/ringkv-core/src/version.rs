@@ -26,6 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::constants::MAX_COUNTER;
 use crate::ids::ReplicaId;
 
 /// One write: the `counter`-th write coordinated by `replica`.
@@ -163,6 +164,10 @@ impl VersionSet {
         siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
         if siblings.windows(2).any(|w| w[0].dot == w[1].dot) {
             return Err(VersionSetError::DuplicateDot);
+        }
+        // Sibling dots are covered by the context, so bounded by it and the cloud.
+        if let Some(d) = cloud.iter().find(|d| d.counter > MAX_COUNTER) {
+            return Err(VersionSetError::CounterOverLimit(d.counter));
         }
         let canonical = canonical_cloud(&mut context.clone(), cloud.clone());
         if canonical != cloud || cloud.windows(2).any(|w| w[0] >= w[1]) {
@@ -429,6 +434,9 @@ impl TryFrom<RawVersionVector> for VersionVector {
         if raw.entries.values().any(|c| *c == 0) {
             return Err(VersionSetError::ZeroCounter);
         }
+        if let Some(c) = raw.entries.values().find(|c| **c > MAX_COUNTER) {
+            return Err(VersionSetError::CounterOverLimit(*c));
+        }
         Ok(VersionVector {
             entries: raw.entries,
         })
@@ -460,6 +468,10 @@ pub enum VersionSetError {
     ZeroCounter,
     #[error("the dot cloud is not canonical (unsorted, covered or contiguous dots)")]
     CloudNotCanonical,
+    /// No replica issues that many writes (`MAX_COUNTER`, 2^53): only a forged or broken
+    /// peer sends one, and counting the next dot past it would overflow.
+    #[error("a counter of {0} is over the limit of 2^53")]
+    CounterOverLimit(u64),
 }
 
 #[cfg(test)]
@@ -582,5 +594,44 @@ mod tests {
         );
         assert!(merged.covers(&written));
         assert!(merged.is_well_formed());
+    }
+    /// A set or a vector naming a counter over `MAX_COUNTER` does not decode, whether the
+    /// counter is in the vector or in the dot cloud (a peer's frame carrying one is refused, so
+    /// no node ever counts the next dot past `u64::MAX`); at the limit it does.
+    #[test]
+    fn counters_over_the_limit_do_not_decode() {
+        let r = replica("a");
+        let at_limit = VersionSet::from_parts_with_cloud(
+            VersionVector::from_entries([(r.clone(), MAX_COUNTER)]),
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap();
+        let bytes = postcard::to_allocvec(&at_limit).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<VersionSet>(&bytes).unwrap(),
+            at_limit
+        );
+        for huge in [MAX_COUNTER + 1, u64::MAX] {
+            let vector = VersionVector::from_entries([(r.clone(), huge)]);
+            let bytes = postcard::to_allocvec(&vector).unwrap();
+            assert!(
+                postcard::from_bytes::<VersionVector>(&bytes).is_err(),
+                "{huge}"
+            );
+            let in_cloud = VersionSet {
+                context: VersionVector::from_entries([(r.clone(), 1)]),
+                cloud: vec![Dot {
+                    replica: r.clone(),
+                    counter: huge,
+                }],
+                siblings: Vec::new(),
+            };
+            let bytes = postcard::to_allocvec(&in_cloud).unwrap();
+            assert!(
+                postcard::from_bytes::<VersionSet>(&bytes).is_err(),
+                "{huge}"
+            );
+        }
     }
 }
