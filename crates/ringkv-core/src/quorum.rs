@@ -340,6 +340,13 @@ impl<T: Clone + Eq> QuorumTracker<T> {
         self.ok_targets().count()
     }
 
+    /// How many nodes may hold a write that failed: those that answered ok, those that have
+    /// not answered yet and those that timed out (a write sent is applied whenever it
+    /// arrives). Only a target that answered with a failure certainly does not hold it.
+    pub fn may_hold(&self) -> usize {
+        self.targets.len() - self.count(TargetState::Replied(Reply::Failed))
+    }
+
     /// Takes the next unused fallback to stand in for `home`, in sloppy mode.
     fn engage_fallback(&mut self, home: &T) -> Option<Target<T>> {
         let node = self.spare.pop_front()?;

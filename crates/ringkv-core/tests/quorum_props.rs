@@ -159,6 +159,12 @@ fn check_state(
     let oks: Vec<&Target<u32>> = tracker.ok_targets().collect();
     prop_assert_eq!(oks.len(), model.oks());
     prop_assert_eq!(tracker.stored_on(), model.oks());
+    let may_hold = model
+        .issued
+        .iter()
+        .filter(|(_, r)| *r != Some(Reply::Failed))
+        .count();
+    prop_assert_eq!(tracker.may_hold(), may_hold);
     let nodes: BTreeSet<u32> = model.issued.iter().map(|(t, _)| t.node).collect();
     prop_assert_eq!(
         nodes.len(),

@@ -49,6 +49,8 @@ type TargetReply<T> = (NodeId, Result<T, Failure>);
 /// Why a target did not answer ok.
 #[derive(Debug)]
 enum Failure {
+    /// No answer before the deadline, or the connection closed first: the request may still
+    /// be applied there.
     TimedOut,
     Failed(String),
 }
@@ -116,7 +118,8 @@ const CONTEXT_CHECK_FROM: usize = 32;
 impl From<TransportError> for Failure {
     fn from(e: TransportError) -> Failure {
         match e {
-            TransportError::TimedOut(_) => Failure::TimedOut,
+            // No answer: the request may have arrived and been applied all the same.
+            TransportError::TimedOut(_) | TransportError::Closed(_) => Failure::TimedOut,
             other => Failure::Failed(other.to_string()),
         }
     }
@@ -374,8 +377,14 @@ impl Node {
         tracker: QuorumTracker<NodeId>,
         deadline: Instant,
     ) -> Result<(VersionSet, Dot), ClientError> {
-        let current = self.read_held(key.clone()).await?.unwrap_or_default();
-        let actor = self.one_off_actor().await?;
+        let current = tokio::time::timeout_at(deadline, self.read_held(key.clone()))
+            .await
+            .map_err(|_| ClientError::Unavailable {
+                message: "the key could not be read here before the deadline".into(),
+                stored_on: Some(0),
+            })??
+            .unwrap_or_default();
+        let actor = self.one_off_actor(deadline).await?;
         let (vector, dots) = match &context {
             Some(ctx) => (ctx.vector.clone(), ctx.dots.clone()),
             None => (current.context().clone(), current.cloud().to_vec()),
@@ -418,9 +427,9 @@ impl Node {
         // The replica writes are futures polled by this task; those still running when the
         // outcome is known finish on one background task.
         let mut writes = FuturesUnordered::new();
-        // The coordinator's own write is applied here while its fsync is pending: a failure
-        // answered meanwhile counts it in `stored_on` (the write may still be on this node).
-        let mut own_pending = false;
+        // A failure answered before every target replied counts, in `stored_on`, each target
+        // that may still hold the write (`QuorumTracker::may_hold`): the coordinator's own
+        // write waiting for its fsync, replica writes still in flight, and timed-out ones.
         let initial: Vec<Target<NodeId>> = tracker.initial_targets().cloned().collect();
         for target in initial {
             if target.node != me {
@@ -435,7 +444,6 @@ impl Node {
                 None => match local.take() {
                     Some(durable) => {
                         writes.push(own_fsync(me.clone(), durable, deadline));
-                        own_pending = true;
                         continue;
                     }
                     // Not written here yet: a fallback coordinator whose ring, adopted since
@@ -470,7 +478,7 @@ impl Node {
                 Progress::Failed(failure) => {
                     break Err(ClientError::Unavailable {
                         message: format!("write not acknowledged by enough replicas: {failure}"),
-                        stored_on: Some((tracker.stored_on() + usize::from(own_pending)) as u32),
+                        stored_on: Some(tracker.may_hold() as u32),
                     });
                 }
                 Progress::Pending => {}
@@ -483,12 +491,9 @@ impl Node {
                         tracker.stored_on(),
                         tracker.needed().get()
                     ),
-                    stored_on: Some((tracker.stored_on() + usize::from(own_pending)) as u32),
+                    stored_on: Some(tracker.may_hold() as u32),
                 });
             };
-            if node == me {
-                own_pending = false;
-            }
             let reply = match &result {
                 Ok(()) => Reply::Ok,
                 Err(f) => {

@@ -18,6 +18,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use ringkv_core::{NodeId, PartitionId, ReplicaId, VersionSet, key_hash};
 use ringkv_storage::{EngineKind, HintStore, StorageEngine};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -53,8 +54,9 @@ pub struct Node {
     pub(crate) tombstones: crate::tombstones::TombstoneState,
     /// Where delivery of each target's hints resumes.
     pub(crate) hint_cursors: crate::hinted_handoff::HintCursors,
-    /// Serialises the allocation of one-off actor ids.
-    pub(crate) one_off_lock: tokio::sync::Mutex<()>,
+    /// Serialises the allocation of one-off actor ids (held by the storage task itself, so a
+    /// caller that gives up at its deadline never lets two allocations overlap).
+    pub(crate) one_off_lock: Arc<tokio::sync::Mutex<()>>,
     /// Set by `mark_clean_stop`. A coordinator's own write holds it shared from its check to
     /// its journal append, so every write under this node's replica id is in the journal
     /// before the clean-stop marker, or refused.
@@ -125,7 +127,7 @@ impl Node {
             hint_cursors: Default::default(),
             handoff,
             tombstones,
-            one_off_lock: tokio::sync::Mutex::new(()),
+            one_off_lock: Arc::new(tokio::sync::Mutex::new(())),
             stopped: Arc::new(std::sync::RwLock::new(false)),
             seams,
         });
@@ -245,19 +247,30 @@ impl Node {
     }
 
     /// A replica id never used before by any write: this node's id with a fresh epoch from
-    /// the reserved range, the counter persisted before the id is used.
-    pub(crate) async fn one_off_actor(&self) -> Result<ReplicaId, ClientError> {
-        let _guard = self.one_off_lock.lock().await;
-        let used = self
-            .store(|s| -> Result<u32, ringkv_storage::StorageError> {
-                let used = match s.get_meta(ONE_OFF_ACTORS_META_KEY)? {
-                    Some(b) if b.len() == 4 => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-                    _ => 0,
-                };
-                s.put_meta(ONE_OFF_ACTORS_META_KEY, &(used + 1).to_be_bytes())?;
-                Ok(used)
-            })
-            .await?
+    /// the reserved range, the counter persisted before the id is used. Waits at most until
+    /// `deadline`, for the lock and for the storage (a stalled disk fails the request, it does
+    /// not pile requests up behind the lock).
+    pub(crate) async fn one_off_actor(&self, deadline: Instant) -> Result<ReplicaId, ClientError> {
+        let timed_out = || ClientError::Unavailable {
+            message: "no one-off actor id could be persisted before the deadline".into(),
+            stored_on: Some(0),
+        };
+        let guard = tokio::time::timeout_at(deadline, self.one_off_lock.clone().lock_owned())
+            .await
+            .map_err(|_| timed_out())?;
+        let allocate = self.store(move |s| -> Result<u32, ringkv_storage::StorageError> {
+            // Released when the allocation ends, whether or not its caller still waits.
+            let _guard = guard;
+            let used = match s.get_meta(ONE_OFF_ACTORS_META_KEY)? {
+                Some(b) if b.len() == 4 => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                _ => 0,
+            };
+            s.put_meta(ONE_OFF_ACTORS_META_KEY, &(used + 1).to_be_bytes())?;
+            Ok(used)
+        });
+        let used = tokio::time::timeout_at(deadline, allocate)
+            .await
+            .map_err(|_| timed_out())??
             .map_err(|e| ClientError::Internal(e.to_string()))?;
         if used >= FALLBACK_EPOCH_BASE - 1 {
             return Err(ClientError::Internal(
@@ -723,6 +736,39 @@ mod tests {
                 "counter {counter}: {answer:?}"
             );
         }
+        shutdown.cancel();
+    }
+
+    /// Allocating a one-off actor id waits no longer than its request's deadline. Here
+    /// another allocation holds the lock for good (as one stuck on a stalled disk would):
+    /// the request fails as unavailable at its deadline, and the next allocation, once the
+    /// lock is free, gets an id no other allocation got. Before, it waited on the lock with
+    /// no deadline at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_one_off_actor_is_allocated_by_the_deadline_or_not_at_all() {
+        let shutdown = CancellationToken::new();
+        let n1 = start("n1", None, &shutdown, |args| args.n = Some(1)).await;
+        let first = n1
+            .node
+            .one_off_actor(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("a free lock gives an id");
+        let held = n1.node.one_off_lock.clone().lock_owned().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let answer = tokio::time::timeout(Duration::from_secs(10), n1.node.one_off_actor(deadline))
+            .await
+            .expect("the allocation waited past its deadline");
+        assert!(
+            matches!(answer, Err(ClientError::Unavailable { .. })),
+            "{answer:?}"
+        );
+        drop(held);
+        let next = n1
+            .node
+            .one_off_actor(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("the lock is free again");
+        assert_ne!(first, next);
         shutdown.cancel();
     }
 }

@@ -172,10 +172,12 @@ async fn a_dead_node_is_detected_quorums_hold_and_it_comes_back_up() {
         .await;
     let took = started.elapsed();
     assert_unavailable(&put3, "PUT w=3 with a dead replica");
+    // The dead replica refuses at once, before the other two can acknowledge: both writes
+    // still in flight may land, and are counted.
     let stored = stored_on(&put3);
-    assert!(
-        (1..=2).contains(&stored),
-        "stored_on is the coordinator and the live replica at most: {stored}"
+    assert_eq!(
+        stored, 2,
+        "stored_on counts the coordinator and the live replica: {put3:?}"
     );
     assert!(
         took < Duration::from_millis(TIMEOUT_MS) + MARGIN,
@@ -220,7 +222,9 @@ async fn a_frozen_peer_never_stretches_a_request_past_its_deadline() {
             .await;
         let took = started.elapsed();
         assert_unavailable(&put3, "PUT w=3 with a frozen replica");
-        assert!((1..=2).contains(&stored_on(&put3)), "{put3:?}");
+        // The frozen replica may apply the write once it runs again: it counts too, unless
+        // its connection was closed with an error first.
+        assert!((2..=3).contains(&stored_on(&put3)), "{put3:?}");
         assert!(
             took < Duration::from_millis(TIMEOUT_MS) + MARGIN,
             "PUT w=3 via {} took {took:?}",
