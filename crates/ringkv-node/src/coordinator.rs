@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use ringkv_core::constants::{MAX_SIBLING_VALUE_BYTES, MAX_SIBLINGS};
+use ringkv_core::constants::{MAX_COUNTER, MAX_SIBLING_VALUE_BYTES, MAX_SIBLINGS};
 use ringkv_core::quorum::{
     MAX_FALLBACKS_PER_REQUEST, Progress, Quorum, QuorumMode, QuorumPlan, QuorumTracker, Reply,
     Target,
@@ -92,14 +92,16 @@ fn grows_too_large(current: &VersionSet, next: &VersionSet) -> Option<String> {
              {MAX_SIBLING_VALUE_BYTES}: {RECONCILE}"
         ));
     }
-    // A client context is merged into the key's: made-up replica ids or dots in it would
-    // stay for good, and past a token's limits no client could write back with the context.
-    // The write's own dot adds at most one entry (a new coordinator id, a fallback's one-off
-    // id): only more than that comes from the client's context, and only that is refused, so
-    // blind writes and fallback writes always go through.
+    // A write's context is merged into the key's for good: made-up replica ids or dots in a
+    // client's context, and the entry of each new coordinator or one-off actor (a fallback
+    // write adds one). Past a token's limits no client could read the key and write back
+    // with its context, so any write that grows the context past them is refused: a client
+    // context is refused, and writes under a new replica id are refused only once the key's
+    // context is full (1,024 replica ids). A write that adds nothing (one that reconciles
+    // with the key's context, by a replica id it already names) always goes through.
     let entries = |v: &VersionSet| v.context().len().max(v.cloud().len());
     let (was, now) = (entries(current), entries(next));
-    if now > was + 1
+    if now > was
         && now > CONTEXT_CHECK_FROM
         && let Err(e) = Context::of(next).try_encode()
     {
@@ -109,6 +111,21 @@ fn grows_too_large(current: &VersionSet, next: &VersionSet) -> Option<String> {
         ));
     }
     None
+}
+
+/// Why a write taking a key from `current` to `next` with the new `dot` is refused, if it
+/// is: `grows_too_large`, or a dot past `MAX_COUNTER`. No replica issues that many writes, so
+/// only a forged context naming a counter at the limit leads there; the set would be stored
+/// and then refused by every decoder (peers' and this node's own storage alike).
+fn refuse_write(current: &VersionSet, next: &VersionSet, dot: &Dot) -> Option<ClientError> {
+    if dot.counter > MAX_COUNTER {
+        return Some(ClientError::BadRequest(format!(
+            "the context names the counter {} of the replica writing, at the limit of \
+             {MAX_COUNTER}: not a context this store made",
+            dot.counter - 1
+        )));
+    }
+    grows_too_large(current, next).map(ClientError::TooLarge)
 }
 
 /// Context entries (replica ids, or exact dots) from which a write that adds more checks that
@@ -390,8 +407,8 @@ impl Node {
             None => (current.context().clone(), current.cloud().to_vec()),
         };
         let (versions, dot) = current.update_exact(&vector, &dots, value, &actor);
-        if let Some(why) = grows_too_large(&current, &versions) {
-            return Err(ClientError::TooLarge(why));
+        if let Some(refused) = refuse_write(&current, &versions, &dot) {
+            return Err(refused);
         }
         self.write_incoming(&key, &versions, deadline).await;
         self.replicate(key, versions, dot, None, tracker, deadline)
@@ -647,7 +664,7 @@ impl Node {
                             &replica,
                         ),
                     };
-                    if let Some(why) = grows_too_large(&current, &next) {
+                    if let Some(why) = refuse_write(&current, &next, &d) {
                         refused = Some(why);
                         return None;
                     }
@@ -664,8 +681,7 @@ impl Node {
                 })
             })
             .await?
-            .map_err(unavailable)?
-            .map_err(ClientError::TooLarge)?;
+            .map_err(unavailable)??;
         Ok((stored, dot, durable))
     }
 
@@ -986,6 +1002,7 @@ fn own_fsync(
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use ringkv_core::constants::MAX_CONTEXT_ENTRIES;
     use ringkv_core::{ReplicaId, VersionVector};
 
     /// `n` concurrent siblings of `bytes` bytes each.
@@ -1045,13 +1062,47 @@ mod tests {
         let (twice, _) = once.update(&forged(600, 600), value(), &writer);
         let why = grows_too_large(&once, &twice).expect("1,200 context entries");
         assert!(why.contains("context"), "{why}");
-        // Writing back with the key's own context adds nothing: allowed however large; so is
-        // a blind write by a new coordinator id (one entry more, its own).
+        // Writing back with the key's own context adds nothing: allowed however large.
         let (back, _) = twice.update(twice.context(), value(), &writer);
         assert!(grows_too_large(&twice, &back).is_none());
+        // A blind write by a new coordinator id (a fallback's one-off actor) adds one entry:
+        // allowed while the context still fits a token, refused once it would not, so one-off
+        // writes during a long outage cannot leave a key no client can write back to.
         let newcomer = ReplicaId::new(NodeId::new("fallback-1").unwrap(), 7);
-        let (blind, _) = twice.update(&VersionVector::new(), value(), &newcomer);
-        assert!(grows_too_large(&twice, &blind).is_none());
+        let (blind, _) = once.update(&VersionVector::new(), value(), &newcomer);
+        assert!(grows_too_large(&once, &blind).is_none(), "601 entries fit");
+        let full = once
+            .update(&forged(600, MAX_CONTEXT_ENTRIES - 601), value(), &writer)
+            .0;
+        assert_eq!(full.context().len(), MAX_CONTEXT_ENTRIES);
+        assert!(
+            Context::of(&full).try_encode().is_ok(),
+            "a full context still encodes"
+        );
+        let (blind, _) = full.update(&VersionVector::new(), value(), &newcomer);
+        let why = grows_too_large(&full, &blind).expect("one entry past a full context");
+        assert!(why.contains("context"), "{why}");
+        let (back, _) = full.update(full.context(), value(), &writer);
+        assert!(grows_too_large(&full, &back).is_none());
+    }
+
+    /// A write whose context names the writing replica's counter at `MAX_COUNTER` would issue
+    /// the next dot past it, a set no decoder takes (the coordinator's own storage included):
+    /// refused as a bad request. One below the limit is an ordinary write.
+    #[test]
+    fn a_write_whose_dot_would_pass_the_counter_limit_is_refused() {
+        let writer = ReplicaId::new(NodeId::new("w").unwrap(), 1);
+        let start = siblings(1, 1);
+        for (counter, refused) in [(MAX_COUNTER - 1, false), (MAX_COUNTER, true)] {
+            let context = VersionVector::from_entries([(writer.clone(), counter)]);
+            let (next, dot) = start.update(&context, Some(Bytes::from_static(b"v")), &writer);
+            let answer = refuse_write(&start, &next, &dot);
+            assert_eq!(
+                matches!(answer, Some(ClientError::BadRequest(_))),
+                refused,
+                "counter {counter}: {answer:?}"
+            );
+        }
     }
     /// A write forwarded to a node that is no home replica of its key (a peer on an older ring
     /// sent it) never supersedes a value that node has not seen. Here n2 issued the live value

@@ -711,6 +711,9 @@ mod tests {
         for (replica, counter) in [
             (me.clone(), u64::MAX),
             (other, ringkv_core::constants::MAX_COUNTER + 1),
+            // At the limit for the writing replica itself: the next dot would pass it, and the
+            // stored set would then fail to decode here and at every peer.
+            (me.clone(), ringkv_core::constants::MAX_COUNTER),
         ] {
             let context = ClientContext {
                 vector: VersionVector::from_entries([(replica, counter)]),
@@ -736,6 +739,16 @@ mod tests {
                 "counter {counter}: {answer:?}"
             );
         }
+        let read = ClientOp::Get {
+            key: Bytes::from_static(b"k"),
+            r: 1,
+            strict: false,
+        };
+        let answer = n1.node.client_op(read, Duration::from_secs(5)).await;
+        assert!(
+            matches!(answer, Ok(crate::wire::ClientReply::Read(None))),
+            "nothing was stored, and the key still reads: {answer:?}"
+        );
         shutdown.cancel();
     }
 
