@@ -734,7 +734,9 @@ impl Node {
         // answered without the quorum, or once `read_speculate_after` passes.
         let mut reserve: Vec<Target<NodeId>> = Vec::new();
         if self.settings.read_fanout == ReadFanout::Quorum {
-            initial.sort_by_key(|t| t.node != *self.membership.me());
+            // Home replicas before fallbacks: a fallback stands in for one believed down, and
+            // a reachable home replica knows more of the key than it does.
+            initial.sort_by_key(|t| (t.node != *self.membership.me(), t.is_fallback()));
             let asked = tracker.needed().get().min(initial.len());
             reserve = initial.split_off(asked);
             reserve.reverse(); // popped from the end: preference order
@@ -824,6 +826,42 @@ impl Node {
                 reads.push(self.clone().read_from(next.node, key.clone(), deadline));
             }
         }
+        // A fallback without a hint for the key answers "nothing" and counts toward R (a
+        // sloppy quorum), but it knows nothing of the key. While a home replica that may hold
+        // it has not answered, that "nothing" must not hide its copy: wait for the home
+        // replicas still asked (until the deadline; the quorum is met either way).
+        let knew_nothing = replies.iter().any(|(node, held)| {
+            held.is_none()
+                && tracker
+                    .targets()
+                    .any(|(t, _)| t.node == *node && t.is_fallback())
+        });
+        if knew_nothing {
+            while !reserve.is_empty() {
+                self.ask_reserve(
+                    &mut reserve,
+                    &mut reads,
+                    &key,
+                    deadline,
+                    "fallback knew nothing",
+                );
+            }
+            while tracker.outstanding().any(|t| !t.is_fallback()) {
+                let Ok(Some((node, result))) =
+                    tokio::time::timeout_at(deadline, reads.next()).await
+                else {
+                    break;
+                };
+                let reply = match result {
+                    Ok(v) => {
+                        replies.push((node.clone(), v));
+                        Reply::Ok
+                    }
+                    Err(f) => f.reply(),
+                };
+                let _ = tracker.record(&node, reply);
+            }
+        }
         let merged = merge_all(replies.iter().map(|(_, v)| v));
         let siblings = merged.as_ref().map(|m| m.values().count()).unwrap_or(0);
         metrics::histogram!("ringkv_read_siblings").record(siblings as f64);
@@ -842,7 +880,11 @@ impl Node {
             });
         if repair_due && !self.settings.disable_repair {
             let me = self.clone();
-            tokio::spawn(async move { me.read_repair(key, home, replies, reads, deadline).await });
+            let started = deadline - timeout;
+            tokio::spawn(async move {
+                me.read_repair(key, home, replies, reads, (started, deadline))
+                    .await
+            });
         }
         Ok(merged)
     }
@@ -909,13 +951,19 @@ impl Node {
 
     /// Waits for the remaining replies (until the deadline), then sends the merged set to
     /// every home replica that answered with less.
+    ///
+    /// Every repair write lands within one tombstone grace of the read's start, or is not
+    /// sent: a reply gathered before a delete may hold the value it deleted, and a tombstone
+    /// is purged no sooner than two graces after the delete (`tombstones.rs`). A repair
+    /// landing after the purge would bring the deleted value back; anti-entropy, which
+    /// compares the replicas as they are, brings them together instead.
     async fn read_repair(
         self: Arc<Self>,
         key: Bytes,
         home: Vec<NodeId>,
         mut replies: Vec<(NodeId, Option<VersionSet>)>,
         mut reads: FuturesUnordered<BoxFuture<'static, TargetReply<Option<VersionSet>>>>,
-        deadline: Instant,
+        (started, deadline): (Instant, Instant),
     ) {
         while let Ok(Some((node, result))) = tokio::time::timeout_at(deadline, reads.next()).await {
             if let Ok(v) = result {
@@ -925,9 +973,15 @@ impl Node {
         let Some(merged) = merge_all(replies.iter().map(|(_, v)| v)) else {
             return;
         };
-        let repair_deadline = Instant::now() + self.settings.request_timeout;
+        let stale_at = started + self.settings.tombstone_grace;
+        let repair_deadline = (Instant::now() + self.settings.request_timeout).min(stale_at);
         for (node, held) in replies {
             if !lacks(&home, &node, &held, &merged) {
+                continue;
+            }
+            if Instant::now() >= stale_at {
+                metrics::counter!("ringkv_read_repairs_stale_total").increment(1);
+                debug!(%node, "read repair dropped: the read is older than the tombstone grace");
                 continue;
             }
             metrics::counter!("ringkv_read_repairs_total").increment(1);
@@ -1182,6 +1236,175 @@ mod tests {
             values,
             [Bytes::from_static(b"new"), Bytes::from_static(b"old")]
         );
+        shutdown.cancel();
+    }
+    /// A peer that answers every `Read` late (by `delay`), and everything else as its node.
+    struct SlowReads {
+        node: Arc<Node>,
+        delay: Duration,
+    }
+
+    impl crate::transport::Handler for SlowReads {
+        fn handle(
+            self: Arc<Self>,
+            request: Request,
+            timeout: Duration,
+        ) -> BoxFuture<'static, Response> {
+            Box::pin(async move {
+                if matches!(request, Request::Read { .. }) {
+                    tokio::time::sleep(self.delay).await;
+                }
+                self.node.clone().handle(request, timeout).await
+            })
+        }
+    }
+
+    /// A fallback's "nothing" does not hide a home replica's copy. N=3, R=2: the key's home
+    /// replicas are n1 (fails every read, so a fallback stands in), n2 (the coordinator, which
+    /// missed the write) and n4 (holds it, answers reads late); n3 is the fallback, with no
+    /// hint. n2's and n3's "nothing" meet R at once; the read must still wait for n4 and
+    /// answer its value. Before, it answered not found.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fallback_that_knows_nothing_does_not_hide_a_home_replicas_copy() {
+        use crate::common::{Distorting, eventually, node_ids, start, start_serving};
+        use ringkv_storage::StorageEngine;
+        use tokio_util::sync::CancellationToken;
+        let shutdown = CancellationToken::new();
+        let three = |args: &mut crate::settings::ServerArgs| {
+            args.n = Some(3);
+            args.r = Some(2);
+            args.w = Some(2);
+            args.anti_entropy_interval_ms = Some(3_600_000);
+            args.test_disable_repair = true;
+        };
+        let failing_reads = |node| {
+            Arc::new(Distorting {
+                node,
+                distort: |request: &Request, answer| match request {
+                    Request::Read { .. } => Response::Error("reads fail here".into()),
+                    _ => answer,
+                },
+            })
+        };
+        let n1 = start_serving("n1", None, &shutdown, three, failing_reads).await;
+        let n2 = start("n2", Some(&n1.listen), &shutdown, three).await;
+        let _n3 = start("n3", Some(&n1.listen), &shutdown, three).await;
+        let slow = |node| {
+            Arc::new(SlowReads {
+                node,
+                delay: Duration::from_millis(1500),
+            })
+        };
+        let n4 = start_serving("n4", Some(&n1.listen), &shutdown, three, slow).await;
+        let ids = node_ids(&["n1", "n2", "n3", "n4"]);
+        eventually(
+            Duration::from_secs(60),
+            "n2 never held a settled ring of all four nodes",
+            || {
+                n2.node.membership().ring().is_some_and(|r| {
+                    r.topology.transition().is_none()
+                        && ids.iter().all(|id| r.topology.is_member(id))
+                })
+            },
+        )
+        .await;
+        eventually(
+            Duration::from_secs(30),
+            "n2 never saw every peer up",
+            || ids.iter().all(|id| n2.node.membership().is_live(id)),
+        )
+        .await;
+        let ring = n2.node.membership().ring().unwrap();
+        let mut home_of_key = vec![ids[0].clone(), ids[1].clone(), ids[3].clone()];
+        home_of_key.sort();
+        let key = (0..100_000)
+            .map(|i| Bytes::from(format!("key-{i}")))
+            .find(|k| {
+                let partition = ring.topology.partition_of(ringkv_core::key_hash(k));
+                let mut home = ring.topology.home(partition);
+                home.sort();
+                home == home_of_key
+            })
+            .expect("some key lives on n1, n2 and n4");
+        let partition = ring.topology.partition_of(ringkv_core::key_hash(&key));
+        let writer = ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+        let held = VersionSet::new()
+            .update(
+                &VersionVector::new(),
+                Some(Bytes::from_static(b"acknowledged")),
+                &writer,
+            )
+            .0;
+        n4.engine
+            .update(partition, &key, &mut |_| Some(held.clone()))
+            .unwrap();
+
+        let read = ClientOp::Get {
+            key,
+            r: 2,
+            strict: false,
+        };
+        let answer = n2.node.coordinate(read, Duration::from_secs(5)).await;
+        let values: Vec<Bytes> = match &answer {
+            Ok(ClientReply::Read(Some(set))) => set.values().cloned().collect(),
+            other => panic!("the read missed n4's copy: {other:?}"),
+        };
+        assert_eq!(values, [Bytes::from_static(b"acknowledged")]);
+        shutdown.cancel();
+    }
+    /// Read repair never writes what a read gathered more than a tombstone grace ago (a
+    /// purge may have removed, since, the tombstone that deleted it): such a repair is
+    /// dropped, a fresh one is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_repair_older_than_the_tombstone_grace_is_not_written() {
+        use crate::common::start;
+        use ringkv_storage::StorageEngine;
+        use tokio_util::sync::CancellationToken;
+        let shutdown = CancellationToken::new();
+        let n1 = start("n1", None, &shutdown, |args| {
+            args.n = Some(1);
+            args.tombstone_grace_ms = Some(1_000);
+        })
+        .await;
+        let me = n1.node.membership().me().clone();
+        let key = Bytes::from_static(b"repaired");
+        let writer = ReplicaId::new(NodeId::new("elsewhere").unwrap(), 1);
+        let seen = VersionSet::new()
+            .update(
+                &VersionVector::new(),
+                Some(Bytes::from_static(b"x")),
+                &writer,
+            )
+            .0;
+        let replies = vec![
+            (me.clone(), None),
+            (writer.node().clone(), Some(seen.clone())),
+        ];
+        let partition = n1.node.partition_of(&key);
+        let now = Instant::now();
+        let long_ago = now - Duration::from_secs(2);
+        n1.node
+            .clone()
+            .read_repair(
+                key.clone(),
+                vec![me.clone()],
+                replies.clone(),
+                FuturesUnordered::new(),
+                (long_ago, now),
+            )
+            .await;
+        assert_eq!(n1.engine.get(partition, &key).unwrap(), None);
+        n1.node
+            .clone()
+            .read_repair(
+                key.clone(),
+                vec![me],
+                replies,
+                FuturesUnordered::new(),
+                (now, now),
+            )
+            .await;
+        assert_eq!(n1.engine.get(partition, &key).unwrap(), Some(seen));
         shutdown.cancel();
     }
 }
