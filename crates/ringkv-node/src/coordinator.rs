@@ -183,7 +183,7 @@ impl Node {
             {
                 Ok(Response::Coordinated(result)) => return result,
                 Ok(other) => {
-                    last_error = format!("{node} answered {other:?}");
+                    last_error = format!("{node} answered {}", other.summary());
                     maybe_delivered = true;
                     break;
                 }
@@ -714,7 +714,10 @@ impl Node {
         {
             Response::Ok => Ok(()),
             Response::Error(e) => Err(Failure::Failed(e)),
-            other => Err(Failure::Failed(format!("unexpected answer {other:?}"))),
+            other => Err(Failure::Failed(format!(
+                "unexpected answer {}",
+                other.summary()
+            ))),
         }
     }
 
@@ -945,7 +948,10 @@ impl Node {
         {
             Response::Versions(v) => Ok(v),
             Response::Error(e) => Err(Failure::Failed(e)),
-            other => Err(Failure::Failed(format!("unexpected answer {other:?}"))),
+            other => Err(Failure::Failed(format!(
+                "unexpected answer {}",
+                other.summary()
+            ))),
         }
     }
 

@@ -538,7 +538,7 @@ impl Node {
                         resume,
                     });
                 }
-                Ok(other) => last_error = format!("{source} answered {other:?}"),
+                Ok(other) => last_error = format!("{source} answered {}", other.summary()),
                 Err(e) => last_error = format!("{source}: {e}"),
             }
         }
@@ -733,7 +733,7 @@ impl Node {
             .await?
         {
             Response::Same(same) if same.len() == batch.len() => same,
-            other => return Err(format!("{home} answered {other:?}")),
+            other => return Err(format!("{home} answered {}", other.summary())),
         };
         let mut held = Vec::with_capacity(batch.len());
         for ((key, versions), same) in batch.iter().zip(same) {
@@ -752,7 +752,7 @@ impl Node {
                     debug!(partition = partition.index(), %home, ?key, error = %e, "sweep: a home replica refused a key");
                     held.push(false);
                 }
-                other => return Err(format!("{home} answered {other:?}")),
+                other => return Err(format!("{home} answered {}", other.summary())),
             }
         }
         Ok(held)
@@ -859,7 +859,8 @@ impl Node {
             Ok(Response::Ok) => Ok(self.membership.ring().map(|r| r.version).unwrap_or(0)),
             Ok(Response::Error(e)) => Err(LeaveError::Refused(e)),
             Ok(other) => Err(LeaveError::Unavailable(format!(
-                "claimant answered {other:?}"
+                "claimant answered {}",
+                other.summary()
             ))),
             Err(e) if e.starts_with(REFUSED_PREFIX) => {
                 Err(LeaveError::Refused(e[REFUSED_PREFIX.len()..].to_string()))

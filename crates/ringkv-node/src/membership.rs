@@ -28,7 +28,7 @@ use chitchat::{
     spawn_chitchat_seeded,
 };
 use ringkv_core::NodeId;
-use ringkv_core::ring::{Member, Ring, RingParams};
+use ringkv_core::ring::{MAX_WEIGHT, MAX_ZONE_BYTES, Member, Ring, RingParams};
 use ringkv_core::topology::{Topology, TopologyError};
 use tracing::{info, warn};
 
@@ -52,6 +52,11 @@ mod keys {
     pub const STATUS: &str = "status";
     pub const RING: &str = "ring";
 }
+
+/// The highest ring version a node adopts (2^53; one version per membership change, so no
+/// cluster reaches it). A forged ring at `u64::MAX` would leave no next version to publish,
+/// and membership could never change again.
+pub const MAX_RING_VERSION: u64 = 1 << 53;
 
 /// A member's lifecycle status, as it publishes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,7 +344,14 @@ impl Membership {
             if ring.as_ref().is_some_and(|cur| cur.rank() >= state.rank()) {
                 return false;
             }
-            if let Some(why) = ring.as_deref().and_then(|cur| foreign_ring(cur, &state)) {
+            let refusal = if state.version > MAX_RING_VERSION {
+                Some(format!(
+                    "its version is over {MAX_RING_VERSION}, which no cluster reaches"
+                ))
+            } else {
+                ring.as_deref().and_then(|cur| foreign_ring(cur, &state))
+            };
+            if let Some(why) = refusal {
                 warn!(
                     version = state.version,
                     "refusing a ring of another cluster: {why}"
@@ -534,17 +546,7 @@ impl Membership {
             }
         }
         topology.finish_if_done();
-        let view = self.view();
-        let joiners: Vec<Member> = view
-            .peers
-            .values()
-            .filter(|p| p.live && p.status == Status::Joining && !topology.is_member(&p.id))
-            .map(|p| Member {
-                id: p.id.clone(),
-                weight: p.weight,
-                zone: p.zone.clone(),
-            })
-            .collect();
+        let joiners = claimable_joiners(&self.view(), &topology);
         match topology.begin_transition(&joiners) {
             Ok(Some(next)) => {
                 info!(
@@ -561,7 +563,10 @@ impl Membership {
         if topology == current.topology {
             return None;
         }
-        Some((RingState::new(current.version + 1, topology), guard))
+        Some((
+            RingState::new(current.version.checked_add(1)?, topology),
+            guard,
+        ))
     }
 
     /// As claimant, marks `node` as leaving in a new ring version and adopts it.
@@ -577,7 +582,11 @@ impl Membership {
             Err(TopologyError::AlreadyLeaving(_)) => return Ok(None),
             Err(e) => return Err(e.to_string()),
         }
-        let next = RingState::new(current.version + 1, topology);
+        let version = current
+            .version
+            .checked_add(1)
+            .ok_or("the ring's version is at its limit")?;
+        let next = RingState::new(version, topology);
         self.adopt(next.clone()).await;
         Ok(Some(next))
     }
@@ -585,6 +594,35 @@ impl Membership {
     pub async fn shutdown(self) {
         let _ = self.chitchat.shutdown().await;
     }
+}
+
+/// The live joining peers the claimant may add to the ring: those whose published weight and
+/// zone a ring accepts. One that publishes a weight outside 1..=`MAX_WEIGHT` or a zone over
+/// `MAX_ZONE_BYTES` (a misconfigured node, or a forged datagram: gossip is not authenticated)
+/// is left out, with a warning; passed on, it made `Ring::claim` refuse the whole claim, every
+/// round, and no node could join or leave while it was up.
+fn claimable_joiners(view: &ClusterView, topology: &Topology) -> Vec<Member> {
+    view.peers
+        .values()
+        .filter(|p| p.live && p.status == Status::Joining && !topology.is_member(&p.id))
+        .filter(|p| {
+            let valid = (1..=MAX_WEIGHT).contains(&p.weight) && p.zone.len() <= MAX_ZONE_BYTES;
+            if !valid {
+                warn!(
+                    node = %p.id,
+                    weight = p.weight,
+                    zone_bytes = p.zone.len(),
+                    "a joining node publishes a weight or zone no ring accepts; not claimed"
+                );
+            }
+            valid
+        })
+        .map(|p| Member {
+            id: p.id.clone(),
+            weight: p.weight,
+            zone: p.zone.clone(),
+        })
+        .collect()
 }
 
 fn peer_info(id: &ChitchatId, state: &NodeState, live: bool) -> Option<PeerInfo> {
@@ -634,6 +672,78 @@ mod tests {
             ring_digest: ring.1,
             generation: 1,
         }
+    }
+
+    /// Joining peers publishing a weight or zone no ring accepts are not claimed; before,
+    /// one of them made the claimant's whole claim fail, every round, so nobody could join.
+    #[test]
+    fn joiners_with_a_weight_or_zone_no_ring_accepts_are_not_claimed() {
+        let founder = Member {
+            id: NodeId::new("n1").unwrap(),
+            weight: 1,
+            zone: "default".into(),
+        };
+        let params = RingParams {
+            partitions: 64,
+            n: 3,
+        };
+        let ring = Ring::claim(None, &[founder], params).unwrap();
+        let topology = Topology::settled(ring);
+        let joining = |id: &str, weight: u32, zone: String| PeerInfo {
+            status: Status::Joining,
+            weight,
+            zone,
+            ..peer(id, true, (0, 0))
+        };
+        let view = ClusterView {
+            peers: [
+                joining("n2", 1, "default".into()),
+                joining("zero", 0, "default".into()),
+                joining("heavy", MAX_WEIGHT + 1, "default".into()),
+                joining("wide", 1, "z".repeat(MAX_ZONE_BYTES + 1)),
+            ]
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect(),
+        };
+        let joiners = claimable_joiners(&view, &topology);
+        let ids: Vec<&str> = joiners.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["n2"]);
+        let next = topology
+            .begin_transition(&joiners)
+            .expect("the claim goes through")
+            .expect("n2 joins");
+        assert!(next.is_member(&NodeId::new("n2").unwrap()));
+    }
+
+    /// A ring at a version no cluster reaches is refused (and remembered as refused, so its
+    /// holder is not fetched from again and again); before, a ring at `u64::MAX` was adopted
+    /// and left no next version, so membership could never change again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ring_whose_version_is_over_the_limit_is_refused() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let n1 = crate::common::start("n1", None, &shutdown, |args| args.n = Some(1)).await;
+        let membership = n1.node.membership();
+        crate::common::eventually(Duration::from_secs(30), "n1 never founded its ring", || {
+            membership.ring().is_some()
+        })
+        .await;
+        let current = membership.ring().unwrap();
+        for version in [u64::MAX, MAX_RING_VERSION + 1] {
+            let forged = RingState::new(version, current.topology.clone());
+            assert!(!membership.adopt(forged.clone()).await, "version {version}");
+            assert_eq!(membership.ring().unwrap().version, current.version);
+            assert!(
+                membership
+                    .refused_rings
+                    .lock()
+                    .unwrap()
+                    .contains(&forged.rank())
+            );
+        }
+        let next = RingState::new(current.version + 1, current.topology.clone());
+        assert!(membership.adopt(next).await, "an ordinary next version");
+        shutdown.cancel();
     }
 
     /// A refused ring of another cluster, however high its version, does not hide this

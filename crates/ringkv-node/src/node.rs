@@ -402,7 +402,10 @@ impl Node {
                         self.persist_ring().await;
                     }
                 }
-                other => warn!(%holder, ?other, "could not fetch the newer ring"),
+                Ok(other) => {
+                    warn!(%holder, answer = other.summary(), "could not fetch the newer ring")
+                }
+                Err(e) => warn!(%holder, error = %e, "could not fetch the newer ring"),
             }
         }
         if let Some((next, _claiming)) = self.membership.next_ring_as_claimant().await {

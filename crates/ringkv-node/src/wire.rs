@@ -290,13 +290,43 @@ pub struct HandoffProgress {
     pub bytes_received: u64,
 }
 
+/// Most characters of a peer's answer an error message or a log line carries.
+pub const SUMMARY_CHARS: usize = 200;
+
+impl Response {
+    /// The answer as an error message or a log line carries it: its `Debug` form, cut to
+    /// `SUMMARY_CHARS` (an unexpected answer may hold a whole frame of values, up to the
+    /// frame limit, and would otherwise reach a client's 503 body in full).
+    pub fn summary(&self) -> String {
+        let full = format!("{self:?}");
+        match full.char_indices().nth(SUMMARY_CHARS) {
+            Some((cut, _)) => format!("{}... ({} bytes in all)", &full[..cut], full.len()),
+            None => full,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ringkv_core::NodeId;
     use ringkv_core::ring::{Member, Ring, RingParams};
     use ringkv_core::topology::Topology;
 
-    use super::RingState;
+    use super::{Response, RingState, SUMMARY_CHARS};
+
+    /// A peer's answer reaches an error message cut short, however large it is.
+    #[test]
+    fn a_summary_of_an_answer_is_bounded() {
+        let huge = Response::Error("x".repeat(1 << 20));
+        let summary = huge.summary();
+        assert!(
+            summary.chars().count() < SUMMARY_CHARS + 40,
+            "{}",
+            summary.len()
+        );
+        assert!(summary.starts_with("Error(\"xxx"), "{summary}");
+        assert_eq!(Response::Ok.summary(), "Ok");
+    }
 
     fn member(id: &str) -> Member {
         Member {
