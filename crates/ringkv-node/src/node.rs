@@ -50,6 +50,8 @@ pub struct Node {
     pub(crate) peers: Peers,
     pub(crate) shutdown: CancellationToken,
     pub(crate) anti_entropy: crate::anti_entropy::AntiEntropyStats,
+    /// Where the next anti-entropy exchange of each (partition, peer) starts.
+    pub(crate) leaf_cursors: crate::anti_entropy::LeafCursors,
     pub(crate) handoff: crate::handoff::HandoffState,
     pub(crate) tombstones: crate::tombstones::TombstoneState,
     /// Where delivery of each target's hints resumes.
@@ -124,6 +126,7 @@ impl Node {
             peers,
             shutdown,
             anti_entropy: Default::default(),
+            leaf_cursors: Default::default(),
             hint_cursors: Default::default(),
             handoff,
             tombstones,

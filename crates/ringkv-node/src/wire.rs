@@ -17,8 +17,9 @@ use ringkv_core::{Context, Dot, NodeId, PartitionId, VersionSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a frame's shape does: a node refuses peers of another version at `Hello`.
-/// 2: `Response::Chunk` carries `resume`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 2: `Response::Chunk` carries `resume`. 3: `LeafDigests` carries `after`, and `Digests`
+/// says what of the leaves asked it covers.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Frame {
@@ -65,10 +66,13 @@ pub enum Request {
         partition: PartitionId,
         groups: Vec<u16>,
     },
-    /// Anti-entropy, step 3: the (key, version digest) pairs of these leaves.
+    /// Anti-entropy, step 3: the (key, version digest) pairs of these leaves (at most
+    /// `AE_LEAVES_PER_EXCHANGE`, each below `MERKLE_LEAVES`), of the first only the keys after
+    /// `after` (where a previous answer stopped inside it).
     LeafDigests {
         partition: PartitionId,
         leaves: Vec<u16>,
+        after: Option<Bytes>,
     },
     /// Handoff: the next records of a partition in storage order, strictly after `after`,
     /// about `max_bytes` of them (at least one record if any is left).
@@ -172,7 +176,16 @@ pub enum Response {
     },
     /// Leaf hashes, one list of `MERKLE_FANOUT` per requested group, in request order.
     Leaves(Vec<Vec<u64>>),
-    Digests(Vec<(Bytes, u64)>),
+    /// Answer to `LeafDigests`: (key, version digest) pairs of the leaves asked, in the order
+    /// asked and by key (as bytes) within a leaf, about `AE_DIGEST_BYTES_MAX` bytes of them.
+    /// They cover the first `whole` leaves asked to their end (the first only after the
+    /// request's `after`), then, if `partial` names a key, the next leaf up to that key
+    /// inclusive; nothing of the leaves after. At least one pair if any is left.
+    Digests {
+        pairs: Vec<(Bytes, u64)>,
+        whole: u16,
+        partial: Option<Bytes>,
+    },
     /// Records of a partition in storage order; `done` when none is left after them. `resume`
     /// is the key the next request starts after: the last key this answer covers, which is
     /// past the last entry when the source scanned over records it cannot read (a chunk of

@@ -188,8 +188,10 @@ fn exchange(addr: SocketAddr, requests: Vec<Request>) -> Vec<Response> {
 
 /// A well-formed request that names a partition the ring does not have is refused with an
 /// error (the engine keeps state per partition asked about: a peer must not make it count
-/// to 2^32), and a request for more Merkle groups than a tree has is answered with the
-/// tree's groups only; the connection stays open and the node serves on.
+/// to 2^32), a request for more Merkle groups than a tree has is answered with the tree's
+/// groups only, a request for the digests of a leaf out of the tree is refused and one for
+/// more leaves than an exchange asks about is answered for that many at most; the connection
+/// stays open and the node serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_outside_the_ring_are_refused_and_oversized_lists_are_cut() {
     let c = Cluster::start(3).await;
@@ -208,6 +210,7 @@ async fn requests_outside_the_ring_are_refused_and_oversized_lists_are_cut() {
         Request::LeafDigests {
             partition: outside(q + 7),
             leaves: vec![0, 1],
+            after: None,
         },
         Request::HandoffChunk {
             partition: outside(q),
@@ -228,6 +231,16 @@ async fn requests_outside_the_ring_are_refused_and_oversized_lists_are_cut() {
             groups: vec![3; 100_000],
         },
         Request::MerkleSummary { partition: inside },
+        Request::LeafDigests {
+            partition: inside,
+            leaves: vec![0, 300],
+            after: None,
+        },
+        Request::LeafDigests {
+            partition: inside,
+            leaves: vec![5; 100_000],
+            after: None,
+        },
     ];
     let addr = c.listen_addr(0);
     let answers = tokio::task::spawn_blocking(move || exchange(addr, requests))
@@ -251,6 +264,14 @@ async fn requests_outside_the_ring_are_refused_and_oversized_lists_are_cut() {
         "a partition inside the ring is served: {:?}",
         answers[7]
     );
+    match &answers[8] {
+        Response::Error(why) => assert!(why.contains("not one of"), "{why}"),
+        other => panic!("LeafDigests of leaf 300 was answered {other:?}"),
+    }
+    match &answers[9] {
+        Response::Digests { whole, .. } => assert!(*whole <= 64, "{whole} leaves answered"),
+        other => panic!("LeafDigests of 100 000 leaves was answered {other:?}"),
+    }
     for i in 0..3 {
         c.assert_serves_with(i, "after-outside-the-ring", "w=3", "r=3")
             .await;
