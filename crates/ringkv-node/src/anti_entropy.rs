@@ -540,7 +540,7 @@ impl Node {
         {
             Response::Versions(v) => v,
             Response::Error(e) => return Ok(Repair::Skipped(format!("peer read: {e}"))),
-            other => return Err(format!("unexpected answer to Read: {other:?}")),
+            other => return Err(format!("unexpected answer to Read: {}", other.summary())),
         };
         let merged = match &theirs {
             Some(v) => self.merge_local(key.clone(), v.clone()).await,
@@ -565,7 +565,7 @@ impl Node {
             match self.ask_peer(peer, request).await? {
                 Response::Ok => {}
                 Response::Error(e) => return Ok(Repair::Skipped(format!("peer write: {e}"))),
-                other => return Err(format!("unexpected answer {other:?}")),
+                other => return Err(format!("unexpected answer {}", other.summary())),
             }
         }
         self.anti_entropy
