@@ -33,6 +33,9 @@ const CONTEXT_HEADER: &str = "x-context";
 const MAX_ATTEMPTS_PER_REQUEST: usize = 6;
 /// Deadline for opening a TCP connection to a node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle pooled connection is kept: below the node's 30 s keep-alive bound
+/// (`http_header_read_timeout`).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time the client allows beyond the node's own deadline before calling an answer lost.
 const HTTP_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
 /// First and largest pause before a node that failed is preferred again.
@@ -132,6 +135,9 @@ impl ClientBuilder {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            // Below the node's 30 s keep-alive bound: a connection the node is closing is
+            // never picked for a request (a write sent on it would be indeterminate).
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| Error::Transport(format!("building the HTTP client: {e}")))?;
         let inner = Arc::new(Inner {

@@ -193,10 +193,12 @@ pub async fn ring(State(state): State<HttpState>) -> Result<Json<serde_json::Val
     })))
 }
 
-/// `POST /admin/leave?node=ID` (this node when `node` is absent): `202` once the claimant
-/// recorded the leave.
+/// `POST /admin/leave?node=ID` (this node when the query names none, as `ringkv leave`
+/// without an ID sends): `202` once the claimant recorded the leave. Any other parameter, or
+/// `node` empty, without `=` or given twice, is a 400: a mistyped query must not fall back to
+/// "this node" and make the receiving node leave.
 pub async fn leave(State(state): State<HttpState>, uri: Uri) -> Result<Response, ApiError> {
-    let node = match query(&uri).get("node") {
+    let node = match strict_query(&uri, &["node"])?.get("node") {
         Some(id) => {
             NodeId::new(id.as_str()).map_err(|e| ApiError::bad_request(format!("node: {e}")))?
         }
@@ -229,7 +231,7 @@ pub async fn plan(
         .target()
         .unwrap_or(ring.topology.committed())
         .clone();
-    let params = query(&uri);
+    let params = strict_query(&uri, &["join", "leave"])?;
     let mut members: Vec<Member> = base.members().to_vec();
     if let Some(join) = params.get("join") {
         let member = parse_member(join)?;
@@ -370,19 +372,44 @@ fn parse_member(text: &str) -> Result<Member, ApiError> {
     Ok(Member { id, weight, zone })
 }
 
-/// Query parameters, percent-decoded; the last value of a name wins.
-fn query(uri: &Uri) -> BTreeMap<String, String> {
-    uri.query()
+/// The query parameters of an admin request, percent-decoded. Each must be one of `allowed`,
+/// given once, as `name=value` with a value: anything else is a 400, so that a typo is an
+/// error rather than a parameter silently left out.
+fn strict_query(uri: &Uri, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let decode = |text: &str| {
+        crate::http::percent_decode(text)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::bad_request(format!("{text:?} is not percent-encoded UTF-8")))
+    };
+    let mut params = BTreeMap::new();
+    for pair in uri
+        .query()
         .unwrap_or("")
         .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| {
-            let v = crate::http::percent_decode(v)
-                .and_then(|b| String::from_utf8(b).ok())
-                .unwrap_or_else(|| v.to_string());
-            (k.to_string(), v)
-        })
-        .collect()
+        .filter(|p| !p.is_empty())
+    {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(ApiError::bad_request(format!(
+                "parameter {pair:?} has no value (name=value)"
+            )));
+        };
+        let (name, value) = (decode(name)?, decode(value)?);
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {name:?}; this endpoint takes {}",
+                allowed.join(", ")
+            )));
+        }
+        if value.is_empty() {
+            return Err(ApiError::bad_request(format!("{name} must not be empty")));
+        }
+        if params.insert(name.clone(), value).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{name} is given more than once"
+            )));
+        }
+    }
+    Ok(params)
 }
 
 impl Node {
@@ -435,4 +462,40 @@ struct Sample {
     partitions: usize,
     keys: u64,
     bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(query: &str, allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
+        let uri: Uri = format!("/admin/leave{query}").parse().unwrap();
+        strict_query(&uri, allowed)
+            .map(|m| m.into_iter().collect())
+            .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn admin_queries_name_only_known_parameters_once_with_a_value() {
+        let node = |v: &str| vec![("node".to_string(), v.to_string())];
+        assert_eq!(parsed("", &["node"]), Ok(vec![]));
+        assert_eq!(parsed("?", &["node"]), Ok(vec![]));
+        assert_eq!(parsed("?node=n3", &["node"]), Ok(node("n3")));
+        assert_eq!(parsed("?node=n%33", &["node"]), Ok(node("n3")));
+        assert_eq!(parsed("?&node=n3&", &["node"]), Ok(node("n3")));
+        for bad in [
+            "?node",
+            "?node=",
+            "?Node=n3",
+            "?nodes=n3",
+            "?node=n3&node=n4",
+            "?node=n3&force",
+            "?node=n3&force=1",
+            "?node=%ff",
+            "?node=%zz",
+            "?=n3",
+        ] {
+            assert!(parsed(bad, &["node"]).is_err(), "{bad} was accepted");
+        }
+    }
 }

@@ -44,6 +44,16 @@ impl ApiError {
             stored_on_unknown: false,
         }
     }
+    /// A request whose body did not arrive in time (an addition to API.md's codes).
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            message: message.into(),
+            stored_on: None,
+            stored_on_unknown: false,
+        }
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

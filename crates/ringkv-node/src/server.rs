@@ -8,7 +8,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::time::MissedTickBehavior;
@@ -92,6 +91,10 @@ const ZERO_FROM_START: &[&str] = &[
     "ringkv_unreadable_records_skipped_total",
     "ringkv_tombstones_purged_total",
     "ringkv_tombstone_purges_deferred_total",
+    "ringkv_http_connections_refused_total",
+    "ringkv_http_requests_refused_total",
+    "ringkv_http_body_timeouts_total",
+    "ringkv_http_deadline_overruns_total",
 ];
 
 /// Runs a node until `shutdown` is cancelled, then stops it cleanly.
@@ -139,12 +142,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics,
     });
     info!(http = %node.settings().http, listen = %node.settings().listen, "serving");
-    let http_shutdown = shutdown.clone();
-    // No Nagle, and keepalive, as on the RESP and inter-node sockets (`sockets.rs`).
-    let http_listener = http_listener.tap_io(|stream| crate::sockets::tune(stream));
-    axum::serve(http_listener, app)
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await?;
+    crate::http::serve(
+        http_listener,
+        app,
+        &node.settings().limits,
+        shutdown.clone(),
+    )
+    .await;
 
     info!("shutting down");
     node.shutdown.cancel();

@@ -134,6 +134,21 @@ pub struct ServerArgs {
     /// node's previous generation), instead of `DEAD_NODE_GRACE_DEFAULT`.
     #[arg(long, hide = true)]
     pub test_dead_node_grace_ms: Option<u64>,
+    /// FOR TESTS ONLY: `Limits::http_concurrency_max`, so that a test fills it cheaply.
+    #[arg(long, hide = true)]
+    pub test_http_concurrency_max: Option<usize>,
+    /// FOR TESTS ONLY: `Limits::http_connections_max`.
+    #[arg(long, hide = true)]
+    pub test_http_connections_max: Option<usize>,
+    /// FOR TESTS ONLY: `Limits::http_header_read_timeout`, in milliseconds.
+    #[arg(long, hide = true)]
+    pub test_http_header_read_timeout_ms: Option<u64>,
+    /// FOR TESTS ONLY: `Limits::http_body_timeout`, in milliseconds.
+    #[arg(long, hide = true)]
+    pub test_http_body_timeout_ms: Option<u64>,
+    /// FOR TESTS ONLY: `Limits::resp_command_timeout`, in milliseconds.
+    #[arg(long, hide = true)]
+    pub test_resp_command_timeout_ms: Option<u64>,
 }
 
 /// A TOML value that is one string or a list of them.
@@ -239,8 +254,23 @@ pub struct Limits {
     pub inbound_inflight_max: usize,
     /// Inbound inter-node connections open at once; more are closed on accept.
     pub inbound_connections_max: usize,
-    /// Concurrent client HTTP requests per node.
+    /// Client HTTP requests the node works on at once, counted from when a request's body
+    /// has arrived; one more waits for a slot until its deadline, then answers 503.
     pub http_concurrency_max: usize,
+    /// Client HTTP connections open at once; one more is answered 503 and closed. Each holds
+    /// at most one request body (HTTP/1.1), so this also bounds the bodies held.
+    pub http_connections_max: usize,
+    /// How long a client HTTP connection may take to send a request's headers, counted from
+    /// when the node starts waiting for them: it also closes a keep-alive connection idle
+    /// this long.
+    pub http_header_read_timeout: Duration,
+    /// How long a client HTTP request's body may take to arrive, counted from its headers;
+    /// past it the request answers 408.
+    pub http_body_timeout: Duration,
+    /// How long the node waits for the rest of a RESP command it has begun to receive (time
+    /// spent running earlier commands or writing replies does not count); past it the
+    /// connection is told and closed.
+    pub resp_command_timeout: Duration,
     /// Timeout for establishing an inter-node connection.
     pub connect_timeout: Duration,
     /// Largest backoff between reconnection attempts to a peer.
@@ -263,6 +293,10 @@ impl Default for Limits {
             inbound_inflight_max: 1024,
             inbound_connections_max: 1024,
             http_concurrency_max: 4096,
+            http_connections_max: 4096,
+            http_header_read_timeout: Duration::from_secs(30),
+            http_body_timeout: Duration::from_secs(30),
+            resp_command_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_millis(500),
             reconnect_backoff_max: Duration::from_secs(2),
             request_timeout_max: Duration::from_secs(60),
@@ -323,6 +357,7 @@ impl Settings {
 
     /// Resolves flags (and their env vars) over the config file over the defaults.
     pub fn resolve(args: ServerArgs) -> Result<Settings, SettingsError> {
+        let limits = test_limits(&args)?;
         let file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
@@ -437,7 +472,7 @@ impl Settings {
             dead_node_grace: args
                 .test_dead_node_grace_ms
                 .map_or(DEAD_NODE_GRACE_DEFAULT, ms),
-            limits: Limits::default(),
+            limits,
         };
         settings.validate()?;
         Ok(settings)
@@ -504,6 +539,48 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `Limits::default()` with the `--test-*` overrides, each at least 1.
+fn test_limits(args: &ServerArgs) -> Result<Limits, SettingsError> {
+    fn at_least_one<T: PartialEq + From<u8>>(
+        name: &'static str,
+        v: Option<T>,
+    ) -> Result<Option<T>, SettingsError> {
+        match v {
+            Some(v) if v == T::from(0) => Err(invalid(name, "must be at least 1")),
+            v => Ok(v),
+        }
+    }
+    let d = Limits::default();
+    Ok(Limits {
+        http_concurrency_max: at_least_one(
+            "test_http_concurrency_max",
+            args.test_http_concurrency_max,
+        )?
+        .unwrap_or(d.http_concurrency_max),
+        http_connections_max: at_least_one(
+            "test_http_connections_max",
+            args.test_http_connections_max,
+        )?
+        .unwrap_or(d.http_connections_max),
+        http_header_read_timeout: at_least_one(
+            "test_http_header_read_timeout_ms",
+            args.test_http_header_read_timeout_ms,
+        )?
+        .map_or(d.http_header_read_timeout, ms),
+        http_body_timeout: at_least_one(
+            "test_http_body_timeout_ms",
+            args.test_http_body_timeout_ms,
+        )?
+        .map_or(d.http_body_timeout, ms),
+        resp_command_timeout: at_least_one(
+            "test_resp_command_timeout_ms",
+            args.test_resp_command_timeout_ms,
+        )?
+        .map_or(d.resp_command_timeout, ms),
+        ..d
+    })
 }
 
 fn ms(v: u64) -> Duration {

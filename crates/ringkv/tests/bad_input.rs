@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Resp, Rng, seed_from_env_or_clock};
-use ringkv_core::constants::MAX_COUNTER;
+use ringkv_core::constants::{MAX_CONTEXT_BYTES, MAX_COUNTER};
 use ringkv_core::{Context, NodeId, ReplicaId, VersionVector};
 
 const MAX_VALUE: usize = 1024;
@@ -113,7 +113,10 @@ async fn unknown_endpoints_and_methods_get_json_errors() {
     for (method, path, status, code) in [
         (reqwest::Method::POST, "/kv/a/b", 405, "method_not_allowed"),
         (reqwest::Method::GET, "/no-such-endpoint", 404, "not_found"),
-        (reqwest::Method::GET, "/admin/local/", 404, "not_found"),
+        // `/admin/local/{key}` takes one key, as `/kv/{key}` does.
+        (reqwest::Method::GET, "/admin/local/", 400, "bad_request"),
+        (reqwest::Method::GET, "/admin/local/a/b", 400, "bad_request"),
+        (reqwest::Method::GET, "/admin/local/a/", 400, "bad_request"),
         (reqwest::Method::POST, "/kv/abc", 405, "method_not_allowed"),
         (
             reqwest::Method::DELETE,
@@ -149,6 +152,34 @@ async fn a_leave_plan_below_n_members_is_refused_like_the_leave() {
     assert_eq!(c.status(0).await["cluster"]["ring_version"], version);
 }
 
+/// `POST /admin/leave` with a mistyped query is refused: it must not fall back to "this
+/// node" and start the receiving node leaving. N = 2 with three members, so that a leave
+/// would be accepted. A well-formed one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leave_with_a_mistyped_query_is_refused_and_nobody_leaves() {
+    let c = Cluster::start_with(3, &["--n", "2"]).await;
+    let version = c.status(0).await["cluster"]["ring_version"].clone();
+    for query in [
+        "?node",
+        "?node=",
+        "?Node=n3",
+        "?nodes=n3",
+        "?node=n3&node=n2",
+        "?node=n3&force=1",
+        "?node=%ff",
+    ] {
+        let path = format!("/admin/leave{query}");
+        let r = raw(&c, reqwest::Method::POST, &path, b"").await;
+        assert_error(&r, 400, "bad_request", &format!("POST {path}"));
+    }
+    let status = c.status(0).await;
+    assert_eq!(status["cluster"]["ring_version"], version, "{status}");
+    assert_eq!(c.member_status(0, 0).await.as_deref(), Some("up"));
+    let r = raw(&c, reqwest::Method::POST, "/admin/leave?node=n3", b"").await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["node_id"], "n3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_contexts_quorums_and_timeouts_are_400() {
     let c = cluster().await;
@@ -166,6 +197,9 @@ async fn bad_contexts_quorums_and_timeouts_are_400() {
         "!!!!",
         "%%%",
         &"A".repeat(20_000),
+        // The longest token the node reads: its head is buffered whole, and refused as a
+        // context, not as a head too large.
+        &"A".repeat(MAX_CONTEXT_BYTES),
         &flipped,
         &good_ctx[..good_ctx.len() / 2],
     ] {
@@ -200,6 +234,17 @@ async fn bad_contexts_quorums_and_timeouts_are_400() {
             &format!("PUT with a counter of {huge}"),
         );
     }
+    // Two contexts: which one would be meant?
+    let twice = c
+        .send(
+            c.client
+                .put(format!("{}/kv/{}", c.http(0), common::encode_key(key)))
+                .header("x-context", good_ctx.as_str())
+                .header("x-context", good_ctx.as_str())
+                .body("x"),
+        )
+        .await;
+    assert_error(&twice, 400, "bad_request", "PUT with X-Context twice");
     let got = c.get(0, key, "r=3").await;
     assert_eq!(
         (got.status, got.body.as_slice()),
@@ -207,6 +252,13 @@ async fn bad_contexts_quorums_and_timeouts_are_400() {
         "refused writes changed nothing: {got:?}"
     );
     for q in [
+        "r=+2",
+        "r=%2B2",
+        "r=02",
+        "r=%zz",
+        "r=%ff",
+        "timeout_ms=+5",
+        "timeout_ms=0100",
         "r=0",
         "r=4",
         "r=abc",
@@ -225,7 +277,16 @@ async fn bad_contexts_quorums_and_timeouts_are_400() {
             &format!("GET ?{q}"),
         );
     }
-    for q in ["w=0", "w=4", "w=abc", "w=", "timeout_ms=0", "timeout_ms=x"] {
+    for q in [
+        "w=0",
+        "w=4",
+        "w=abc",
+        "w=",
+        "w=+2",
+        "w=02",
+        "timeout_ms=0",
+        "timeout_ms=x",
+    ] {
         assert_error(
             &c.put(0, key, b"x", None, q).await,
             400,
@@ -248,6 +309,12 @@ async fn bad_contexts_quorums_and_timeouts_are_400() {
     // The bounds themselves are accepted.
     assert_eq!(c.get(0, key, "r=1").await.status, 200);
     assert_eq!(c.get(0, key, "r=3&timeout_ms=60000").await.status, 200);
+    // Percent-encoded values decode ("%32" is "2"); `w` on a read and `r` on a write are
+    // not parameters of that request, and are ignored like any other.
+    assert_eq!(c.get(0, key, "r=%32").await.status, 200);
+    assert_eq!(c.get(0, key, "w=0").await.status, 200);
+    assert_eq!(c.put(0, b"other", b"x", None, "r=0").await.status, 204);
+    assert_eq!(c.delete(0, b"other", None, "r=abc").await.status, 204);
     let tiny = c.get(0, key, "timeout_ms=1").await;
     assert!(
         matches!(tiny.status, 200 | 503),

@@ -179,6 +179,54 @@ async fn ordinary_errors_keep_the_connection_and_garbage_lines_are_unknown_comma
     assert_serves(&c).await;
 }
 
+/// Many clients stall part way into a command (`SET k` with half its value sent): the node
+/// goes on serving others, and cuts each one off, with an error, once the command timeout
+/// passed (a short one here); nothing of the stalled commands ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stalled_mid_command_are_served_around_and_cut_off() {
+    const STALLED: usize = 200;
+    let max = MAX_VALUE_BYTES.to_string();
+    let mut c = RespCluster::start(
+        1,
+        &[
+            "--n",
+            "1",
+            "--r",
+            "1",
+            "--w",
+            "1",
+            "--max-value-bytes",
+            &max,
+            "--test-resp-command-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let mut head = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${MAX_VALUE_BYTES}\r\n").into_bytes();
+    head.extend(vec![b'x'; MAX_VALUE_BYTES / 2]);
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let mut raw = Raw::connect(c.resp(0)).await;
+        raw.send(&head).await;
+        stalled.push(raw);
+    }
+    assert_serves(&c).await;
+    for (i, raw) in stalled.iter_mut().enumerate() {
+        match raw.expect_closed().await.as_slice() {
+            [Value::Error(e)] if e.starts_with("ERR the command did not arrive in full within") => {
+            }
+            other => panic!("stalled client {i}: expected one error and a close, got {other:?}"),
+        }
+    }
+    assert!(c.is_running(0), "the node survived");
+    let mut raw = Raw::connect(c.resp(0)).await;
+    assert_eq!(
+        raw.call(&["GET", "k"]).await,
+        Value::Nil,
+        "no stalled SET ran"
+    );
+}
+
 /// A client that pipelines commands and never reads its replies: the node stops reading from
 /// it once its replies cannot be written (so its memory stays bounded), keeps serving others,
 /// and drops it after the write deadline.

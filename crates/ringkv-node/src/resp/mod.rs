@@ -66,13 +66,21 @@
 //!   `parser::MAX_INLINE_BYTES` per inline line; `parser::MIN_COMMAND_BYTES` or more per
 //!   command). An announcement over a limit is refused before its bytes are read:
 //!   `-ERR Protocol error: ...` and the connection is closed, as for any malformed request.
-//! - Input held by all connections together: each may hold `INPUT_FREE_BYTES` (1 MiB) of
-//!   input not yet run (a command still arriving, pipelined ones not parsed); beyond that it
-//!   draws on one node-wide `InputBudget` of `INPUT_BUDGET_BYTES` (1 GiB). A connection the
-//!   budget cannot cover is told `-ERR the node's RESP input budget is exhausted ...` and
-//!   closed, nothing of its pending command having run
-//!   (`ringkv_resp_input_budget_refusals_total`). Without it, 10,000 connections each
-//!   sending one 64 MiB command could hold 640 GiB.
+//! - Input held by all connections together: every byte of input a connection holds and has
+//!   not run yet (a command still arriving, pipelined ones not parsed) draws on one node-wide
+//!   `InputBudget` of `INPUT_BUDGET_BYTES` (1 GiB). A connection the budget cannot cover is
+//!   told `-ERR the node's RESP input budget is exhausted ...` and closed, nothing of its
+//!   pending command having run (`ringkv_resp_input_budget_refusals_total`). Without it,
+//!   10,000 connections each sending one 64 MiB command could hold 640 GiB. No share of a
+//!   connection's input is left out: with 1 MiB each left out, 400 clients each stalled 1 MB
+//!   into a `SET` held 400 MB that no budget counted.
+//! - A command must arrive in full within `Limits::resp_command_timeout` (30 s) of waiting:
+//!   the time the node spends waiting for the rest of a command it has begun to receive (not
+//!   the time it spends running earlier commands or writing replies, when the client could
+//!   not send). Past it the client is told `-ERR the command did not arrive in full within
+//!   ...` and the connection closed (`ringkv_resp_command_timeouts_total`), so a client that
+//!   stalls mid-command holds its input that long at most. An idle connection (no command
+//!   begun) may stay open.
 //! - One reply: `MGET` answers at most `commands::MAX_MGET_REPLY_BYTES` (64 MiB) of values;
 //!   past it the command fails with `-ERR the values would pass ... bytes; ask for fewer
 //!   keys`, the keys left unread, and the connection serves on. Every other reply is one
@@ -109,6 +117,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -131,28 +140,24 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 const TOO_MANY_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
-/// Input a connection may hold (a command still arriving, or pipelined ones not yet parsed)
-/// without drawing on the node-wide budget.
-pub const INPUT_FREE_BYTES: usize = 1024 * 1024;
-/// Input all connections together may hold beyond their `INPUT_FREE_BYTES` each. Each
-/// connection is bounded by its parser (one command of at most 64 MiB); this bounds them all.
+/// Input all connections together may hold (commands still arriving, pipelined ones not yet
+/// parsed). Each connection is bounded by its parser (one command of at most 64 MiB); this
+/// bounds them all.
 pub const INPUT_BUDGET_BYTES: usize = 1024 * 1024 * 1024;
 const BUDGET_EXHAUSTED: &str = "the node's RESP input budget is exhausted (too many large commands arriving at once); \
      nothing of this command ran: retry later";
 
-/// The node-wide bound on RESP input held by connections beyond their free share.
+/// The node-wide bound on RESP input held by connections.
 #[derive(Debug)]
 pub struct InputBudget {
     used: AtomicUsize,
-    free_per_connection: usize,
     max: usize,
 }
 
 impl InputBudget {
-    pub fn new(free_per_connection: usize, max: usize) -> InputBudget {
+    pub fn new(max: usize) -> InputBudget {
         InputBudget {
             used: AtomicUsize::new(0),
-            free_per_connection,
             max,
         }
     }
@@ -170,11 +175,12 @@ struct Reservation {
 }
 
 impl Reservation {
-    /// Draws what `input` bytes need beyond the free share; `false` (nothing drawn) when the
-    /// budget cannot cover it.
-    fn resize(&mut self, input: usize) -> bool {
-        let want = input.saturating_sub(self.budget.free_per_connection);
-        if want <= self.held {
+    /// Draws `want` bytes in all; `false` (nothing drawn) when the budget cannot cover them.
+    fn resize(&mut self, want: usize) -> bool {
+        if want == self.held {
+            return true;
+        }
+        if want < self.held {
             self.budget
                 .used
                 .fetch_sub(self.held - want, Ordering::Relaxed);
@@ -203,7 +209,7 @@ impl Drop for Reservation {
 
 /// Serves RESP2 clients on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
-    let budget = Arc::new(InputBudget::new(INPUT_FREE_BYTES, INPUT_BUDGET_BYTES));
+    let budget = Arc::new(InputBudget::new(INPUT_BUDGET_BYTES));
     serve_limited(listener, node, shutdown, MAX_CONNECTIONS, budget).await
 }
 
@@ -216,6 +222,7 @@ async fn serve_limited(
     budget: Arc<InputBudget>,
 ) {
     let limits = ParserLimits::for_max_value_bytes(node.settings().max_value_bytes);
+    let command_timeout = node.settings().limits.resp_command_timeout;
     let slots = Arc::new(Semaphore::new(max_connections));
     let open = Arc::new(AtomicUsize::new(0));
     let next_id = AtomicU64::new(1);
@@ -256,7 +263,12 @@ async fn serve_limited(
             let _slot = slot;
             let _open = OpenConnection::new(session.connections.clone());
             let id = session.id;
-            let end = connection(stream, session, limits, reservation, shutdown).await;
+            let input = Input {
+                limits,
+                reservation,
+                command_timeout,
+            };
+            let end = connection(stream, session, input, shutdown).await;
             debug!(connection = id, end = %end, "RESP connection closed");
         });
     }
@@ -308,6 +320,8 @@ enum End {
     WriteTimeout,
     /// The node-wide input budget could not cover this connection's command.
     Budget,
+    /// A command did not arrive in full within the command timeout.
+    CommandTimeout(Duration),
     Io(std::io::Error),
 }
 
@@ -320,34 +334,45 @@ impl std::fmt::Display for End {
             End::Protocol(e) => write!(f, "{e}"),
             End::WriteTimeout => write!(f, "replies blocked for {WRITE_TIMEOUT:?}"),
             End::Budget => f.write_str("input budget exhausted"),
+            End::CommandTimeout(t) => write!(f, "a command did not arrive in full within {t:?}"),
             End::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
+}
+
+/// How a connection takes its input: the parser's bounds, its draw on the node's input
+/// budget, and how long one command may take to arrive.
+struct Input {
+    limits: ParserLimits,
+    reservation: Reservation,
+    command_timeout: Duration,
 }
 
 /// Serves one client until it leaves, errs, or the node shuts down.
 async fn connection(
     mut stream: TcpStream,
     mut session: Session,
-    limits: ParserLimits,
-    mut reservation: Reservation,
+    mut input: Input,
     shutdown: CancellationToken,
 ) -> End {
     crate::sockets::tune(&stream);
-    let mut parser = Parser::new(limits);
+    let mut parser = Parser::new(input.limits);
     let mut out = BytesMut::new();
+    // How long the node has waited for the rest of the command still arriving. Time spent
+    // running earlier commands or writing replies does not count: the client could not send.
+    let mut command_waited = Duration::ZERO;
     loop {
+        let mut ran = false;
         while !shutdown.is_cancelled() {
             let args = match parser.next_command() {
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
                     metrics::counter!("ringkv_resp_protocol_errors_total").increment(1);
-                    Reply::err(&e).encode(&mut out);
-                    let _ = flush(&mut stream, &mut out).await;
-                    return End::Protocol(e);
+                    return refuse(&mut stream, &mut out, &e.to_string(), End::Protocol(e)).await;
                 }
             };
+            ran = true;
             let (reply, flow) = commands::execute(&mut session, args).await;
             if let Some(reply) = reply {
                 reply.encode(&mut out);
@@ -368,18 +393,36 @@ async fn connection(
         // An idle connection holds no buffer: wait for readiness, then read into a chunk
         // that lives only until it is fed to the parser.
         parser.release_idle_memory();
-        // What it still holds (a command arriving) counts against the node's budget; past it
-        // the client is told and the connection closed, nothing of the command having run.
-        if !reservation.resize(parser.held_bytes()) {
-            metrics::counter!("ringkv_resp_input_budget_refusals_total").increment(1);
-            Reply::err(BUDGET_EXHAUSTED).encode(&mut out);
-            let _ = flush(&mut stream, &mut out).await;
-            return End::Budget;
+        // Bytes held now are one command still arriving: a new one if a command just ran
+        // (the rest of the last read follows it).
+        let arriving = parser.held_bytes() > 0;
+        if !arriving || ran {
+            command_waited = Duration::ZERO;
         }
+        // What it holds counts against the node's budget; past it the client is told and
+        // the connection closed, nothing of the command having run.
+        if !input.reservation.resize(parser.held_bytes()) {
+            metrics::counter!("ringkv_resp_input_budget_refusals_total").increment(1);
+            return refuse(&mut stream, &mut out, BUDGET_EXHAUSTED, End::Budget).await;
+        }
+        let left = input.command_timeout.saturating_sub(command_waited);
+        let waiting = Instant::now();
         let readable = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return End::Shutdown,
             readable = stream.readable() => readable,
+            _ = tokio::time::sleep(left), if arriving => {
+                metrics::counter!("ringkv_resp_command_timeouts_total").increment(1);
+                let t = input.command_timeout;
+                let message = format!(
+                    "the command did not arrive in full within {t:?}; closing the connection"
+                );
+                return refuse(&mut stream, &mut out, &message, End::CommandTimeout(t)).await;
+            }
         };
+        if arriving {
+            command_waited += waiting.elapsed();
+        }
         if let Err(e) = readable {
             return End::Io(e);
         }
@@ -391,6 +434,13 @@ async fn connection(
             Err(e) => return End::Io(e),
         }
     }
+}
+
+/// Tells the client `-ERR <message>` after the replies already pending, and ends with `end`.
+async fn refuse(stream: &mut TcpStream, out: &mut BytesMut, message: &str, end: End) -> End {
+    Reply::err(message).encode(out);
+    let _ = flush(stream, out).await;
+    end
 }
 
 /// Writes the pending replies, giving up after `WRITE_TIMEOUT`.
@@ -432,6 +482,11 @@ mod tests {
 
     /// A one-node cluster in this process, with in-memory storage.
     async fn one_node(shutdown: &CancellationToken) -> Arc<Node> {
+        one_node_with(shutdown, ServerArgs::default()).await
+    }
+
+    /// `one_node` with the `--test-*` settings of `extra`.
+    async fn one_node_with(shutdown: &CancellationToken, extra: ServerArgs) -> Arc<Node> {
         static DIRS: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "ringkv-resp-unit-{}-{}",
@@ -447,7 +502,7 @@ mod tests {
             n: Some(1),
             r: Some(1),
             w: Some(1),
-            ..Default::default()
+            ..extra
         };
         let settings = Settings::resolve(args).expect("valid settings");
         Node::start(settings, shutdown.child_token())
@@ -477,7 +532,7 @@ mod tests {
         let node = one_node(&shutdown).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let budget = Arc::new(InputBudget::new(INPUT_FREE_BYTES, INPUT_BUDGET_BYTES));
+        let budget = Arc::new(InputBudget::new(INPUT_BUDGET_BYTES));
         let server = tokio::spawn(serve_limited(listener, node, shutdown.clone(), 2, budget));
 
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -528,9 +583,8 @@ mod tests {
         let node = one_node(&shutdown).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // One whole command (600 KiB, 536 beyond the free share) fits; two halves (386 KiB
-        // beyond it each) do not.
-        let budget = Arc::new(InputBudget::new(64 * 1024, 640 * 1024));
+        // One whole command (600 KiB) fits; two halves (450 KiB each) do not.
+        let budget = Arc::new(InputBudget::new(640 * 1024));
         let server = tokio::spawn(serve_limited(
             listener,
             node,
@@ -582,6 +636,80 @@ mod tests {
         assert_eq!(exchange(&mut third, &whole, b"+OK\r\n").await, b"+OK\r\n");
         let got = exchange(&mut third, b"EXISTS k1 k2 k3 k4\r\n", b"\r\n").await;
         assert_eq!(got, b":4\r\n");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve stops on shutdown")
+            .unwrap();
+    }
+
+    /// Commands stalled part way draw on the budget from their first byte, so the budget
+    /// bounds them all; each is cut off once the command timeout passed, and what it drew
+    /// comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_commands_draw_on_the_budget_and_are_cut_off() {
+        let shutdown = CancellationToken::new();
+        let node = one_node_with(
+            &shutdown,
+            ServerArgs {
+                test_resp_command_timeout_ms: Some(500),
+                ..Default::default()
+            },
+        )
+        .await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        const STALLED: usize = 100 * 1024;
+        let budget = Arc::new(InputBudget::new(STALLED * 5 / 2));
+        let server = tokio::spawn(serve_limited(
+            listener,
+            node,
+            shutdown.clone(),
+            16,
+            budget.clone(),
+        ));
+        // `SET k <value>` with `STALLED` bytes of the value sent, and no more.
+        let mut stalled_set =
+            format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", 4 * STALLED).into_bytes();
+        stalled_set.extend(vec![b'x'; STALLED]);
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&stalled_set).await.unwrap();
+            stalled.push(c);
+        }
+        until("the stalled commands never drew on the budget", || {
+            budget.used() >= 2 * STALLED
+        })
+        .await;
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let _ = third.write_all(&stalled_set).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer))
+            .await
+            .expect("the connection past the budget is closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("-ERR the node's RESP input budget"),
+            "{answer}"
+        );
+        for mut c in stalled {
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+                .await
+                .expect("a stalled command is cut off");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with("-ERR the command did not arrive in full within 500ms"),
+                "{answer}"
+            );
+        }
+        until("the budget never came back", || budget.used() == 0).await;
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            exchange(&mut next, b"PING\r\n", b"+PONG\r\n").await,
+            b"+PONG\r\n"
+        );
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), server)
             .await

@@ -248,6 +248,8 @@ async fn make_drivers(args: &BenchArgs) -> anyhow::Result<Vec<Driver>> {
         DriverKind::Http => {
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(n)
+                // Below the node's 30 s keep-alive bound.
+                .pool_idle_timeout(Duration::from_secs(20))
                 .timeout(OPERATION_TIMEOUT)
                 .build()?;
             Ok((0..n)
