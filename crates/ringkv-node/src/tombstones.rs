@@ -7,13 +7,17 @@
 //! *purge leader*) during its anti-entropy passes:
 //! 1. the leader's own set for the key holds only tombstones and has not changed since it was
 //!    first seen so (the grace covers messages still in flight when stability began);
-//! 2. no membership change is in progress, and every node of the ring is up (any of them
-//!    could hold a hint or an older copy);
+//! 2. no membership change is in progress, every node of the ring is up (any of them could
+//!    hold a hint or an older copy), and so is every node outside the ring that gossip still
+//!    carries and that has not published `Left` (a node that left but has not swept, or was
+//!    removed while down, hands its old copies over when it comes back; `purge_blocker`);
 //! 3. every other home replica holds exactly the same set (`SameVersions` digests);
 //! 4. no node holds another copy of the key: no hint, and no stored set but this tombstone
-//!    (`OtherCopies` to every member and to any live gossip peer outside the ring; a node
-//!    that lost the partition may still hold an old copy its sweep has not handed over, which
-//!    would bring the deleted value back once the tombstone is gone).
+//!    (`OtherCopies` to every member and to every live gossip peer outside the ring, check 2
+//!    having made sure that the others published `Left`; a node that lost the partition may
+//!    still hold an old copy its sweep has not handed over, which would bring the deleted
+//!    value back once the tombstone is gone). Each peer also answers whether it sees check 2
+//!    hold, so a purge waits for what any node cannot see.
 //!
 //! Then each home replica (the others on `Purge`, the leader last) raises its *dot floor*
 //! above every counter of its own replica id in the tombstone, persists the floor, and
@@ -30,6 +34,7 @@
 //! raises the floor the same way (`Node::forget_local`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -41,6 +46,7 @@ use ringkv_storage::{StorageEngine, StorageError};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::membership::{ClusterView, Status};
 use crate::node::Node;
 use crate::wire::{Request, Response, RingState};
 
@@ -58,6 +64,9 @@ pub const PURGE_CANDIDATES_MAX: usize = 100_000;
 pub(crate) struct Candidates {
     /// (digest, when this node first saw that tombstone, when every check first passed).
     seen: BTreeMap<(u32, Bytes), (u64, Instant, Option<Instant>)>,
+    /// Per partition, the last key of the last batch taken (`next_batch`): the next batch
+    /// starts after it. At most one per partition this node leads (`retain_partitions`).
+    batch_ends: BTreeMap<u32, Bytes>,
 }
 
 impl Candidates {
@@ -138,23 +147,65 @@ impl Candidates {
         self.seen
             .range((partition, Bytes::new())..)
             .take_while(|((p, _), _)| *p == partition)
-            .filter(|(_, (_, since, _))| {
-                let start = healthy_since.map_or(*since, |h| h.max(*since));
-                now.saturating_duration_since(start) >= grace
-            })
+            .filter(|(_, (_, since, _))| ripened(*since, now, grace, healthy_since))
             .take(limit)
             .map(|((_, key), (digest, _, _))| (key.clone(), *digest))
             .collect()
+    }
+
+    /// The next batch of up to `limit` ripe candidates of `partition` (as `ripe` says), taken
+    /// in key order from just after where the previous batch of the partition ended, wrapping
+    /// around to its first key. Candidates that keep failing their checks stay in the table;
+    /// taken from the first key every time, the first `limit` of them would be the whole batch
+    /// pass after pass and the partition's other tombstones would never be purged. This way
+    /// each ripe candidate is tried at least once in any `ceil(ripe / limit)` batches in a
+    /// row, in an order that depends on the keys alone.
+    pub(crate) fn next_batch(
+        &mut self,
+        partition: u32,
+        now: Instant,
+        grace: Duration,
+        healthy_since: Option<Instant>,
+        limit: usize,
+    ) -> Vec<(Bytes, u64)> {
+        let after = self.batch_ends.get(&partition).cloned().unwrap_or_default();
+        let tail = self
+            .seen
+            .range((Excluded((partition, after.clone())), Unbounded))
+            .take_while(|((p, _), _)| *p == partition);
+        // The wrap ends at `after` included: a batch lists each candidate once.
+        let head = self
+            .seen
+            .range((partition, Bytes::new())..=(partition, after))
+            .take_while(|((p, _), _)| *p == partition);
+        let batch: Vec<(Bytes, u64)> = tail
+            .chain(head)
+            .filter(|(_, (_, since, _))| ripened(*since, now, grace, healthy_since))
+            .take(limit)
+            .map(|((_, key), (digest, _, _))| (key.clone(), *digest))
+            .collect();
+        if let Some((last, _)) = batch.last() {
+            self.batch_ends.insert(partition, last.clone());
+        }
+        batch
     }
 
     pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }
 
-    /// Forgets the candidates of every partition `keep` rejects.
+    /// Forgets the candidates (and where batches end) of every partition `keep` rejects.
     fn retain_partitions(&mut self, keep: impl Fn(u32) -> bool) {
         self.seen.retain(|(p, _), _| keep(*p));
+        self.batch_ends.retain(|p, _| keep(*p));
     }
+}
+
+/// Whether a candidate first seen at `since` has been stable for `grace`, counted from
+/// `healthy_since` if that is later (the grace runs only while the cluster is whole).
+fn ripened(since: Instant, now: Instant, grace: Duration, healthy_since: Option<Instant>) -> bool {
+    let start = healthy_since.map_or(since, |h| h.max(since));
+    now.saturating_duration_since(start) >= grace
 }
 
 /// Which keys `Node::forget_local` may remove.
@@ -213,14 +264,47 @@ impl TombstoneState {
 }
 
 /// Why a partition's ripe tombstones cannot be purged now, if they cannot: a membership
-/// change in progress, or a ring member that is not up.
-pub(crate) fn purge_blocker(ring: &RingState, live: impl Fn(&NodeId) -> bool) -> Option<String> {
+/// change in progress, a ring member that is not up, or a node outside the ring that is not
+/// up and may still hold an old copy of a key (`view` gives the nodes gossip carries and the
+/// status each published; `live` says which are up).
+///
+/// A node outside the ring answers `OtherCopies` only while it is up, so one that is down is
+/// a copy nobody can rule out, unless it published `Left`: it holds no key and no hint any
+/// more. `Leaving` is published by a node that left the ring but has not swept its old
+/// partitions yet; `Up` by a node removed from the ring while it was down (it holds the ring
+/// it had). Either hands its old copy to the home replicas when it comes back, and with the
+/// tombstone purged the deleted value would come back with it.
+///
+/// `Joining` blocks too. A node publishes it whenever its ring does not list it as committed,
+/// so the status does not say whether it holds keys: a joiner that received partitions in a
+/// transition that did not end with it a member keeps copies its sweep would hand over. A
+/// joiner that never received anything only delays purging: chitchat forgets a dead node
+/// after its grace (`Settings::dead_node_grace`), and `Membership::refresh` drops a forgotten
+/// node from the view unless it is a ring member, so it stops blocking then. (So does a
+/// leaver down for longer than that grace: this check cannot cover its return.)
+pub(crate) fn purge_blocker(
+    ring: &RingState,
+    view: &ClusterView,
+    live: impl Fn(&NodeId) -> bool,
+) -> Option<String> {
     if ring.topology.transition().is_some() || !ring.topology.leaving().is_empty() {
         return Some("a membership change is in progress".into());
     }
     let members = ring.topology.members();
-    let down = members.iter().map(|m| &m.id).find(|n| !live(n));
-    down.map(|n| format!("{n} is not reachable"))
+    if let Some(down) = members.iter().map(|m| &m.id).find(|n| !live(n)) {
+        return Some(format!("{down} is not reachable"));
+    }
+    let outside = view
+        .peers
+        .values()
+        .filter(|p| !ring.topology.is_member(&p.id))
+        .find(|p| p.status != Status::Left && !live(&p.id));
+    outside.map(|p| {
+        format!(
+            "{} is not reachable and outside the ring, not left (it may hold an old copy)",
+            p.id
+        )
+    })
 }
 
 impl Node {
@@ -239,27 +323,32 @@ impl Node {
             return;
         }
         let (now, grace) = (Instant::now(), self.settings.tombstone_grace);
-        let ripe_by_age = |healthy_since| {
-            self.tombstones.candidates.lock().unwrap().ripe(
-                partition.index(),
-                now,
-                grace,
-                healthy_since,
-                PURGE_BATCH_KEYS,
-            )
-        };
-        let waited = ripe_by_age(None).len();
+        let waited = self.tombstones.candidates.lock().unwrap().ripe(
+            partition.index(),
+            now,
+            grace,
+            None,
+            PURGE_BATCH_KEYS,
+        );
+        let waited = waited.len();
         if waited == 0 {
             return;
         }
-        if let Some(why) = purge_blocker(ring, |n| self.membership.is_live(n)) {
+        if let Some(why) = self.purge_blocked_by(ring) {
             self.mark_unhealthy();
             self.defer(waited, &why);
             return;
         }
-        // Stable long enough, and the cluster whole for a grace period too.
+        // Stable long enough, and the cluster whole for a grace period too. The batch starts
+        // after the previous one (`Candidates::next_batch`).
         let healthy_since = *self.tombstones.unhealthy_at.lock().unwrap();
-        let ripe = ripe_by_age(healthy_since);
+        let ripe = self.tombstones.candidates.lock().unwrap().next_batch(
+            partition.index(),
+            now,
+            grace,
+            healthy_since,
+            PURGE_BATCH_KEYS,
+        );
         if ripe.is_empty() {
             return;
         }
@@ -290,11 +379,22 @@ impl Node {
         *self.tombstones.unhealthy_at.lock().unwrap() = Some(Instant::now());
     }
 
-    /// Whether this node sees every ring member up and no membership change in progress.
+    /// `purge_blocker` for `ring` as this node sees the cluster now (one view for every
+    /// question, so a peer's status and liveness come from the same refresh).
+    fn purge_blocked_by(&self, ring: &RingState) -> Option<String> {
+        let view = self.membership.view();
+        let me = self.membership.me();
+        purge_blocker(ring, &view, |n| n == me || view.is_live(n))
+    }
+
+    /// Whether this node sees nothing that blocks a purge (`purge_blocker`): every ring member
+    /// up, no membership change in progress, and no node outside the ring down that may hold
+    /// an old copy. Peers answer `OtherCopies` with it, so a purge waits for what any of them
+    /// cannot see.
     fn sees_whole_cluster(&self) -> bool {
         self.membership
             .ring()
-            .is_some_and(|r| purge_blocker(&r, |n| self.membership.is_live(n)).is_none())
+            .is_some_and(|r| self.purge_blocked_by(&r).is_none())
     }
 
     fn defer(&self, keys: usize, why: &str) {
@@ -394,7 +494,8 @@ impl Node {
         // 3. No other copy anywhere, this node included: no hint for the key, and no stored
         // set other than this tombstone (a node that lost the partition and has not handed
         // its old copy over yet would bring the deleted value back after the purge). Asked
-        // of every ring member and every live gossip peer outside the ring (a node that left).
+        // of every ring member and every live gossip peer outside the ring (a node that left);
+        // a peer outside the ring that is down has published `Left` (`purge_blocker`).
         let other = self.other_copies(partition, keys.clone()).await?;
         keys = keys
             .into_iter()
@@ -408,6 +509,12 @@ impl Node {
             .map(|m| m.id.clone())
             .collect();
         let view = self.membership.view();
+        // Checked again on the view the peers to ask are taken from: a node outside the ring
+        // that went down since `purge_tombstones` checked would otherwise go unasked.
+        if let Some(why) = purge_blocker(ring, &view, |n| *n == me || view.is_live(n)) {
+            self.mark_unhealthy();
+            return Err(why);
+        }
         let outside: Vec<NodeId> = view
             .peers
             .iter()
@@ -678,6 +785,7 @@ pub(crate) fn held(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::PeerInfo;
 
     fn key(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -699,9 +807,19 @@ mod tests {
             .lock()
             .unwrap()
             .extend((0..4).map(|p| (p, key("a"))));
+        for p in 0..4 {
+            let mut c = state.candidates.lock().unwrap();
+            assert_eq!(c.next_batch(p, now, Duration::ZERO, None, 1).len(), 1);
+        }
         state.retain_partitions(|p| p % 2 == 0);
         assert_eq!(state.candidates(), 4);
         let c = state.candidates.lock().unwrap();
+        let ends: Vec<u32> = c.batch_ends.keys().copied().collect();
+        assert_eq!(
+            ends,
+            vec![0, 2],
+            "where batches end, kept for led partitions only"
+        );
         for p in 0..4 {
             let left = c.ripe(p, now, Duration::ZERO, None, 10).len();
             assert_eq!(left, if p % 2 == 0 { 2 } else { 0 }, "partition {p}");
@@ -796,18 +914,96 @@ mod tests {
         )
     }
 
+    /// The view of a node that gossip tells these (node, status) pairs.
+    fn view_of(peers: &[(&str, Status)]) -> ClusterView {
+        let peer = |(id, status): &(&str, Status)| PeerInfo {
+            id: NodeId::new(*id).unwrap(),
+            listen: "127.0.0.1:7000".parse().unwrap(),
+            http: "127.0.0.1:8000".parse().unwrap(),
+            resp: None,
+            zone: "z".into(),
+            weight: 1,
+            status: *status,
+            live: true,
+            ring_version: 1,
+            ring_digest: 0,
+            generation: 1,
+        };
+        ClusterView {
+            peers: peers
+                .iter()
+                .map(|p| (NodeId::new(p.0).unwrap(), peer(p)))
+                .collect(),
+        }
+    }
+
+    /// Liveness with every node up but `down`.
+    fn up_but<'a>(down: &'a [&str]) -> impl Fn(&NodeId) -> bool + 'a {
+        move |n| !down.contains(&n.as_str())
+    }
+
+    const MEMBERS: [(&str, Status); 4] = [
+        ("a", Status::Up),
+        ("b", Status::Up),
+        ("c", Status::Up),
+        ("d", Status::Up),
+    ];
+
     #[test]
     fn purging_waits_for_every_member_and_a_settled_ring() {
         let topology = ring_of(&["a", "b", "c", "d"]);
+        let view = view_of(&MEMBERS);
         let settled = RingState::new(1, topology.clone());
-        assert_eq!(purge_blocker(&settled, |_| true), None);
-        let down = purge_blocker(&settled, |n| n.as_str() != "b");
+        assert_eq!(purge_blocker(&settled, &view, |_| true), None);
+        let down = purge_blocker(&settled, &view, up_but(&["b"]));
+        assert_eq!(down.as_deref(), Some("b is not reachable"));
+        // A member gossip forgot (down for long) is still a member.
+        let forgot_b = view_of(&[MEMBERS[0], MEMBERS[2], MEMBERS[3]]);
+        let down = purge_blocker(&settled, &forgot_b, up_but(&["b"]));
         assert_eq!(down.as_deref(), Some("b is not reachable"));
         let mut leaving = topology.clone();
         leaving.request_leave(&NodeId::new("c").unwrap()).unwrap();
-        assert!(purge_blocker(&RingState::new(2, leaving), |_| true).is_some());
+        assert!(purge_blocker(&RingState::new(2, leaving), &view, |_| true).is_some());
         let joining = topology.begin_transition(&[member("e")]).unwrap().unwrap();
-        assert!(purge_blocker(&RingState::new(2, joining), |_| true).is_some());
+        assert!(purge_blocker(&RingState::new(2, joining), &view, |_| true).is_some());
+    }
+
+    /// A node outside the ring that is down blocks purging unless it published `Left`: `x`
+    /// left the ring but has not swept its old partitions (`Leaving`), and would hand its
+    /// copy of a purged key, from before the delete, to the home replicas when it comes back.
+    /// `w` was removed from the ring while down (it still publishes the `Up` of its old ring)
+    /// and would do the same; `y` is a joiner, whose status does not say whether it holds
+    /// keys. A drained node (`Left`) holds nothing, and a node gossip forgot blocks nothing.
+    #[test]
+    fn purging_waits_for_a_node_outside_the_ring_that_is_down_and_has_not_left() {
+        let settled = RingState::new(1, ring_of(&["a", "b", "c", "d"]));
+        let mut peers = MEMBERS.to_vec();
+        peers.extend([
+            ("w", Status::Up),
+            ("x", Status::Leaving),
+            ("y", Status::Joining),
+            ("z", Status::Left),
+        ]);
+        let view = view_of(&peers);
+        assert_eq!(purge_blocker(&settled, &view, |_| true), None);
+        for blocker in ["x", "w", "y"] {
+            let why = purge_blocker(&settled, &view, up_but(&[blocker]));
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.starts_with(&format!("{blocker} "))),
+                "{blocker} down: {why:?}"
+            );
+        }
+        assert_eq!(purge_blocker(&settled, &view, up_but(&["z"])), None);
+        let forgotten = view_of(&[MEMBERS[0], MEMBERS[1], MEMBERS[2], MEMBERS[3], peers[7]]);
+        let gone = ["w", "x", "y", "z"];
+        assert_eq!(purge_blocker(&settled, &forgotten, up_but(&gone)), None);
+        // A member of the ring publishing `Left` (an older incarnation's state) still counts
+        // as a member.
+        let mut stale = peers.clone();
+        stale[1] = ("b", Status::Left);
+        let why = purge_blocker(&settled, &view_of(&stale), up_but(&["b"]));
+        assert_eq!(why.as_deref(), Some("b is not reachable"));
     }
 
     #[test]
@@ -832,6 +1028,65 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// Candidates that fail their checks for good (a replica holding another set for ever)
+    /// stay in the table; they must not be the whole batch pass after pass. Each batch starts
+    /// after the previous one, wrapping around, so every ripe candidate of the partition is
+    /// tried, each at most once per batch, and candidates of other partitions never.
+    #[test]
+    fn every_ripe_candidate_is_tried_though_the_first_ones_fail_for_good() {
+        let mut c = Candidates::default();
+        let t0 = Instant::now();
+        let total = PURGE_BATCH_KEYS + PURGE_BATCH_KEYS / 2;
+        let k = |i: usize| Bytes::from(format!("k{i:05}"));
+        for i in 0..total {
+            assert!(c.observe(1, k(i), 7, t0));
+        }
+        assert!(c.observe(0, key("zz"), 1, t0));
+        assert!(c.observe(2, key("a"), 1, t0));
+        let mut tried = std::collections::BTreeSet::new();
+        let mut batches = Vec::new();
+        for _ in 0..3 {
+            let batch = c.next_batch(1, t0, Duration::ZERO, None, PURGE_BATCH_KEYS);
+            let keys: std::collections::BTreeSet<Bytes> =
+                batch.iter().map(|(k, _)| k.clone()).collect();
+            assert_eq!(keys.len(), PURGE_BATCH_KEYS, "a full batch, each key once");
+            for key in &keys {
+                // Every check fails: nothing is purged, the candidate stays.
+                assert!(!c.settle(1, key, false, t0, Duration::ZERO, None));
+            }
+            tried.extend(keys);
+            batches.push(batch);
+        }
+        assert_eq!(
+            tried.len(),
+            total,
+            "every candidate of the partition is tried"
+        );
+        assert!(tried.iter().all(|t| t.starts_with(b"k")));
+        // The second batch is the rest of the partition, then its first keys again; the third
+        // starts where the second ended.
+        assert_eq!(batches[1][0].0, k(PURGE_BATCH_KEYS));
+        assert_eq!(batches[1][PURGE_BATCH_KEYS / 2].0, k(0));
+        assert_eq!(batches[2][0].0, k(PURGE_BATCH_KEYS / 2));
+        // The next batch starts after where the last ended even once that key is gone (purged)
+        // and a later one was recorded; a partition smaller than a batch gives all of it every
+        // time.
+        let end = batches[2].last().unwrap().0.clone();
+        assert_eq!(end, k(total - 1));
+        c.forget(1, &end);
+        assert!(c.observe(1, k(total), 7, t0));
+        let next = c.next_batch(1, t0, Duration::ZERO, None, PURGE_BATCH_KEYS);
+        assert_eq!((&next[0].0, &next[1].0), (&k(total), &k(0)));
+        let small = c.next_batch(2, t0, Duration::ZERO, None, PURGE_BATCH_KEYS);
+        assert_eq!(small, vec![(key("a"), 1)]);
+        assert_eq!(c.next_batch(2, t0, Duration::ZERO, None, 10), small);
+        // Candidates not ripe yet are passed over and do not end a batch.
+        assert!(c.observe(2, key("b"), 1, t0 + Duration::from_secs(10)));
+        let grace = Duration::from_secs(5);
+        let at = t0 + Duration::from_secs(6);
+        assert_eq!(c.next_batch(2, at, grace, None, 10), small);
     }
 
     #[test]

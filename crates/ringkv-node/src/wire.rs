@@ -198,7 +198,8 @@ pub enum Response {
     /// One answer per key asked, in order.
     Same(Vec<bool>),
     /// Answer to `OtherCopies`: per key, whether another copy is held; and whether the
-    /// responder sees every ring member up.
+    /// responder sees nothing that blocks a purge (`tombstones::purge_blocker`: every ring
+    /// member up, no membership change, no node outside the ring down that has not left).
     Copies {
         other: Vec<bool>,
         all_live: bool,
