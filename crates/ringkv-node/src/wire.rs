@@ -99,8 +99,8 @@ pub enum Request {
         keys: Vec<(Bytes, u64)>,
     },
     /// Tombstone purge check: for each (key, digest), whether the receiver holds any other
-    /// copy of the key: a stored set with another digest, or a hint. Answered with `Same`
-    /// (true: another copy is held).
+    /// copy of the key: a stored set with another digest, or a hint. Answered with `Copies`
+    /// (true: another copy is held; and whether the receiver sees the purge gates open).
     OtherCopies {
         partition: PartitionId,
         keys: Vec<(Bytes, u64)>,
