@@ -254,6 +254,20 @@ pub struct Limits {
     pub inbound_inflight_max: usize,
     /// Inbound inter-node connections open at once; more are closed on accept.
     pub inbound_connections_max: usize,
+    /// Inbound inter-node connections open at once from one source address; more from it are
+    /// closed on accept, so one host cannot take every slot. Peers on one host (a local
+    /// cluster on 127.0.0.1) share it: each holds one connection to this node.
+    pub inbound_connections_per_ip_max: usize,
+    /// How long an inbound inter-node connection has to send its first frame, which must be a
+    /// `Hello`; then it is closed (one that never speaks would hold its slot for ever).
+    pub inbound_hello_timeout: Duration,
+    /// An inbound inter-node connection with no request in flight that receives nothing for
+    /// this long is closed. Longer than `peer_idle_timeout`, after which a peer closes its own
+    /// unused connection first, so a real peer's call never races this close.
+    pub inbound_idle_timeout: Duration,
+    /// An outbound connection with no call in flight that has sent nothing for this long is
+    /// closed; the next call opens another.
+    pub peer_idle_timeout: Duration,
     /// Client HTTP requests the node works on at once, counted from when a request's body
     /// has arrived; one more waits for a slot until its deadline, then answers 503.
     pub http_concurrency_max: usize,
@@ -292,6 +306,10 @@ impl Default for Limits {
             peer_inflight_max: 1024,
             inbound_inflight_max: 1024,
             inbound_connections_max: 1024,
+            inbound_connections_per_ip_max: 64,
+            inbound_hello_timeout: Duration::from_secs(5),
+            inbound_idle_timeout: Duration::from_secs(300),
+            peer_idle_timeout: Duration::from_secs(120),
             http_concurrency_max: 4096,
             http_connections_max: 4096,
             http_header_read_timeout: Duration::from_secs(30),

@@ -2,7 +2,11 @@
 //! frames, many requests multiplexed on one connection by request id.
 //!
 //! Bounds: one outbound connection per peer; at most `inbound_connections_max` inbound
-//! connections (more are closed on accept); at most `peer_inflight_max` requests in flight
+//! connections, `inbound_connections_per_ip_max` of them from one address (more are closed on
+//! accept); an inbound connection whose first frame is not a `Hello`, or comes later than
+//! `inbound_hello_timeout`, is closed, and so is one idle for `inbound_idle_timeout` (an
+//! outbound one is closed after the shorter `peer_idle_timeout` without calls, so a peer's
+//! call never races the other end's close); at most `peer_inflight_max` requests in flight
 //! to a peer (a request waits for a slot only until its deadline); at most `inbound_inflight_max`
 //! requests served at once per inbound connection; frames over `max_frame_bytes` are
 //! refused. A frame that does not decode closes that connection with a logged error; the
@@ -10,7 +14,7 @@
 //! `reconnect_backoff_max`, and a peer inside its backoff window fails fast.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,6 +124,52 @@ where
     sink.flush().await
 }
 
+/// Inbound connections open per source address (`inbound_connections_per_ip_max`). An
+/// address is in the map only while it has a connection open.
+#[derive(Default)]
+struct ConnectionsByIp(Mutex<BTreeMap<IpAddr, usize>>);
+
+/// One inbound connection counted against its source address until dropped.
+struct IpSlot {
+    counts: Arc<ConnectionsByIp>,
+    ip: IpAddr,
+}
+
+impl ConnectionsByIp {
+    /// A slot for one more connection from `ip`, unless it already has `max`.
+    fn take(counts: &Arc<ConnectionsByIp>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = counts.0.lock().unwrap();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts inter-node connections until `shutdown` is cancelled.
 pub async fn serve<H: Handler>(
     mut listener: Box<dyn Listener>,
@@ -128,6 +178,7 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(Semaphore::new(limits.inbound_connections_max));
+    let by_ip = Arc::new(ConnectionsByIp::default());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -140,11 +191,16 @@ pub async fn serve<H: Handler>(
                     warn!(%peer, max = limits.inbound_connections_max, "too many inter-node connections; closing this one");
                     continue;
                 };
+                let max = limits.inbound_connections_per_ip_max;
+                let Some(ip_slot) = ConnectionsByIp::take(&by_ip, peer.ip(), max) else {
+                    warn!(%peer, max, "too many inter-node connections from this address; closing this one");
+                    continue;
+                };
                 let (handler, limits, shutdown) =
                     (handler.clone(), limits.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     serve_connection(stream, peer, handler, limits, shutdown).await;
-                    drop(slot);
+                    drop((slot, ip_slot));
                 });
             }
             Err(e) => {
@@ -153,6 +209,41 @@ pub async fn serve<H: Handler>(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+type FrameStream = futures::stream::SplitStream<Framed<BoxConnection, LengthDelimitedCodec>>;
+
+/// Waits at most `inbound_hello_timeout` for the connection's first frame, which must be a
+/// `Hello` of this protocol version: the peer's name, or why the connection is to be closed.
+async fn await_hello(
+    frames: &mut FrameStream,
+    limits: &Limits,
+    shutdown: &CancellationToken,
+) -> Result<NodeId, String> {
+    let first = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Err("the node is stopping".into()),
+        first = tokio::time::timeout(limits.inbound_hello_timeout, frames.next()) => first,
+    };
+    let bytes = match first {
+        Err(_) => {
+            return Err(format!(
+                "no hello within {:?}",
+                limits.inbound_hello_timeout
+            ));
+        }
+        Ok(None) => return Err("closed before its hello".into()),
+        Ok(Some(Err(e))) => return Err(e.to_string()),
+        Ok(Some(Ok(bytes))) => bytes,
+    };
+    match postcard::from_bytes::<Frame>(&bytes) {
+        Ok(Frame::Hello { protocol, node }) if protocol == PROTOCOL_VERSION => Ok(node),
+        Ok(Frame::Hello { protocol, node }) => Err(format!(
+            "{node} speaks protocol version {protocol}, this node {PROTOCOL_VERSION}"
+        )),
+        Ok(_) => Err("the first frame is not a hello".into()),
+        Err(e) => Err(format!("undecodable first frame: {e}")),
     }
 }
 
@@ -167,6 +258,13 @@ async fn serve_connection<H: Handler>(
     // a replica read costs no task and no wakeup beyond the connection's own. Requests that
     // wait run on tasks of their own and send their answers back through `replies`.
     let (mut sink, mut stream) = Framed::new(stream, codec(&limits)).split();
+    match await_hello(&mut stream, &limits, &shutdown).await {
+        Ok(node) => debug!(%peer, %node, "peer connected"),
+        Err(why) => {
+            warn!(%peer, why, "closing an inter-node connection that did not open with a hello");
+            return;
+        }
+    }
     let (reply_tx, mut replies) = mpsc::channel::<Bytes>(limits.inbound_inflight_max);
     let slots = Arc::new(Semaphore::new(limits.inbound_inflight_max));
     let inbound = Inbound {
@@ -175,6 +273,11 @@ async fn serve_connection<H: Handler>(
         limits: &limits,
         shutdown: &shutdown,
     };
+    // Closed once nothing was received or sent for `inbound_idle_timeout` with no request in
+    // flight: the timer is pushed back only when it fires, not on every frame.
+    let idle = tokio::time::sleep(limits.inbound_idle_timeout);
+    tokio::pin!(idle);
+    let mut active_at = Instant::now();
     'connection: loop {
         let first = tokio::select! {
             biased;
@@ -183,10 +286,26 @@ async fn serve_connection<H: Handler>(
                 if send_batch(&mut sink, answer, &mut replies).await.is_err() {
                     break;
                 }
+                active_at = Instant::now();
                 continue;
             }
             next = stream.next() => next,
+            () = &mut idle => {
+                let now = Instant::now();
+                let next = if slots.available_permits() < limits.inbound_inflight_max {
+                    now + limits.inbound_idle_timeout // a request in flight
+                } else {
+                    active_at + limits.inbound_idle_timeout
+                };
+                if next <= now {
+                    debug!(%peer, "closing an idle inter-node connection");
+                    break;
+                }
+                idle.as_mut().reset(next);
+                continue;
+            }
         };
+        active_at = Instant::now();
         // This frame and those already received behind it, up to a flush's worth: the answers
         // given at once share one flush. The bound also keeps `replies` from filling while this
         // waits for a slot: `replies` was empty when the select chose a frame, and since then at
@@ -435,10 +554,15 @@ impl Peers {
             .await
             .map_err(|_| TransportError::TimedOut(addr))?
             .expect("semaphore never closed");
-        let conn = tokio::time::timeout_at(deadline, self.connection(addr))
-            .await
-            .map_err(|_| TransportError::TimedOut(addr))??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (conn, rx) = self.register(addr, id, deadline).await?;
+        // Whatever ends this call (an answer, a timeout, the caller dropping it while it waits
+        // to send or for the answer), its entry does not outlive it.
+        let mut entry = PendingEntry {
+            pending: &conn.pending,
+            id,
+            armed: true,
+        };
         let timeout_ms = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .as_millis()
@@ -455,15 +579,6 @@ impl Peers {
                 self.limits.max_frame_bytes,
             ));
         }
-        let (tx, rx) = oneshot::channel();
-        conn.pending.lock().unwrap().insert(id, tx);
-        // Whatever ends this call (an answer, a timeout, the caller dropping it while it waits
-        // to send or for the answer), its entry does not outlive it.
-        let mut entry = PendingEntry {
-            pending: &conn.pending,
-            id,
-            armed: true,
-        };
         let sent = tokio::time::timeout_at(deadline, conn.frames.send(frame)).await;
         if !matches!(sent, Ok(Ok(()))) {
             return Err(TransportError::Closed(addr));
@@ -476,6 +591,31 @@ impl Peers {
             Ok(Err(_)) => Err(TransportError::Closed(addr)),
             Err(_) => Err(TransportError::TimedOut(addr)),
         }
+    }
+
+    /// Enters call `id` in the table of calls awaiting answers of a live connection to `addr`.
+    /// A connection found closed before the call is entered (an idle one its writer closed,
+    /// or one whose peer stopped reading) has carried nothing of it: the call takes a new one.
+    async fn register(
+        &self,
+        addr: SocketAddr,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<(Arc<Connection>, oneshot::Receiver<Response>), TransportError> {
+        for _ in 0..2 {
+            let conn = tokio::time::timeout_at(deadline, self.connection(addr))
+                .await
+                .map_err(|_| TransportError::TimedOut(addr))??;
+            let (tx, rx) = oneshot::channel();
+            // The writer closes an idle connection under this lock (`write_outbound`).
+            let mut pending = conn.pending.lock().unwrap();
+            if !conn.closed.is_cancelled() {
+                pending.insert(id, tx);
+                drop(pending);
+                return Ok((conn, rx));
+            }
+        }
+        Err(TransportError::Closed(addr))
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<Arc<Connection>, TransportError> {
@@ -549,8 +689,8 @@ impl Peers {
     }
 
     fn start_connection(&self, stream: BoxConnection, addr: SocketAddr) -> Arc<Connection> {
-        let (mut sink, mut source) = Framed::new(stream, codec(&self.limits)).split();
-        let (frames, mut outgoing) = mpsc::channel::<Bytes>(self.limits.peer_inflight_max);
+        let (sink, mut source) = Framed::new(stream, codec(&self.limits)).split();
+        let (frames, outgoing) = mpsc::channel::<Bytes>(self.limits.peer_inflight_max);
         let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
         let closed = CancellationToken::new();
         let conn = Arc::new(Connection {
@@ -562,23 +702,14 @@ impl Peers {
             protocol: PROTOCOL_VERSION,
             node: self.me.clone(),
         });
-        let closed_w = closed.clone();
-        tokio::spawn(async move {
-            if sink.send(hello).await.is_ok() {
-                loop {
-                    let frame = tokio::select! {
-                        biased;
-                        _ = closed_w.cancelled() => break,
-                        frame = outgoing.recv() => frame,
-                    };
-                    let Some(frame) = frame else { break };
-                    if send_batch(&mut sink, frame, &mut outgoing).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            closed_w.cancel();
-        });
+        tokio::spawn(write_outbound(
+            sink,
+            outgoing,
+            hello,
+            pending.clone(),
+            closed.clone(),
+            self.limits.peer_idle_timeout,
+        ));
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -605,6 +736,60 @@ impl Peers {
         });
         conn
     }
+}
+
+/// An outbound connection's writer: the `Hello`, then every frame queued, until the
+/// connection is closed, its frame sender dropped, a write fails, or no call has used it for
+/// `idle_timeout`.
+async fn write_outbound<S>(
+    mut sink: S,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    hello: Bytes,
+    pending: Pending,
+    closed: CancellationToken,
+    idle_timeout: Duration,
+) where
+    S: futures::Sink<Bytes> + Unpin,
+{
+    if sink.send(hello).await.is_err() {
+        closed.cancel();
+        return;
+    }
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut sent_at = Instant::now();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = closed.cancelled() => break,
+            frame = outgoing.recv() => frame,
+            () = &mut idle => {
+                let now = Instant::now();
+                let due = sent_at + idle_timeout;
+                if due > now {
+                    idle.as_mut().reset(due);
+                    continue;
+                }
+                // Closed under the lock of the calls awaiting answers: a call registers on
+                // this connection either before (then it is not idle) or after, when it
+                // sees it closed and connects again, so no call is lost to this close.
+                let calls = pending.lock().unwrap();
+                if calls.is_empty() {
+                    closed.cancel();
+                    break;
+                }
+                drop(calls);
+                idle.as_mut().reset(now + idle_timeout);
+                continue;
+            }
+        };
+        let Some(frame) = frame else { break };
+        if send_batch(&mut sink, frame, &mut outgoing).await.is_err() {
+            break;
+        }
+        sent_at = Instant::now();
+    }
+    closed.cancel();
 }
 
 #[cfg(test)]
@@ -724,6 +909,104 @@ mod tests {
         handler: Arc<SlowReads>,
         shutdown: CancellationToken,
         server: tokio::task::JoinHandle<()>,
+        /// Connections the server has accepted and since dropped (closed), refused ones too.
+        dropped: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    /// A listener whose connections count themselves in `dropped` when the server drops them.
+    struct Watched {
+        inner: Box<dyn Listener>,
+        dropped: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Listener for Watched {
+        fn accept(
+            &mut self,
+        ) -> futures::future::BoxFuture<'_, std::io::Result<(BoxConnection, SocketAddr)>> {
+            Box::pin(async move {
+                let (inner, peer) = self.inner.accept().await?;
+                let dropped = self.dropped.clone();
+                Ok((Box::new(Counted { inner, dropped }) as BoxConnection, peer))
+            })
+        }
+    }
+
+    /// A connection that adds one to `dropped` when dropped.
+    struct Counted {
+        inner: BoxConnection,
+        dropped: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl tokio::io::AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Polls `done` every 20 ms until it holds or `within` has passed; whether it held.
+    async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    /// Whether the other end closes `stream` within `within` (whatever it sent first is read
+    /// and dropped).
+    async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + within;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// A length-delimited frame as a peer sends it.
+    fn framed(frame: &Frame) -> Vec<u8> {
+        let body = encode(frame);
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        bytes
     }
 
     /// The frame limit of `SlowServer::start_limited`, and a value size that passes it.
@@ -760,7 +1043,11 @@ mod tests {
             let addr = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .unwrap();
-            let listener = network.bind(addr).await.unwrap();
+            let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let listener = Box::new(Watched {
+                inner: network.bind(addr).await.unwrap(),
+                dropped: dropped.clone(),
+            });
             let handler = Arc::new(SlowReads {
                 arrived: tokio::sync::Notify::new(),
                 release: tokio::sync::Notify::new(),
@@ -778,7 +1065,22 @@ mod tests {
                 handler,
                 shutdown,
                 server,
+                dropped,
             }
+        }
+
+        /// The client's current connection to the server.
+        fn connection(&self) -> Arc<Connection> {
+            self.peers.peers.lock().unwrap()[&self.addr]
+                .connection
+                .clone()
+                .expect("a connection")
+        }
+
+        async fn ping(&self) -> Result<Response, TransportError> {
+            self.peers
+                .call(self.addr, Request::Ping, Duration::from_secs(5))
+                .await
         }
     }
 
@@ -817,6 +1119,7 @@ mod tests {
             handler,
             shutdown,
             server,
+            ..
         } = SlowServer::start().await;
         let read = |key: &'static [u8]| {
             let peers = peers.clone();
@@ -1068,6 +1371,164 @@ mod tests {
         assert!(call.await.unwrap_err().is_cancelled());
         assert_eq!(waiting(), 0, "the dropped call's entry is gone");
         server.handler.release.notify_one();
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// Connections that never send a `Hello` hold their slots only for `inbound_hello_timeout`:
+    /// with every slot taken by such connections, a peer's call gets through once the bound has
+    /// passed. (Without it, they held every slot for as long as they stayed open, and every
+    /// later connection was closed on accept.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_that_never_say_hello_do_not_lock_peers_out() {
+        let server = SlowServer::start_with(Limits {
+            inbound_connections_max: 4,
+            inbound_hello_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let mut silent = Vec::new();
+        for _ in 0..8 {
+            silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+        }
+        let mut answered = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !answered && Instant::now() < deadline {
+            answered = server.ping().await.is_ok();
+            if !answered {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(answered, "silent connections locked the peer out");
+        for stream in &mut silent {
+            assert!(
+                closed_by_server(stream, Duration::from_secs(5)).await,
+                "a connection that never said hello was kept"
+            );
+        }
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// A connection whose first frame is a request, not a `Hello`, is closed unanswered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_frame_other_than_hello_closes_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = SlowServer::start().await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = Frame::Request {
+            id: 1,
+            timeout_ms: 1000,
+            body: Request::Ping,
+        };
+        stream.write_all(&framed(&request)).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the connection was kept open");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "a request before the hello was answered"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// An inbound connection idle for `inbound_idle_timeout` is closed by the server; the
+    /// client sees it closed and its next call connects again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_closes_an_idle_connection_and_the_next_call_connects_again() {
+        let server = SlowServer::start_with(Limits {
+            inbound_idle_timeout: Duration::from_millis(300),
+            peer_idle_timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        })
+        .await;
+        assert!(server.ping().await.is_ok());
+        let first = server.connection();
+        assert!(
+            eventually(Duration::from_secs(10), || first.closed.is_cancelled()).await,
+            "an idle inbound connection was kept"
+        );
+        assert!(server.ping().await.is_ok());
+        assert!(
+            !Arc::ptr_eq(&first, &server.connection()),
+            "a new connection"
+        );
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// An outbound connection no call has used for `peer_idle_timeout` is closed by the
+    /// client, before the server's longer bound; the next call connects again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_closes_its_idle_connection_first() {
+        let server = SlowServer::start_with(Limits {
+            peer_idle_timeout: Duration::from_millis(300),
+            inbound_idle_timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        })
+        .await;
+        assert!(server.ping().await.is_ok());
+        let first = server.connection();
+        assert!(
+            eventually(Duration::from_secs(10), || first.closed.is_cancelled()).await,
+            "an idle outbound connection was kept"
+        );
+        let dropped = server.dropped.clone();
+        assert!(
+            eventually(Duration::from_secs(10), || dropped.load(Ordering::SeqCst)
+                == 1)
+            .await,
+            "the server kept the connection the client closed"
+        );
+        assert!(server.ping().await.is_ok());
+        server.shutdown.cancel();
+        server.server.await.unwrap();
+    }
+
+    /// A request in flight keeps its connection open however long it takes, on both ends:
+    /// idle means no frame and no request in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_in_flight_keeps_its_connection_open() {
+        let server = SlowServer::start_with(Limits {
+            peer_idle_timeout: Duration::from_millis(100),
+            inbound_idle_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        })
+        .await;
+        let slow = hold_a_slow_read(&server).await;
+        let conn = server.connection();
+        // Time for both idle bounds to pass several times over.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!conn.closed.is_cancelled(), "a busy connection was closed");
+        assert_eq!(server.dropped.load(Ordering::SeqCst), 0);
+        the_slow_read_is_answered(server, slow).await;
+    }
+
+    /// One address takes at most `inbound_connections_per_ip_max` slots: past it, its
+    /// connections are closed on accept, and a peer at another address still gets in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_address_cannot_take_every_slot() {
+        let server = SlowServer::start_with(Limits {
+            inbound_connections_per_ip_max: 2,
+            inbound_hello_timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        })
+        .await;
+        let from_other_address = || async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            socket.connect(server.addr).await.unwrap()
+        };
+        let _kept = [from_other_address().await, from_other_address().await];
+        let mut third = from_other_address().await;
+        assert!(
+            closed_by_server(&mut third, Duration::from_secs(5)).await,
+            "a third connection from one address was kept"
+        );
+        let answer = server.ping().await;
+        assert!(answer.is_ok(), "{answer:?}");
         server.shutdown.cancel();
         server.server.await.unwrap();
     }

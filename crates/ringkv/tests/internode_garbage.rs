@@ -17,33 +17,45 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends `bytes` (then half-closes if `finish`), and reports whether the node closed the
 /// connection within `CLOSE_TIMEOUT`.
 fn node_closes(addr: SocketAddr, bytes: Vec<u8>, finish: bool) -> bool {
+    bytes_before_close(addr, bytes, finish, CLOSE_TIMEOUT).is_some()
+}
+
+/// Sends `bytes` (then half-closes if `finish`); if the node closes the connection within
+/// `within`, how many bytes it sent before.
+fn bytes_before_close(
+    addr: SocketAddr,
+    bytes: Vec<u8>,
+    finish: bool,
+    within: Duration,
+) -> Option<usize> {
     let mut s = TcpStream::connect(addr).expect("connect to the inter-node port");
     if s.write_all(&bytes).is_err() {
-        return true; // Reset while we were still writing: closed.
+        return Some(0); // Reset while we were still writing: closed.
     }
     if finish {
         let _ = s.shutdown(Shutdown::Write);
     }
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    let deadline = Instant::now() + within;
     let mut buf = [0u8; 4096];
+    let mut received = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return None;
         }
         s.set_read_timeout(Some(left)).expect("set_read_timeout");
         match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
+            Ok(0) => return Some(received),
+            Ok(n) => received += n,
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return false;
+                return None;
             }
-            Err(_) => return true,
+            Err(_) => return Some(received),
         }
     }
 }
@@ -276,4 +288,48 @@ async fn requests_outside_the_ring_are_refused_and_oversized_lists_are_cut() {
         c.assert_serves_with(i, "after-outside-the-ring", "w=3", "r=3")
             .await;
     }
+}
+
+/// The node's `inbound_hello_timeout` (`Limits`).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A length-delimited frame as a peer sends it.
+fn framed(frame: &ringkv_node::wire::Frame) -> Vec<u8> {
+    let body = postcard::to_stdvec(frame).expect("encode a frame");
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// A connection that says nothing is closed once `inbound_hello_timeout` has passed, and one
+/// whose first frame is a request rather than a `Hello` at once, unanswered: connections that
+/// never introduce themselves cannot keep the inbound slots (1024) and lock real peers out.
+/// (Before the bound, a silent connection stayed open for as long as its client kept it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_that_do_not_open_with_a_hello_are_closed() {
+    let c = Cluster::launch(1, &[]).await;
+    let addr = c.listen_addr(0);
+    let silent = tokio::task::spawn_blocking(move || {
+        bytes_before_close(addr, Vec::new(), false, HELLO_TIMEOUT + CLOSE_TIMEOUT)
+    })
+    .await
+    .expect("socket task");
+    assert_eq!(silent, Some(0), "a silent connection was kept open");
+
+    let ping = framed(&ringkv_node::wire::Frame::Request {
+        id: 1,
+        timeout_ms: 2_000,
+        body: Request::Ping,
+    });
+    let unintroduced =
+        tokio::task::spawn_blocking(move || bytes_before_close(addr, ping, false, CLOSE_TIMEOUT))
+            .await
+            .expect("socket task");
+    assert_eq!(
+        unintroduced,
+        Some(0),
+        "a request before the hello was answered or its connection kept"
+    );
+    c.assert_serves_with(0, "after-silent-connections", "w=1", "r=1")
+        .await;
 }
