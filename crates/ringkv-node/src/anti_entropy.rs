@@ -648,7 +648,7 @@ mod tests {
 
     use ringkv_core::merkle::MERKLE_LEAVES;
     use ringkv_core::{ReplicaId, VersionVector, key_hash};
-    use ringkv_storage::{MemoryEngine, StorageEngine};
+    use ringkv_storage::StorageEngine;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -887,7 +887,7 @@ mod tests {
     #[test]
     fn answers_cut_at_the_budget_go_on_where_the_last_one_stopped() {
         const BUDGET: usize = 300;
-        let engine = MemoryEngine::new();
+        let engine = crate::common::memory_engine();
         let p = PartitionId::new(0, 1).unwrap();
         // Leaves 0, 4, 8, ... hold nothing, leaf 3 more than one answer's worth.
         let mut keys: Vec<Bytes> = (0..3000)
@@ -1055,7 +1055,7 @@ mod tests {
 
     /// Stores `value` for `key` in `engine` over whatever it held, as written by `writer`.
     fn write_directly(
-        engine: &MemoryEngine,
+        engine: &impl StorageEngine,
         partition: PartitionId,
         key: &[u8],
         value: &str,
@@ -1098,12 +1098,12 @@ mod tests {
             .map(|(_, k)| k.clone())
             .collect();
         for key in &stuck {
-            write_directly(&pair.n1.engine, p, key, "n1's", "w1");
-            write_directly(&pair.n2.engine, p, key, "n2's", "w2");
+            write_directly(&*pair.n1.engine, p, key, "n1's", "w1");
+            write_directly(&*pair.n2.engine, p, key, "n2's", "w2");
         }
         let unreadable: Vec<&[u8]> = stuck.iter().map(|k| k.as_ref()).collect();
         pair.n1.engine.make_unreadable(&unreadable);
-        write_directly(&pair.n1.engine, p, late, "late", "w1");
+        write_directly(&*pair.n1.engine, p, late, "late", "w1");
 
         let differing = stuck.len() + 2;
         for _ in 0..differing.div_ceil(AE_LEAVES_PER_EXCHANGE) {
@@ -1151,7 +1151,7 @@ mod tests {
             .take(AE_LEAVES_PER_EXCHANGE - 1)
             .collect();
         for key in small.values() {
-            write_directly(&pair.n1.engine, p, key, "small", "w1");
+            write_directly(&*pair.n1.engine, p, key, "small", "w1");
         }
         small.insert(first, Bytes::from_static(b"only-on-n1"));
         let padding = "x".repeat(4000 - 8);
@@ -1163,8 +1163,8 @@ mod tests {
             .collect();
         assert_eq!(big.len(), 1500);
         for key in &big {
-            write_directly(&pair.n1.engine, p, key, "big", "w1");
-            write_directly(&pair.n2.engine, p, key, "big", "w1");
+            write_directly(&*pair.n1.engine, p, key, "big", "w1");
+            write_directly(&*pair.n2.engine, p, key, "big", "w1");
         }
         let repaired_before = pair
             .n1

@@ -133,6 +133,12 @@ pub async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> 
     }
 }
 
+/// A fresh in-memory engine, for unit tests that drive storage without a node (the node
+/// crate's own sources name no engine: `tests/architecture.rs`).
+pub fn memory_engine() -> MemoryEngine {
+    MemoryEngine::new()
+}
+
 /// Node ids from their names.
 pub fn node_ids(names: &[&str]) -> Vec<NodeId> {
     names.iter().map(|n| NodeId::new(*n).unwrap()).collect()
