@@ -196,7 +196,39 @@ struct FileSettings {
     tombstone_grace_ms: Option<u64>,
     read_fanout: Option<ReadFanout>,
     read_cache_bytes: Option<usize>,
+    /// The `[limits]` table: any `Limits` field, durations in milliseconds (`_ms`).
+    #[serde(default)]
+    limits: FileLimits,
 }
+
+/// The `[limits]` table of the config file: each field overrides the `Limits` default of the
+/// same name (a duration `x` is given as `x_ms`). Every value must be at least 1.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_frame_bytes: Option<usize>,
+    peer_inflight_max: Option<usize>,
+    inbound_inflight_max: Option<usize>,
+    inbound_connections_max: Option<usize>,
+    inbound_connections_per_ip_max: Option<usize>,
+    inbound_hello_timeout_ms: Option<u64>,
+    inbound_idle_timeout_ms: Option<u64>,
+    peer_idle_timeout_ms: Option<u64>,
+    http_concurrency_max: Option<usize>,
+    http_connections_max: Option<usize>,
+    http_header_read_timeout_ms: Option<u64>,
+    http_body_timeout_ms: Option<u64>,
+    resp_command_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    reconnect_backoff_max_ms: Option<u64>,
+    request_timeout_max_ms: Option<u64>,
+    peer_timeout_max_ms: Option<u64>,
+    read_speculate_after_ms: Option<u64>,
+}
+
+/// The smallest `max_frame_bytes` allowed: a frame must carry a ring of the largest Q and a
+/// handoff chunk, whatever the value limit.
+pub const MIN_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Everything a node needs to know about itself, validated.
 #[derive(Debug, Clone)]
@@ -375,7 +407,6 @@ impl Settings {
 
     /// Resolves flags (and their env vars) over the config file over the defaults.
     pub fn resolve(args: ServerArgs) -> Result<Settings, SettingsError> {
-        let limits = test_limits(&args)?;
         let file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
@@ -389,6 +420,7 @@ impl Settings {
             }
             None => FileSettings::default(),
         };
+        let limits = limits(&file.limits, &args)?;
         let node_id = args
             .node_id
             .or(file.node_id)
@@ -559,8 +591,9 @@ impl Settings {
     }
 }
 
-/// `Limits::default()` with the `--test-*` overrides, each at least 1.
-fn test_limits(args: &ServerArgs) -> Result<Limits, SettingsError> {
+/// `Limits::default()` under the config file's `[limits]` table under the `--test-*` flags;
+/// every value at least 1, and the relations the transport relies on kept.
+fn limits(file: &FileLimits, args: &ServerArgs) -> Result<Limits, SettingsError> {
     fn at_least_one<T: PartialEq + From<u8>>(
         name: &'static str,
         v: Option<T>,
@@ -570,35 +603,143 @@ fn test_limits(args: &ServerArgs) -> Result<Limits, SettingsError> {
             v => Ok(v),
         }
     }
+    let count = |name: &'static str, v: Option<usize>, default: usize| {
+        at_least_one(name, v).map(|v| v.unwrap_or(default))
+    };
+    let millis = |name: &'static str, v: Option<u64>, default: Duration| {
+        at_least_one(name, v).map(|v| v.map_or(default, ms))
+    };
     let d = Limits::default();
-    Ok(Limits {
-        http_concurrency_max: at_least_one(
+    let f = file;
+    let limits = Limits {
+        max_frame_bytes: count("max_frame_bytes", f.max_frame_bytes, d.max_frame_bytes)?,
+        peer_inflight_max: count(
+            "peer_inflight_max",
+            f.peer_inflight_max,
+            d.peer_inflight_max,
+        )?,
+        inbound_inflight_max: count(
+            "inbound_inflight_max",
+            f.inbound_inflight_max,
+            d.inbound_inflight_max,
+        )?,
+        inbound_connections_max: count(
+            "inbound_connections_max",
+            f.inbound_connections_max,
+            d.inbound_connections_max,
+        )?,
+        inbound_connections_per_ip_max: count(
+            "inbound_connections_per_ip_max",
+            f.inbound_connections_per_ip_max,
+            d.inbound_connections_per_ip_max,
+        )?,
+        inbound_hello_timeout: millis(
+            "inbound_hello_timeout_ms",
+            f.inbound_hello_timeout_ms,
+            d.inbound_hello_timeout,
+        )?,
+        inbound_idle_timeout: millis(
+            "inbound_idle_timeout_ms",
+            f.inbound_idle_timeout_ms,
+            d.inbound_idle_timeout,
+        )?,
+        peer_idle_timeout: millis(
+            "peer_idle_timeout_ms",
+            f.peer_idle_timeout_ms,
+            d.peer_idle_timeout,
+        )?,
+        http_concurrency_max: count(
             "test_http_concurrency_max",
             args.test_http_concurrency_max,
-        )?
-        .unwrap_or(d.http_concurrency_max),
-        http_connections_max: at_least_one(
+            count(
+                "http_concurrency_max",
+                f.http_concurrency_max,
+                d.http_concurrency_max,
+            )?,
+        )?,
+        http_connections_max: count(
             "test_http_connections_max",
             args.test_http_connections_max,
-        )?
-        .unwrap_or(d.http_connections_max),
-        http_header_read_timeout: at_least_one(
+            count(
+                "http_connections_max",
+                f.http_connections_max,
+                d.http_connections_max,
+            )?,
+        )?,
+        http_header_read_timeout: millis(
             "test_http_header_read_timeout_ms",
             args.test_http_header_read_timeout_ms,
-        )?
-        .map_or(d.http_header_read_timeout, ms),
-        http_body_timeout: at_least_one(
+            millis(
+                "http_header_read_timeout_ms",
+                f.http_header_read_timeout_ms,
+                d.http_header_read_timeout,
+            )?,
+        )?,
+        http_body_timeout: millis(
             "test_http_body_timeout_ms",
             args.test_http_body_timeout_ms,
-        )?
-        .map_or(d.http_body_timeout, ms),
-        resp_command_timeout: at_least_one(
+            millis(
+                "http_body_timeout_ms",
+                f.http_body_timeout_ms,
+                d.http_body_timeout,
+            )?,
+        )?,
+        resp_command_timeout: millis(
             "test_resp_command_timeout_ms",
             args.test_resp_command_timeout_ms,
-        )?
-        .map_or(d.resp_command_timeout, ms),
-        ..d
-    })
+            millis(
+                "resp_command_timeout_ms",
+                f.resp_command_timeout_ms,
+                d.resp_command_timeout,
+            )?,
+        )?,
+        connect_timeout: millis(
+            "connect_timeout_ms",
+            f.connect_timeout_ms,
+            d.connect_timeout,
+        )?,
+        reconnect_backoff_max: millis(
+            "reconnect_backoff_max_ms",
+            f.reconnect_backoff_max_ms,
+            d.reconnect_backoff_max,
+        )?,
+        request_timeout_max: millis(
+            "request_timeout_max_ms",
+            f.request_timeout_max_ms,
+            d.request_timeout_max,
+        )?,
+        peer_timeout_max: millis(
+            "peer_timeout_max_ms",
+            f.peer_timeout_max_ms,
+            d.peer_timeout_max,
+        )?,
+        read_speculate_after: millis(
+            "read_speculate_after_ms",
+            f.read_speculate_after_ms,
+            d.read_speculate_after,
+        )?,
+    };
+    if limits.max_frame_bytes < MIN_FRAME_BYTES {
+        return Err(invalid(
+            "max_frame_bytes",
+            format!("must be at least {MIN_FRAME_BYTES}"),
+        ));
+    }
+    // A peer closes its own idle connection before this node does, so a real peer's call
+    // never races the inbound idle close (`Limits::inbound_idle_timeout`).
+    if limits.inbound_idle_timeout <= limits.peer_idle_timeout {
+        return Err(invalid(
+            "inbound_idle_timeout_ms",
+            "must be longer than peer_idle_timeout_ms",
+        ));
+    }
+    if limits.inbound_connections_per_ip_max > limits.inbound_connections_max {
+        return Err(invalid(
+            "inbound_connections_per_ip_max",
+            "must be at most inbound_connections_max",
+        ));
+    }
+    Ok(limits)
 }
 
 fn ms(v: u64) -> Duration {
@@ -720,6 +861,75 @@ mod tests {
             let want: Vec<SocketAddr> = want.iter().map(|a| a.parse().unwrap()).collect();
             assert_eq!(s.seeds, want, "{text}");
         }
+    }
+
+    #[test]
+    fn the_files_limits_table_sets_limits_under_the_test_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "zone = \"z1\"\n[limits]\nhttp_connections_max = 100\nhttp_concurrency_max = 50\n\
+             resp_command_timeout_ms = 1500\npeer_inflight_max = 7\n\
+             inbound_idle_timeout_ms = 9000\npeer_idle_timeout_ms = 8000\n",
+        )
+        .unwrap();
+        let mut args = base();
+        args.config = Some(path);
+        args.test_http_concurrency_max = Some(3);
+        let s = Settings::resolve(args).unwrap();
+        let d = Limits::default();
+        assert_eq!(s.zone, "z1");
+        assert_eq!(s.limits.http_connections_max, 100);
+        assert_eq!(s.limits.http_concurrency_max, 3, "the test flag wins");
+        assert_eq!(s.limits.resp_command_timeout, Duration::from_millis(1500));
+        assert_eq!(s.limits.peer_inflight_max, 7);
+        assert_eq!(s.limits.inbound_idle_timeout, Duration::from_secs(9));
+        assert_eq!(s.limits.peer_idle_timeout, Duration::from_secs(8));
+        assert_eq!(
+            s.limits.max_frame_bytes, d.max_frame_bytes,
+            "the rest default"
+        );
+        assert_eq!(s.limits.read_speculate_after, d.read_speculate_after);
+    }
+
+    #[test]
+    fn bad_limits_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, named) in [
+            ("[limits]\nhttp_connections_max = 0", "http_connections_max"),
+            ("[limits]\nconnect_timeout_ms = 0", "connect_timeout_ms"),
+            ("[limits]\nhttp_conections_max = 5", "unknown field"),
+            ("[limits]\nmax_frame_bytes = 1000", "max_frame_bytes"),
+            (
+                "[limits]\npeer_idle_timeout_ms = 300000",
+                "inbound_idle_timeout_ms",
+            ),
+            (
+                "[limits]\ninbound_connections_per_ip_max = 2000",
+                "inbound_connections_per_ip_max",
+            ),
+            // A value limit a frame cannot carry is refused by the existing check.
+            (
+                "max_value_bytes = 1000000\n[limits]\nmax_frame_bytes = 2000000",
+                "max_value_bytes",
+            ),
+        ] {
+            let path = dir.path().join("node.toml");
+            std::fs::write(&path, text).unwrap();
+            let mut args = base();
+            args.config = Some(path);
+            let e = Settings::resolve(args).unwrap_err().to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+        let mut args = base();
+        args.test_resp_command_timeout_ms = Some(0);
+        assert!(
+            Settings::resolve(args)
+                .unwrap_err()
+                .to_string()
+                .contains("test_resp_command_timeout_ms")
+        );
     }
 
     #[test]
