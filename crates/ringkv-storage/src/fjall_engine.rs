@@ -87,7 +87,8 @@ type SyncFn = Box<dyn Fn() -> Result<(), StorageError> + Send + Sync>;
 /// in the database folder, the active one is the highest id, and rotating to `<id+1>.jnl`
 /// first fsyncs the sealed file (fjall `journal::writer::Writer::rotate`, under the lock). So
 /// if a rotation happened since step 1, the bytes flushed in step 1 are durable already or in
-/// a newer file; step 2 follows `<id+1>.jnl` while it exists and syncs the newest. The files
+/// a newer file; step 2 follows `<id+1>.jnl` while it exists and syncs the newest (or, when
+/// the file it followed was deleted, rescans the folder for the newest). The files
 /// are preallocated, so `fdatasync` (no timestamps) suffices. Checked again by
 /// `tests/durability.rs` whenever fjall is upgraded.
 struct JournalSync {
@@ -98,14 +99,19 @@ struct JournalSync {
 }
 
 impl JournalSync {
-    fn new(db: Database, dir: std::path::PathBuf) -> Result<JournalSync, StorageError> {
-        let newest = std::fs::read_dir(&dir)?
+    /// The highest `<id>.jnl` in `dir`: fjall's active journal.
+    fn newest(dir: &std::path::Path) -> Result<Option<u64>, StorageError> {
+        Ok(std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok())
             .filter_map(|entry| {
                 let name = entry.file_name();
                 name.to_str()?.strip_suffix(".jnl")?.parse::<u64>().ok()
             })
-            .max();
+            .max())
+    }
+
+    fn new(db: Database, dir: std::path::PathBuf) -> Result<JournalSync, StorageError> {
+        let newest = JournalSync::newest(&dir)?;
         let active = match newest {
             Some(id) => Some((id, std::fs::File::open(dir.join(format!("{id}.jnl")))?)),
             None => None,
@@ -124,6 +130,13 @@ impl JournalSync {
         // Follow rotations: the newest existing `<id>.jnl` is the active journal.
         while let Some(next) = id.map(|i| i + 1).filter(|n| self.path(*n).exists()) {
             id = Some(next);
+        }
+        // fjall deletes sealed journals oldest first, once flushed: a followed file that is
+        // gone means it rotated at least twice since the last sync and deleted the journal
+        // after ours too. Following `<id+1>` would stay on the deleted file for good, syncing
+        // it instead of the one holding the appends; the newest in the folder is the active.
+        if id.is_some_and(|i| !self.path(i).exists()) {
+            id = JournalSync::newest(&self.dir)?;
         }
         if active.as_ref().map(|(i, _)| *i) != id {
             *active = match id {
@@ -258,6 +271,10 @@ impl FjallEngine {
             sync_gate,
             commit: GroupCommit::new(sync),
         });
+        // What fjall replayed after a process crash reached the OS but maybe no disk: one
+        // sync before anything is served, so nothing vouches for it before (the start ticket).
+        let at_start = shared.commit.latest();
+        shared.commit.wait_durable(at_start)?;
         let cache = ReadCache::new(options.read_cache_bytes);
         Ok(FjallEngine {
             shared,
@@ -282,7 +299,8 @@ impl FjallEngine {
         Ok(self.hint_store.get_or_init(|| store).clone())
     }
 
-    /// How many journal fsyncs ran since opening (to observe group commit).
+    /// How many journal fsyncs ran since opening, the one at open included (to observe group
+    /// commit).
     pub fn fsync_count(&self) -> u64 {
         self.shared.commit.fsync_count()
     }
@@ -1188,34 +1206,27 @@ mod tests {
         assert_eq!(engine.merkle(partition).unwrap(), stored_tree);
     }
 
-    /// `JournalSync` fsyncs the file fjall appends to, also after fjall rotated its journal
-    /// (which it does past 64 MB, on a memtable flush).
-    #[test]
-    fn the_journal_sync_follows_the_active_journal_across_a_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    /// Writes `value` under the key `k` through the engine (a ticket, a sync).
+    fn write_k(engine: &FjallEngine, value: &str) {
         let partition = PartitionId::of(ringkv_core::key_hash(b"k"), 64);
-        let write = |value: &str| {
-            let set = VersionSet::default()
-                .update_exact(
-                    &Default::default(),
-                    &[],
-                    Some(bytes::Bytes::from(value.to_owned())),
-                    &ringkv_core::ReplicaId::new(NodeId::new("n1").unwrap(), 1),
-                )
-                .0;
-            engine
-                .update(partition, b"k", &mut |_| Some(set.clone()))
-                .unwrap();
-        };
-        write("before");
-        let first = journal_ids(dir.path());
-        assert_eq!(first.len(), 1, "one journal at the start: {first:?}");
-        let active = |engine: &FjallEngine| engine.shared.journal.active_id();
-        assert_eq!(active(&engine), Some(first[0]));
-        // Past 64 MB of journal, then a flush: fjall seals the journal and opens the next.
-        // Incompressible filler (the journal compresses large values).
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let set = VersionSet::default()
+            .update_exact(
+                &Default::default(),
+                &[],
+                Some(bytes::Bytes::from(value.to_owned())),
+                &ringkv_core::ReplicaId::new(NodeId::new("n1").unwrap(), 1),
+            )
+            .0;
+        engine
+            .update(partition, b"k", &mut |_| Some(set.clone()))
+            .unwrap();
+    }
+
+    /// Appends past 64 MB straight to a keyspace (no ticket, so no sync), then flushes until
+    /// fjall seals its journal and opens the next. Incompressible filler: the journal
+    /// compresses large values.
+    fn rotate_journal(engine: &FjallEngine, dir: &std::path::Path, round: u32) {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(round);
         let mut filler = || {
             (0..(1 << 20) / 8)
                 .flat_map(|_| {
@@ -1226,29 +1237,94 @@ mod tests {
                 })
                 .collect::<Vec<u8>>()
         };
+        let before = journal_ids(dir).last().copied();
+        let meta = &engine.shared.meta;
         for i in 0..70u32 {
-            engine
-                .shared
-                .meta
-                .insert(format!("filler-{i}"), filler())
+            meta.insert(format!("filler-{round}-{i}"), filler())
                 .unwrap();
         }
         // Each flush checks the journal's size; keep flushing something until it rotated.
         for i in 0.. {
-            if journal_ids(dir.path()).last() != first.last() {
-                break;
+            if journal_ids(dir).last().copied() != before {
+                return;
             }
             assert!(i < 100, "fjall never rotated its journal");
-            engine
-                .shared
-                .meta
-                .insert(format!("flush-{i}"), b"x")
-                .unwrap();
-            engine.shared.meta.rotate_memtable_and_wait().unwrap();
+            meta.insert(format!("flush-{round}-{i}"), b"x").unwrap();
+            meta.rotate_memtable_and_wait().unwrap();
         }
-        write("after");
+    }
+
+    /// Data fjall replayed at open (after a process crash: in the OS, maybe not on disk) is
+    /// synced before the engine serves anything that could vouch for it.
+    #[test]
+    fn opening_syncs_what_the_journal_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        write_k(&engine, "kept");
+        drop(engine);
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        assert_eq!(
+            engine.fsync_count(),
+            1,
+            "one sync at open, before any write"
+        );
+    }
+
+    /// `JournalSync` fsyncs the file fjall appends to, also after fjall rotated its journal
+    /// (which it does past 64 MB, on a memtable flush).
+    #[test]
+    fn the_journal_sync_follows_the_active_journal_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        write_k(&engine, "before");
+        let first = journal_ids(dir.path());
+        assert_eq!(first.len(), 1, "one journal at the start: {first:?}");
+        let active = |engine: &FjallEngine| engine.shared.journal.active_id();
+        assert_eq!(active(&engine), Some(first[0]));
+        rotate_journal(&engine, dir.path(), 0);
+        write_k(&engine, "after");
         let newest = *journal_ids(dir.path()).last().unwrap();
         assert!(newest > first[0]);
         assert_eq!(active(&engine), Some(newest), "fsyncs the newest journal");
+    }
+
+    /// Two rotations between two syncs (in production: heavy appends during one slow fsync),
+    /// and fjall deleting the sealed journals once flushed: the sync used to follow
+    /// `<id+1>.jnl`, found it gone, and fsynced the deleted file it had followed from then
+    /// on, never the journal holding the appends it acknowledged.
+    #[test]
+    fn the_journal_sync_finds_the_active_journal_after_rotations_deleted_its_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        write_k(&engine, "before");
+        let first = *journal_ids(dir.path()).last().unwrap();
+        assert_eq!(engine.shared.journal.active_id(), Some(first));
+        rotate_journal(&engine, dir.path(), 0);
+        rotate_journal(&engine, dir.path(), 1);
+        // Flush every keyspace, so that fjall deletes the sealed journals.
+        for i in 0.. {
+            if journal_ids(dir.path()).len() == 1 {
+                break;
+            }
+            assert!(
+                i < 100,
+                "sealed journals never deleted: {:?}",
+                journal_ids(dir.path())
+            );
+            let shared = &engine.shared;
+            for keyspace in [&shared.records, &shared.leaves, &shared.hints] {
+                let _ = keyspace.rotate_memtable_and_wait();
+            }
+            shared.meta.insert(format!("x-{i}"), b"x").unwrap();
+            shared.meta.rotate_memtable_and_wait().unwrap();
+        }
+        let newest = *journal_ids(dir.path()).last().unwrap();
+        assert!(newest >= first + 2, "two rotations: {first} then {newest}");
+        write_k(&engine, "after");
+        assert_eq!(
+            engine.shared.journal.active_id(),
+            Some(newest),
+            "the group commit fsyncs the journal holding the writes it acknowledges"
+        );
     }
 }

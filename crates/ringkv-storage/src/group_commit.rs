@@ -19,9 +19,14 @@
 //! Each fsync is timed (`ringkv_storage_fsync_duration_seconds`) and counts the appends it
 //! makes durable (`ringkv_storage_fsync_batches`).
 //!
+//! Ticket 1 is taken at start, for what the journal held when the engine opened: after a
+//! process crash fjall replays what reached the OS, which no fsync may have covered yet, and a
+//! caller vouching for data (`latest`) must not confirm it before one has.
+//!
 //! A failed fsync is fatal (the page cache may have dropped the dirty pages, see "Can
 //! applications recover from fsync failures?", ATC'20): every later write fails too.
-//! Dropping the `GroupCommit` syncs what was appended, then stops the thread.
+//! So is a panic of the sync thread: it publishes a failure as it unwinds, so no waiter waits
+//! for ever. Dropping the `GroupCommit` syncs what was appended, then stops the thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -106,7 +111,8 @@ impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> GroupCommit<S>
     pub fn new(sync: S) -> GroupCommit<S> {
         let inner = Arc::new(Inner {
             sync,
-            written: AtomicU64::new(0),
+            // Ticket 1: what the journal held at start (see the module documentation).
+            written: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             state: Mutex::new(Synced::default()),
             synced_cv: Condvar::new(),
@@ -189,8 +195,28 @@ impl<S: Fn() -> Result<(), StorageError> + Send + Sync + 'static> Drop for Group
 }
 
 impl<S: Fn() -> Result<(), StorageError>> Inner<S> {
+    /// Publishes `failure` (unless one is already) and wakes every waiter.
+    fn fail(&self, failure: String) {
+        let mut state = self.lock();
+        state.failed.get_or_insert(failure);
+        self.published.send_replace(state.clone());
+        drop(state);
+        self.synced_cv.notify_all();
+    }
+
     /// The sync thread: sync whatever was appended, park when there is nothing.
     fn run(&self) {
+        /// Publishes a failure if the thread unwinds (a panic in `sync`): without it, every
+        /// writer would wait for ever for a sync that never comes.
+        struct FailOnUnwind<'a, S: Fn() -> Result<(), StorageError>>(&'a Inner<S>);
+        impl<S: Fn() -> Result<(), StorageError>> Drop for FailOnUnwind<'_, S> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.fail("the fsync thread panicked".into());
+                }
+            }
+        }
+        let _guard = FailOnUnwind(self);
         let mut synced = 0;
         loop {
             let target = self.written.load(Ordering::SeqCst);
@@ -272,7 +298,8 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(gc.inner.lock().upto, 1600);
+        // 1600 writes after the ticket taken at start.
+        assert_eq!(gc.inner.lock().upto, 1601);
         let syncs = gc.fsync_count();
         assert!(
             (1..1600).contains(&syncs),
@@ -307,7 +334,11 @@ mod tests {
                 t.await.unwrap();
             }
         });
-        assert_eq!(gc.inner.lock().upto, 1600);
+        assert_eq!(
+            gc.inner.lock().upto,
+            1601,
+            "1600 writes after the ticket at start"
+        );
         assert!(gc.fsync_count() < 1600, "{} syncs", gc.fsync_count());
     }
 
@@ -347,5 +378,47 @@ mod tests {
             .unwrap();
         runtime.block_on(durable.wait()).unwrap();
         assert!(syncs.load(Ordering::SeqCst) >= 1);
+    }
+
+    /// After a process crash fjall replays what reached the OS, which no fsync may have
+    /// covered: vouching for it (`latest`) waits for a sync that started after the open.
+    #[test]
+    fn what_the_journal_held_at_start_is_synced_before_anyone_vouches_for_it() {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = syncs.clone();
+        let gc = GroupCommit::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        let ticket = gc.latest();
+        assert!(ticket >= 1, "a ticket for the data found at start");
+        gc.wait_durable(ticket).unwrap();
+        assert!(syncs.load(Ordering::SeqCst) >= 1, "a sync ran first");
+    }
+
+    /// A sync that panics fails every waiter (before, they waited for ever).
+    #[test]
+    fn a_panicking_sync_fails_the_waiters_instead_of_hanging_them() {
+        let gc = Arc::new(GroupCommit::new(|| -> Result<(), StorageError> {
+            panic!("a bug in the sync")
+        }));
+        let (done, waited) = std::sync::mpsc::channel();
+        let waiter = gc.clone();
+        std::thread::spawn(move || {
+            let ticket = waiter.appended();
+            let _ = done.send(waiter.wait_durable(ticket));
+        });
+        let result = waited
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the waiter is answered");
+        assert!(
+            matches!(&result, Err(StorageError::Engine(m)) if m.contains("panicked")),
+            "{result:?}"
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let waited = runtime.block_on(gc.durable(gc.appended()).wait());
+        assert!(waited.is_err(), "later writes fail too");
     }
 }
