@@ -28,6 +28,7 @@ use ringkv_core::{NodeId, PartitionId};
 use ringkv_storage::Hint;
 use tracing::{debug, info, warn};
 
+use crate::membership::RingState;
 use crate::node::Node;
 use crate::transport::TransportError;
 use crate::wire::{Request, Response};
@@ -76,6 +77,13 @@ enum Offer {
 struct Batch {
     hints: Vec<Hint>,
     last_of_pass: bool,
+}
+
+/// The hint's partition in `ring`, from its key: the partition it was stored under comes
+/// from disk, and one stored before the node had a ring was computed with its own
+/// `--partitions`, maybe not the cluster's Q (the ring's lookups assert it is in range).
+fn ring_partition(ring: &RingState, hint: &Hint) -> PartitionId {
+    ring.topology.partition_of(ringkv_core::key_hash(&hint.key))
 }
 
 impl Node {
@@ -252,8 +260,9 @@ impl Node {
         let mut first_refusal = None;
         let mut batch_done = true;
         'hints: for hint in hints {
-            let mut holders = ring.topology.home(hint.partition);
-            holders.extend(ring.topology.incoming(hint.partition));
+            let partition = ring_partition(&ring, &hint);
+            let mut holders = ring.topology.home(partition);
+            holders.extend(ring.topology.incoming(partition));
             let (mut stored_everywhere, mut refused_here) = (true, false);
             let (mut down, mut keeper) = (Vec::new(), None);
             for holder in holders {
@@ -362,11 +371,10 @@ impl Node {
         let mut first_refusal = None;
         let mut batch_done = true;
         for hint in hints {
-            let keeper = ring
-                .topology
-                .preference_list(hint.partition)
+            let list = ring.topology.preference_list(ring_partition(&ring, &hint));
+            let keeper = list
                 .fallbacks()
-                .chain(ring.topology.preference_list(hint.partition).home())
+                .chain(list.home())
                 .find(|n| *n != target && self.membership.is_live(n))
                 .cloned();
             let Some(keeper) = keeper else {

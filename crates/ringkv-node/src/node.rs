@@ -301,7 +301,16 @@ impl Node {
                 message: why,
                 stored_on: None,
             })?;
-        let partition = self.partition_of(&key);
+        // Without a ring the partition would be computed with this node's own
+        // `--partitions`, which may not be the cluster's Q, and the hint filed where
+        // purging (`tombstones::hinted_keys`) never looks.
+        let Some(ring) = self.membership.ring() else {
+            return Err(ClientError::Unavailable {
+                message: "this node has no ring yet; it keeps no hint".into(),
+                stored_on: None,
+            });
+        };
+        let partition = ring.topology.partition_of(key_hash(&key));
         let hint = ringkv_storage::Hint {
             target,
             partition,

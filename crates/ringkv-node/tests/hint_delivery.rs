@@ -306,3 +306,79 @@ async fn hints_of_a_departed_node_are_rehomed_around_a_holder_that_is_down() {
     assert_eq!(kept, want);
     shutdown.cancel();
 }
+
+/// A hint is filed under a partition read back from disk. One filed before its node had the
+/// cluster's ring (computed with the node's own `--partitions`) can name a partition past the
+/// cluster's Q: re-homed by that number, the ring's lookup panicked, every round, and the
+/// departed node's other hints stayed undelivered. Hints go by their key's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_filed_under_a_partition_past_the_rings_is_rehomed_by_its_key() {
+    let shutdown = CancellationToken::new();
+    let ([n1, n2], _ids) = settled_cluster(["n1", "n2"], [&shutdown; 2], |_| {}).await;
+    let ghost = NodeId::new("ghost").unwrap();
+    let q = n1
+        .node
+        .membership()
+        .ring()
+        .unwrap()
+        .topology
+        .params()
+        .partitions;
+    let mut hints: Vec<Hint> = (0..8)
+        .map(|i| hint_for(&ghost, &n1.node, &format!("orphan-{i}")))
+        .collect();
+    hints[0].partition = PartitionId::new(q + 5, 2 * q).unwrap();
+    for hint in &hints {
+        n1.hints.push(hint.clone()).unwrap();
+    }
+    let ring = n1.node.membership().ring().unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the departed node's hints were not all re-homed",
+        || {
+            n1.hints.pending(&ghost, None, 100).unwrap().is_empty()
+                && hints.iter().all(|h| {
+                    let p = ring.topology.partition_of(key_hash(&h.key));
+                    n2.engine.get(p, &h.key).unwrap().is_some()
+                })
+        },
+    )
+    .await;
+    shutdown.cancel();
+}
+
+/// A node without the cluster's ring keeps no hint: it would file it under a partition of its
+/// own `--partitions`, where purging never looks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_ring_keeps_no_hint() {
+    let shutdown = CancellationToken::new();
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let lone = common::start("lone", Some(&nowhere), &shutdown, |_| {}).await;
+    assert!(lone.node.membership().ring().is_none(), "no ring to join");
+    let peer = Peers::new(
+        NodeId::new("peer").unwrap(),
+        Limits::default(),
+        Seams::production().network,
+    );
+    let writer = ReplicaId::new(NodeId::new("peer").unwrap(), 1);
+    let (versions, _) = VersionSet::default().update(
+        &VersionVector::new(),
+        Some(Bytes::from_static(b"v")),
+        &writer,
+    );
+    let write = Request::Write {
+        key: Bytes::from_static(b"k"),
+        versions,
+        hinted_for: Some(NodeId::new("elsewhere").unwrap()),
+    };
+    let answer = peer
+        .call(lone.listen.parse().unwrap(), write, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Response::Error(ref why) if why.contains("no ring")),
+        "a node without a ring kept a hint: {answer:?}"
+    );
+    assert!(lone.hints.is_empty());
+    shutdown.cancel();
+}

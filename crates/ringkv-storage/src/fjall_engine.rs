@@ -918,14 +918,21 @@ impl HintStore for FjallHintStore {
         check_key(&hint.key)?;
         let encoded = hint_key(&hint.target, hint.partition, &hint.key);
         let mut held = lock(&self.held);
-        let (merged, is_new) = match self.read(&encoded)? {
-            Some(existing) => (existing.sync(&hint.versions), false),
-            None if *held >= self.max_hints => {
+        let (merged, is_new) = match self.read(&encoded) {
+            Ok(Some(existing)) => (existing.sync(&hint.versions), false),
+            // Unreadable, it is lost already: replaced, or this node could never keep a hint
+            // for that key again.
+            Err(e @ StorageError::Corrupt { .. }) => {
+                tracing::warn!(error = %e, "a hint that fails its checksum is replaced by a new one");
+                (hint.versions, false)
+            }
+            Err(e) => return Err(e),
+            Ok(None) if *held >= self.max_hints => {
                 return Err(StorageError::HintBacklogFull {
                     max: self.max_hints,
                 });
             }
-            None => (hint.versions, true),
+            Ok(None) => (hint.versions, true),
         };
         let mut batch = self.shared.db.batch();
         batch.insert(&self.shared.hints, encoded, encode_versions(&merged));

@@ -137,7 +137,8 @@ fn a_readable_scan_lists_a_corrupt_record_and_goes_on() {
 }
 
 #[test]
-fn a_corrupt_merkle_leaf_is_rebuilt_corrupt_meta_is_an_error_and_a_corrupt_hint_is_passed_over() {
+fn a_corrupt_merkle_leaf_is_rebuilt_corrupt_meta_is_an_error_and_a_corrupt_hint_is_passed_over_then_replaced()
+ {
     let dir = tempfile::tempdir().unwrap();
     let p = partition(3);
     let root = {
@@ -174,6 +175,17 @@ fn a_corrupt_merkle_leaf_is_rebuilt_corrupt_meta_is_an_error_and_a_corrupt_hint_
     let hints = engine.hint_store().unwrap();
     assert_eq!(hints.pending(&node(1), None, 10).unwrap(), []);
     assert_eq!(hints.len(), 1);
+    // A new hint for the same key replaces it (before, every later hint for that key failed
+    // on the unreadable one, so this node could never be its fallback again).
+    let again = Hint {
+        target: node(1),
+        partition: p,
+        key: Bytes::from_static(b"hinted"),
+        versions: write(None, "again", &replica(1), false),
+    };
+    hints.push(again.clone()).unwrap();
+    assert_eq!(hints.pending(&node(1), None, 10).unwrap(), [again]);
+    assert_eq!(hints.len(), 1, "replaced, not added");
     // The record itself is intact.
     assert_eq!(values(&engine.get(p, b"k").unwrap().unwrap()), ["v"]);
 }
