@@ -7,7 +7,8 @@
 //! acknowledgement, unless it changed meanwhile (then it is delivered again next round). A
 //! target that cannot be reached is left until the next round. The batch bound throttles
 //! delivery so a returning node is not flooded: at most HINT_DELIVERY_BATCH hints per target
-//! per interval.
+//! per interval. Up to `HINT_TARGETS_AT_ONCE` targets are served side by side, so a slow one
+//! holds up only its own hints.
 //!
 //! Each target's hints are walked with a cursor (`HintCursors`): a hint the target answers
 //! but refuses (its copy of the key is unreadable, the frame is over its limit) is skipped
@@ -24,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use ringkv_core::{NodeId, PartitionId};
 use ringkv_storage::Hint;
 use tracing::{debug, info, warn};
@@ -35,6 +37,9 @@ use crate::wire::{Request, Response};
 
 /// Most hints delivered to one target per round.
 pub const HINT_DELIVERY_BATCH: usize = 256;
+
+/// Hint targets a delivery round works on at once.
+pub const HINT_TARGETS_AT_ONCE: usize = 8;
 
 /// Where each target's delivery resumes: the (partition, key) of the last hint offered to it.
 /// Holds at most one entry per target with pending hints (pruned every round).
@@ -102,18 +107,24 @@ impl Node {
         };
         self.hint_cursors.keep_only(&targets);
         let ring = self.membership.ring();
-        for target in targets {
-            let departed = ring
-                .as_ref()
-                .is_some_and(|r| !r.topology.is_member(&target));
-            if departed {
-                self.rehome(&target).await;
-            } else if target != *self.membership.me() && self.membership.is_live(&target) {
-                self.deliver_to(&target).await;
-            } else if self.membership.has_left() {
-                self.pass_on(&target).await;
-            }
-        }
+        // Targets at once: one that answers slowly (each offer just inside the request
+        // timeout) holds up its own batch, not every other target's behind it.
+        futures::stream::iter(targets)
+            .for_each_concurrent(HINT_TARGETS_AT_ONCE, |target| {
+                let departed = ring
+                    .as_ref()
+                    .is_some_and(|r| !r.topology.is_member(&target));
+                async move {
+                    if departed {
+                        self.rehome(&target).await;
+                    } else if target != *self.membership.me() && self.membership.is_live(&target) {
+                        self.deliver_to(&target).await;
+                    } else if self.membership.has_left() {
+                        self.pass_on(&target).await;
+                    }
+                }
+            })
+            .await;
         metrics::gauge!("ringkv_hints_pending").set(self.hints.len() as f64);
     }
 

@@ -382,3 +382,76 @@ async fn a_node_without_a_ring_keeps_no_hint() {
     assert!(lone.hints.is_empty());
     shutdown.cancel();
 }
+
+/// A peer that answers every replica write after `delay` (an overloaded node: up, and each
+/// answer inside the request timeout).
+struct SlowWrites {
+    node: std::sync::Arc<Node>,
+    delay: Duration,
+}
+
+impl ringkv_node::transport::Handler for SlowWrites {
+    fn handle(
+        self: std::sync::Arc<Self>,
+        request: Request,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Response> {
+        Box::pin(async move {
+            if matches!(request, Request::Write { .. }) {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.node.clone().handle(request, timeout).await
+        })
+    }
+}
+
+/// One round delivers to its targets side by side: a target answering each hint slowly (n2,
+/// first in delivery order) holds up its own hints, not another target's. One after the
+/// other, n3 waited for n2's whole batch: 60 hints at 500 ms, 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_does_not_hold_up_hint_delivery_to_the_others() {
+    let shutdown = CancellationToken::new();
+    let n1 = common::start("n1", None, &shutdown, |_| {}).await;
+    let n2 = common::start_serving(
+        "n2",
+        Some(&n1.listen),
+        &shutdown,
+        |_| {},
+        |node| {
+            std::sync::Arc::new(SlowWrites {
+                node,
+                delay: Duration::from_millis(500),
+            })
+        },
+    )
+    .await;
+    let n3 = common::start("n3", Some(&n1.listen), &shutdown, |_| {}).await;
+    let ids = common::node_ids(&["n1", "n2", "n3"]);
+    eventually(
+        Duration::from_secs(30),
+        "the nodes never formed a ring",
+        || common::settled(&[&n1, &n2, &n3], &ids),
+    )
+    .await;
+    for i in 0..60 {
+        n1.hints
+            .push(hint_for(&ids[1], &n1.node, &format!("slow-{i}")))
+            .unwrap();
+    }
+    let fast: Vec<Hint> = (0..5)
+        .map(|i| hint_for(&ids[2], &n1.node, &format!("fast-{i}")))
+        .collect();
+    for hint in &fast {
+        n1.hints.push(hint.clone()).unwrap();
+    }
+    eventually(
+        Duration::from_secs(10),
+        "hints for n3 waited behind the slow n2's",
+        || {
+            fast.iter()
+                .all(|h| n3.engine.get(h.partition, &h.key).unwrap().is_some())
+        },
+    )
+    .await;
+    shutdown.cancel();
+}
