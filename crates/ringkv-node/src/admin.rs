@@ -109,6 +109,7 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         ),
         None => (settings.n, settings.partitions, 0),
     };
+    let cluster_id = ring.as_ref().map(|r| format!("{:016x}", r.cluster));
     let ae = &node.anti_entropy;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let handoff = node.handoff_report();
@@ -116,7 +117,8 @@ pub fn status_json(node: &Node) -> serde_json::Value {
     json!({
         "node_id": membership.me(),
         "cluster": {
-            "n": n, "partitions": partitions, "ring_version": version, "members": members,
+            "id": cluster_id, "n": n, "partitions": partitions, "ring_version": version,
+            "members": members,
             "transition": transition.map(|t| json!({
                 "partitions_pending": t.pending().count(),
                 "transfers_pending": t.pending_transfers(),
@@ -183,6 +185,7 @@ pub async fn ring(State(state): State<HttpState>) -> Result<Json<serde_json::Val
         })
         .collect();
     Ok(Json(json!({
+        "cluster_id": format!("{:016x}", ring.cluster),
         "version": ring.version, "n": params.n, "partitions": params.partitions,
         "members": members, "table": table,
         "pending": topology.transition().map(|t| t.pending().map(|(p, _)| {

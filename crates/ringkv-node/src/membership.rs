@@ -178,6 +178,12 @@ fn best_ring_holder<'a>(
 /// compared: a node down through a whole change of membership must still adopt the ring that
 /// no longer lists anyone it knew, and hand its keys over.)
 fn foreign_ring(current: &RingState, next: &RingState) -> Option<String> {
+    if current.cluster != next.cluster {
+        return Some(format!(
+            "cluster {:016x} where this node is in cluster {:016x}",
+            next.cluster, current.cluster
+        ));
+    }
     let (was, now) = (current.topology.params(), next.topology.params());
     if was != now {
         return Some(format!(
@@ -206,7 +212,9 @@ impl Membership {
             .collect();
         let ring = match ring {
             Some(ring) => Some(ring),
-            None if seeds.is_empty() => Some(Self::founding_ring(settings)?),
+            None if seeds.is_empty() => {
+                Some(Self::founding_ring(settings, seams.entropy.next_u64())?)
+            }
             None => None,
         };
         let config = ChitchatConfig {
@@ -280,7 +288,8 @@ impl Membership {
         Ok(membership)
     }
 
-    fn founding_ring(settings: &Settings) -> anyhow::Result<RingState> {
+    /// The first ring of a new cluster, whose id is `cluster`.
+    fn founding_ring(settings: &Settings, cluster: u64) -> anyhow::Result<RingState> {
         let me = Member {
             id: settings.node_id.clone(),
             weight: settings.weight,
@@ -294,9 +303,10 @@ impl Membership {
         info!(
             partitions = params.partitions,
             n = params.n,
+            cluster = format!("{cluster:016x}"),
             "founding a new cluster"
         );
-        Ok(RingState::new(1, Topology::settled(ring)))
+        Ok(RingState::new(cluster, 1, Topology::settled(ring)))
     }
 
     pub fn me(&self) -> &NodeId {
@@ -564,7 +574,7 @@ impl Membership {
             return None;
         }
         Some((
-            RingState::new(current.version.checked_add(1)?, topology),
+            RingState::new(current.cluster, current.version.checked_add(1)?, topology),
             guard,
         ))
     }
@@ -586,7 +596,7 @@ impl Membership {
             .version
             .checked_add(1)
             .ok_or("the ring's version is at its limit")?;
-        let next = RingState::new(version, topology);
+        let next = RingState::new(current.cluster, version, topology);
         self.adopt(next.clone()).await;
         Ok(Some(next))
     }
@@ -730,7 +740,7 @@ mod tests {
         .await;
         let current = membership.ring().unwrap();
         for version in [u64::MAX, MAX_RING_VERSION + 1] {
-            let forged = RingState::new(version, current.topology.clone());
+            let forged = RingState::new(current.cluster, version, current.topology.clone());
             assert!(!membership.adopt(forged.clone()).await, "version {version}");
             assert_eq!(membership.ring().unwrap().version, current.version);
             assert!(
@@ -741,7 +751,11 @@ mod tests {
                     .contains(&forged.rank())
             );
         }
-        let next = RingState::new(current.version + 1, current.topology.clone());
+        let next = RingState::new(
+            current.cluster,
+            current.version + 1,
+            current.topology.clone(),
+        );
         assert!(membership.adopt(next).await, "an ordinary next version");
         shutdown.cancel();
     }

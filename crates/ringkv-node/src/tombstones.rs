@@ -953,7 +953,7 @@ mod tests {
     fn purging_waits_for_every_member_and_a_settled_ring() {
         let topology = ring_of(&["a", "b", "c", "d"]);
         let view = view_of(&MEMBERS);
-        let settled = RingState::new(1, topology.clone());
+        let settled = RingState::new(7, 1, topology.clone());
         assert_eq!(purge_blocker(&settled, &view, |_| true), None);
         let down = purge_blocker(&settled, &view, up_but(&["b"]));
         assert_eq!(down.as_deref(), Some("b is not reachable"));
@@ -963,9 +963,9 @@ mod tests {
         assert_eq!(down.as_deref(), Some("b is not reachable"));
         let mut leaving = topology.clone();
         leaving.request_leave(&NodeId::new("c").unwrap()).unwrap();
-        assert!(purge_blocker(&RingState::new(2, leaving), &view, |_| true).is_some());
+        assert!(purge_blocker(&RingState::new(7, 2, leaving), &view, |_| true).is_some());
         let joining = topology.begin_transition(&[member("e")]).unwrap().unwrap();
-        assert!(purge_blocker(&RingState::new(2, joining), &view, |_| true).is_some());
+        assert!(purge_blocker(&RingState::new(7, 2, joining), &view, |_| true).is_some());
     }
 
     /// A node outside the ring that is down blocks purging unless it published `Left`: `x`
@@ -976,7 +976,7 @@ mod tests {
     /// keys. A drained node (`Left`) holds nothing, and a node gossip forgot blocks nothing.
     #[test]
     fn purging_waits_for_a_node_outside_the_ring_that_is_down_and_has_not_left() {
-        let settled = RingState::new(1, ring_of(&["a", "b", "c", "d"]));
+        let settled = RingState::new(7, 1, ring_of(&["a", "b", "c", "d"]));
         let mut peers = MEMBERS.to_vec();
         peers.extend([
             ("w", Status::Up),

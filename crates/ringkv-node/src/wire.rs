@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 /// Changes whenever a frame's shape does: a node refuses peers of another version at `Hello`.
 /// 2: `Response::Chunk` carries `resume`. 3: `LeafDigests` carries `after`, and `Digests`
-/// says what of the leaves asked it covers.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// says what of the leaves asked it covers. 4: `RingState` carries the cluster's id.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Frame {
@@ -233,12 +233,16 @@ pub enum ClientError {
     TooLarge(String),
 }
 
-/// The topology (committed ring, transition, leaving members) and its version. Version 0
+/// The topology (committed ring, transition, leaving members), its version, and the id of the
+/// cluster it belongs to (drawn when the cluster was founded, carried by every later version:
+/// a node refuses a ring of another cluster, so a seed of the wrong cluster cannot make a
+/// node adopt a ring that omits it, conclude it left, and hand its data over). Version 0
 /// never exists: a node without a ring has none. Stored in the node's meta store and sent in
 /// answer to `FetchRing`. Never changed once built (it is shared as `Arc<RingState>`), so its
 /// digests are computed once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RingState {
+    pub cluster: u64,
     pub version: u64,
     pub topology: Topology,
     #[serde(skip)]
@@ -246,8 +250,9 @@ pub struct RingState {
 }
 
 impl RingState {
-    pub fn new(version: u64, topology: Topology) -> RingState {
+    pub fn new(cluster: u64, version: u64, topology: Topology) -> RingState {
         RingState {
+            cluster,
             version,
             topology,
             digests: std::sync::OnceLock::new(),
@@ -381,8 +386,8 @@ mod tests {
             }
             same_target += 1;
             assert_ne!(
-                RingState::new(2, join_x.clone()).target_digest(),
-                RingState::new(9, leave_e).target_digest(),
+                RingState::new(1, 2, join_x.clone()).target_digest(),
+                RingState::new(1, 9, leave_e).target_digest(),
                 "e = {e}: the leave's transition targets R1 again"
             );
         }

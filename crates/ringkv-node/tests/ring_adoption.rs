@@ -1,6 +1,6 @@
 //! A node adopts newer versions of its own cluster's ring, including one listing none of the
-//! members it knew, and refuses rings of another cluster: other Q or N (every stored partition
-//! id depends on Q).
+//! members it knew, and refuses rings of another cluster: another cluster id (a seed of the
+//! wrong cluster), other Q or N (every stored partition id depends on Q).
 //! Nodes run in this process on the in-memory engine.
 
 mod common;
@@ -22,11 +22,11 @@ fn member(id: &str) -> Member {
     }
 }
 
-/// A settled ring of `ids` at `version`, with `params`.
-fn ring(version: u64, ids: &[&str], params: RingParams) -> RingState {
+/// A settled ring of `ids` at `version`, with `params`, of the cluster `cluster`.
+fn ring(cluster: u64, version: u64, ids: &[&str], params: RingParams) -> RingState {
     let members: Vec<Member> = ids.iter().map(|id| member(id)).collect();
     let ring = Ring::claim(None, &members, params).unwrap();
-    RingState::new(version, Topology::settled(ring))
+    RingState::new(cluster, version, Topology::settled(ring))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,6 +42,7 @@ async fn rings_of_another_cluster_are_refused_and_newer_ones_of_this_cluster_ado
     let current = membership.ring().unwrap();
     let params = current.topology.params();
     let later = current.version + 10;
+    let ours = current.cluster;
 
     let other_q = RingParams {
         partitions: params.partitions / 2,
@@ -49,8 +50,14 @@ async fn rings_of_another_cluster_are_refused_and_newer_ones_of_this_cluster_ado
     };
     let other_n = RingParams { n: 1, ..params };
     for (what, foreign) in [
-        ("another Q", ring(later + 40, &["n1"], other_q)),
-        ("another N", ring(later + 40, &["n1"], other_n)),
+        ("another Q", ring(ours, later + 40, &["n1"], other_q)),
+        ("another N", ring(ours, later + 40, &["n1"], other_n)),
+        // Same Q and N, a higher version, not listing this node: adopted, it made the node
+        // conclude it had left and hand all its data to the other cluster.
+        (
+            "another cluster id",
+            ring(ours ^ 1, later + 40, &["m1", "m2"], params),
+        ),
     ] {
         assert!(
             !membership.adopt(foreign).await,
@@ -62,13 +69,21 @@ async fn rings_of_another_cluster_are_refused_and_newer_ones_of_this_cluster_ado
             "{what}: the ring changed"
         );
     }
+    assert!(
+        !membership.has_left(),
+        "a refused ring made it conclude it left"
+    );
     // A newer ring of this cluster (the same Q and N), below the refused ones, is adopted;
     // so is a later one that lists none of the members this node knew.
-    assert!(membership.adopt(ring(later, &["n1", "n9"], params)).await);
+    assert!(
+        membership
+            .adopt(ring(ours, later, &["n1", "n9"], params))
+            .await
+    );
     assert_eq!(membership.ring().unwrap().version, later);
     assert!(
         membership
-            .adopt(ring(later + 1, &["x1", "x2"], params))
+            .adopt(ring(ours, later + 1, &["x1", "x2"], params))
             .await
     );
     assert_eq!(membership.ring().unwrap().version, later + 1);
