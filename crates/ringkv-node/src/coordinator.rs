@@ -1244,26 +1244,6 @@ mod tests {
         );
         shutdown.cancel();
     }
-    /// A peer that answers every `Read` late (by `delay`), and everything else as its node.
-    struct SlowReads {
-        node: Arc<Node>,
-        delay: Duration,
-    }
-
-    impl crate::transport::Handler for SlowReads {
-        fn handle(
-            self: Arc<Self>,
-            request: Request,
-            timeout: Duration,
-        ) -> BoxFuture<'static, Response> {
-            Box::pin(async move {
-                if matches!(request, Request::Read { .. }) {
-                    tokio::time::sleep(self.delay).await;
-                }
-                self.node.clone().handle(request, timeout).await
-            })
-        }
-    }
 
     /// A fallback's "nothing" does not hide a home replica's copy. N=3, R=2: the key's home
     /// replicas are n1 (fails every read, so a fallback stands in), n2 (the coordinator, which
@@ -1272,7 +1252,7 @@ mod tests {
     /// answer its value. Before, it answered not found.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fallback_that_knows_nothing_does_not_hide_a_home_replicas_copy() {
-        use crate::common::{Distorting, eventually, node_ids, start, start_serving};
+        use crate::common::{Delaying, Distorting, eventually, node_ids, start, start_serving};
         use ringkv_storage::StorageEngine;
         use tokio_util::sync::CancellationToken;
         let shutdown = CancellationToken::new();
@@ -1296,9 +1276,10 @@ mod tests {
         let n2 = start("n2", Some(&n1.listen), &shutdown, three).await;
         let _n3 = start("n3", Some(&n1.listen), &shutdown, three).await;
         let slow = |node| {
-            Arc::new(SlowReads {
+            Arc::new(Delaying {
                 node,
                 delay: Duration::from_millis(1500),
+                slow: |request: &Request| matches!(request, Request::Read { .. }),
             })
         };
         let n4 = start_serving("n4", Some(&n1.listen), &shutdown, three, slow).await;

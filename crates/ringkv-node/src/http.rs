@@ -50,11 +50,11 @@ use ringkv_core::constants::MAX_KEY_BYTES;
 use ringkv_core::{Context, VersionSet};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::settings::{Limits, Settings};
+use crate::sockets::{AcceptLoop, serve_connections};
 use crate::wire::ClientContext;
 use serde_json::json;
 
@@ -76,8 +76,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// and room for the rest. A longer head is answered 431 by hyper. (hyper's default, ~400 KiB,
 /// let `http_connections_max` connections hold 1.6 GiB of heads.)
 pub const HEAD_BUFFER_BYTES: usize = 128 * 1024;
-/// Pause after a failed `accept` (out of file descriptors, ...) before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -329,41 +327,27 @@ pub async fn serve(
     limits: &Limits,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.http_connections_max));
     let refusal = too_many_connections(limits.http_connections_max);
+    let accept = AcceptLoop {
+        face: "HTTP",
+        connections_max: limits.http_connections_max,
+        refused_counter: "ringkv_http_connections_refused_total",
+        refusal: &refusal,
+        shutdown_grace: limits.http_body_timeout + limits.request_timeout_max + SHUTDOWN_GRACE,
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.http_header_read_timeout)
         .max_buf_size(HEAD_BUFFER_BYTES);
-    let mut tasks = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        while tasks.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("ringkv_http_connections_refused_total").increment(1);
-            // A fresh socket's send buffer is empty: this write does not block.
-            let _ = stream.try_write(&refusal);
-            continue;
-        };
+    serve_connections(listener, accept, &shutdown, |stream| {
         // No Nagle, and keepalive, as on the RESP and inter-node sockets (`sockets.rs`).
         crate::sockets::tune(&stream);
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let shutdown = shutdown.clone();
         let open = OpenConnection::new();
-        tasks.spawn(async move {
-            let (_slot, _open) = (slot, open);
+        async move {
+            let _open = open;
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
@@ -375,20 +359,9 @@ pub async fn serve(
             if let Err(e) = ended {
                 debug!(error = %e, "HTTP connection ended");
             }
-        });
-    }
-    drop(listener);
-    let grace = limits.http_body_timeout + limits.request_timeout_max + SHUTDOWN_GRACE;
-    let finished =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if finished.is_err() {
-        warn!(
-            connections = tasks.len(),
-            "HTTP connections still busy at shutdown; aborting them"
-        );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
+        }
+    })
+    .await
 }
 
 /// Counts an open HTTP connection in the gauge `ringkv_http_connections` while it lives.

@@ -115,13 +115,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::node::Node;
+use crate::sockets::{AcceptLoop, serve_connections};
 use commands::{Flow, ReplyMode, Session};
 use parser::{Parser, ParserLimits, Reply};
 
@@ -136,8 +135,6 @@ pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 /// After the listener stops, connections get the request timeout plus this long to finish
 /// the command they are running before they are aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (out of file descriptors, ...) before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 const TOO_MANY_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 /// Input all connections together may hold (commands still arriving, pipelined ones not yet
@@ -223,30 +220,16 @@ async fn serve_limited(
 ) {
     let limits = ParserLimits::for_max_value_bytes(node.settings().max_value_bytes);
     let command_timeout = node.settings().limits.resp_command_timeout;
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let accept = AcceptLoop {
+        face: "RESP",
+        connections_max: max_connections,
+        refused_counter: "ringkv_resp_connections_refused_total",
+        refusal: TOO_MANY_CLIENTS,
+        shutdown_grace: node.settings().request_timeout + SHUTDOWN_GRACE,
+    };
     let open = Arc::new(AtomicUsize::new(0));
     let next_id = AtomicU64::new(1);
-    let mut tasks = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        while tasks.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(error = %e, "RESP accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("ringkv_resp_connections_refused_total").increment(1);
-            // A fresh socket's send buffer is empty: this write does not block.
-            let _ = stream.try_write(TOO_MANY_CLIENTS);
-            continue;
-        };
+    serve_connections(listener, accept, &shutdown, |stream| {
         let session = Session {
             node: node.clone(),
             id: next_id.fetch_add(1, Ordering::Relaxed),
@@ -259,8 +242,7 @@ async fn serve_limited(
             budget: budget.clone(),
             held: 0,
         };
-        tasks.spawn(async move {
-            let _slot = slot;
+        async move {
             let _open = OpenConnection::new(session.connections.clone());
             let id = session.id;
             let input = Input {
@@ -270,25 +252,9 @@ async fn serve_limited(
             };
             let end = connection(stream, session, input, shutdown).await;
             debug!(connection = id, end = %end, "RESP connection closed");
-        });
-    }
-    drop(listener);
-    drain(tasks, node.settings().request_timeout + SHUTDOWN_GRACE).await;
-}
-
-/// Waits up to `grace` for the connections to finish their current command, then aborts
-/// the rest, so that no task holds the node after `serve` returns.
-async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
-    let finished =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if finished.is_err() {
-        warn!(
-            connections = tasks.len(),
-            "RESP connections still busy at shutdown; aborting them"
-        );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
+        }
+    })
+    .await
 }
 
 /// Counts an open connection for `INFO` and the gauge while it lives.

@@ -1,7 +1,8 @@
 //! Nodes run in the test's own process on loopback, on the in-memory engine, with their
 //! engines and hint stores in the test's hands; a node may answer its peers through a
-//! `Distorting` handler (a peer that misbehaves). The node crate's own unit tests use this
-//! module too (`lib.rs`), to drive a node's inner steps against such a peer.
+//! `Distorting` handler (a peer that misbehaves) or a `Delaying` one (a peer that is slow).
+//! The node crate's own unit tests use this module too (`lib.rs`), to drive a node's inner
+//! steps against such a peer.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -120,6 +121,32 @@ where
         Box::pin(async move {
             let answer = self.node.clone().handle(request.clone(), timeout).await;
             (self.distort)(&request, answer)
+        })
+    }
+}
+
+/// A peer that answers late: it answers as its node does, but `delay` later for the requests
+/// `slow` picks.
+pub struct Delaying<F> {
+    pub node: Arc<Node>,
+    pub delay: Duration,
+    pub slow: F,
+}
+
+impl<F> Handler for Delaying<F>
+where
+    F: Fn(&Request) -> bool + Send + Sync + 'static,
+{
+    fn handle(
+        self: Arc<Self>,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Response> {
+        Box::pin(async move {
+            if (self.slow)(&request) {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.node.clone().handle(request, timeout).await
         })
     }
 }
