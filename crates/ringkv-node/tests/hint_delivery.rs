@@ -383,28 +383,6 @@ async fn a_node_without_a_ring_keeps_no_hint() {
     shutdown.cancel();
 }
 
-/// A peer that answers every replica write after `delay` (an overloaded node: up, and each
-/// answer inside the request timeout).
-struct SlowWrites {
-    node: std::sync::Arc<Node>,
-    delay: Duration,
-}
-
-impl ringkv_node::transport::Handler for SlowWrites {
-    fn handle(
-        self: std::sync::Arc<Self>,
-        request: Request,
-        timeout: Duration,
-    ) -> futures::future::BoxFuture<'static, Response> {
-        Box::pin(async move {
-            if matches!(request, Request::Write { .. }) {
-                tokio::time::sleep(self.delay).await;
-            }
-            self.node.clone().handle(request, timeout).await
-        })
-    }
-}
-
 /// One round delivers to its targets side by side: a target answering each hint slowly (n2,
 /// first in delivery order) holds up its own hints, not another target's. One after the
 /// other, n3 waited for n2's whole batch: 60 hints at 500 ms, 30 s.
@@ -418,9 +396,11 @@ async fn a_slow_target_does_not_hold_up_hint_delivery_to_the_others() {
         &shutdown,
         |_| {},
         |node| {
-            std::sync::Arc::new(SlowWrites {
+            // Up, and each replica write answered inside the request timeout: overloaded.
+            std::sync::Arc::new(common::Delaying {
                 node,
                 delay: Duration::from_millis(500),
+                slow: |request: &Request| matches!(request, Request::Write { .. }),
             })
         },
     )
