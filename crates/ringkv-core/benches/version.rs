@@ -1,6 +1,8 @@
 //! Costs of the per-key version bookkeeping on the hot paths: `sync` (every read with
 //! read repair, every anti-entropy and handoff transfer), `update` (every write) and the
-//! client context token (every request that carries `X-Context`).
+//! client context token (every request that carries `X-Context`); and the two hashes of a
+//! whole set: `digest` (xxh3, every write, for the Merkle tree) next to `fingerprint`
+//! (SHA-256, background purge and handoff checks only).
 
 use std::hint::black_box;
 
@@ -82,5 +84,35 @@ fn bench_context(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_sync, bench_update, bench_context);
+/// A one-sibling set holding a value of `bytes` bytes.
+fn one_value(bytes: usize) -> VersionSet {
+    let value = Some(Bytes::from(vec![7; bytes]));
+    VersionSet::new()
+        .update(&VersionVector::new(), value, &replica(0))
+        .0
+}
+
+fn bench_hashes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hash");
+    for bytes in [0, 1024, 64 * 1024] {
+        let set = one_value(bytes);
+        group.bench_with_input(BenchmarkId::new("digest", bytes), &set, |bench, set| {
+            bench.iter(|| black_box(set).digest())
+        });
+        group.bench_with_input(
+            BenchmarkId::new("fingerprint", bytes),
+            &set,
+            |bench, set| bench.iter(|| black_box(set).fingerprint()),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_sync,
+    bench_update,
+    bench_context,
+    bench_hashes
+);
 criterion_main!(benches);

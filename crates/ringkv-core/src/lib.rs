@@ -22,4 +22,4 @@ pub mod version;
 pub use context::{Context, ContextError};
 pub use hash::{KeyHash, PartitionId, key_hash};
 pub use ids::{IdError, NodeId, ReplicaId};
-pub use version::{Dot, Sibling, VersionSet, VersionVector};
+pub use version::{Dot, Fingerprint, Sibling, VersionSet, VersionVector};

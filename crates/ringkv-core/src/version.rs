@@ -24,10 +24,31 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 use crate::constants::MAX_COUNTER;
 use crate::ids::ReplicaId;
+
+/// A collision-resistant fingerprint of a `VersionSet` (`VersionSet::fingerprint`): equal
+/// fingerprints mean equal sets, even when a client chose the values to make them collide.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The first 8 bytes in hex name it well enough in logs and test failures.
+        write!(f, "Fingerprint(")?;
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "..)")
+    }
+}
 
 /// One write: the `counter`-th write coordinated by `replica`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -380,11 +401,38 @@ impl VersionSet {
         self.sync(other) == *self
     }
 
-    /// A digest of the whole set, equal on every replica holding the same set (the encoding is
-    /// canonical: sorted siblings, ordered vector, canonical cloud). Feeds the Merkle trees.
+    /// A fast 64-bit digest of the whole set, equal on every replica holding the same set (the
+    /// encoding is canonical: sorted siblings, ordered vector, canonical cloud). Feeds the
+    /// Merkle trees and anti-entropy, which use it only to *find* keys that may differ: a
+    /// collision there hides a difference from one exchange, and nothing is dropped for it.
+    ///
+    /// Never proof that two sets are equal: values are client bytes, and xxh3 is not
+    /// collision resistant, so a client can make two different sets with the same digest
+    /// (about 2^32 work). Anything that drops data because another set is "the same" compares
+    /// the sets themselves when both are on one node, or their `fingerprint`s when one is on
+    /// another node.
     pub fn digest(&self) -> u64 {
         let bytes = postcard::to_allocvec(self).expect("a VersionSet always serializes");
         xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
+    /// A collision-resistant fingerprint of the whole set (SHA-256 of its canonical encoding),
+    /// for a node to prove to another that it holds exactly this set: the tombstone purge
+    /// checks (`SameVersions`, `OtherCopies`, `Purge`) and the handoff sweep's confirmations.
+    /// Finding two sets with one fingerprint is as hard as a SHA-256 collision, so a node may
+    /// drop its copy of a set on another's word that it holds the same fingerprint.
+    ///
+    /// Slower than `digest` (SHA-256 runs at a few hundred MB/s): background work only, never
+    /// on the write path.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let bytes = postcard::to_allocvec(self).expect("a VersionSet always serializes");
+        Fingerprint(Sha256::digest(&bytes).into())
+    }
+
+    /// Whether this set's fingerprint is `fingerprint`: the one gate through which a set held
+    /// here is matched against a set another node names.
+    pub fn same_as_fingerprint(&self, fingerprint: &Fingerprint) -> bool {
+        self.fingerprint() == *fingerprint
     }
 
     /// Checks the invariants listed in the module documentation.

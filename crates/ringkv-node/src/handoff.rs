@@ -18,7 +18,9 @@
 //! 3. **Drops.** For each partition it holds but no longer replicates (`Topology::holds`), it
 //!    asks the home replicas which of its keys they hold identically (`SameVersions`), sends
 //!    them the others (a replica write; they sync it in), and only then removes each key if it
-//!    did not change meanwhile (`remove_if`). Data is dropped only after every home replica
+//!    did not change meanwhile (`remove_if`, comparing the whole set it scanned). Keys are
+//!    named to the home replicas by `VersionSet::fingerprint` (SHA-256), never by the 64-bit
+//!    digest, which a client can make collide. Data is dropped only after every home replica
 //!    confirmed it, and only while all of them are up.
 //!
 //! Laws: a partition's reads switch only after its data arrived; a node deletes a key only
@@ -31,12 +33,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{NodeId, PartitionId, VersionSet};
+use ringkv_core::{Fingerprint, NodeId, PartitionId, VersionSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
-use crate::tombstones::{Forget, Held, held};
+use crate::tombstones::{Expected, Forget, Held, held};
 use crate::wire::{HandoffProgress, Request, Response, RingState};
 
 /// Storage meta key of the receiving side's progress.
@@ -706,7 +708,7 @@ impl Node {
                 .into_iter()
                 .zip(confirmed)
                 .filter(|(_, confirmed)| *confirmed)
-                .map(|((key, versions), _)| (key, versions.digest()))
+                .map(|((key, versions), _)| (key, Expected::Set(versions)))
                 .collect();
             let removed = self.forget_local(partition, keys, Forget::Any).await?;
             dropped += removed.iter().filter(|r| **r).count() as u64;
@@ -727,7 +729,10 @@ impl Node {
         home: &NodeId,
         batch: &[(Bytes, VersionSet)],
     ) -> Result<Vec<bool>, String> {
-        let keys = batch.iter().map(|(k, v)| (k.clone(), v.digest())).collect();
+        let keys = batch
+            .iter()
+            .map(|(k, v)| (k.clone(), v.fingerprint()))
+            .collect();
         let same = match self
             .ask(home, Request::SameVersions { partition, keys })
             .await?
@@ -762,16 +767,17 @@ impl Node {
     pub(crate) async fn serve_same_versions(
         &self,
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     ) -> Response {
-        let keys: Vec<(Bytes, u64)> = keys.into_iter().take(SWEEP_BATCH_KEYS).collect();
+        let keys: Vec<(Bytes, Fingerprint)> = keys.into_iter().take(SWEEP_BATCH_KEYS).collect();
         match self
             .store(
                 move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
                     // A record it cannot read is not the same: the key is sent, and refused.
                     keys.iter()
-                        .map(|(k, d)| {
-                            Ok(matches!(held(s, partition, k)?, Held::Set(v) if v.digest() == *d))
+                        .map(|(k, f)| {
+                            Ok(matches!(held(s, partition, k)?,
+                                Held::Set(v) if v.same_as_fingerprint(f)))
                         })
                         .collect()
                 },

@@ -11,7 +11,7 @@
 //!    hold a hint or an older copy), and so is every node outside the ring that gossip still
 //!    carries and that has not published `Left` (a node that left but has not swept, or was
 //!    removed while down, hands its old copies over when it comes back; `purge_blocker`);
-//! 3. every other home replica holds exactly the same set (`SameVersions` digests);
+//! 3. every other home replica holds exactly the same set (`SameVersions` fingerprints);
 //! 4. no node holds another copy of the key: no hint, and no stored set but this tombstone
 //!    (`OtherCopies` to every member and to every live gossip peer outside the ring, check 2
 //!    having made sure that the others published `Left`; a node that lost the partition may
@@ -21,7 +21,8 @@
 //!
 //! Then each home replica (the others on `Purge`, the leader last) raises its *dot floor*
 //! above every counter of its own replica id in the tombstone, persists the floor, and
-//! removes the key only if its set still has the same digest (`remove_if`). A replica that
+//! removes the key only if its set still has the same fingerprint, compared again as a whole
+//! set at removal (`remove_if`). A replica that
 //! misses the `Purge` keeps the tombstone; anti-entropy copies it back to the others and the
 //! next round purges it again.
 //!
@@ -41,7 +42,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{NodeId, PartitionId, VersionSet};
+use ringkv_core::{Fingerprint, NodeId, PartitionId, VersionSet};
 use ringkv_storage::{StorageEngine, StorageError};
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -62,34 +63,36 @@ pub const PURGE_CANDIDATES_MAX: usize = 100_000;
 /// Tombstones seen stable, waiting out the grace period, by (partition, key).
 #[derive(Debug, Default)]
 pub(crate) struct Candidates {
-    /// (digest, when this node first saw that tombstone, when every check first passed).
-    seen: BTreeMap<(u32, Bytes), (u64, Instant, Option<Instant>)>,
+    /// (fingerprint, when this node first saw that tombstone, when every check first passed).
+    /// A fingerprint, not a 64-bit digest: peers are asked whether they hold this very set,
+    /// and remove theirs on the leader's word.
+    seen: BTreeMap<(u32, Bytes), (Fingerprint, Instant, Option<Instant>)>,
     /// Per partition, the last key of the last batch taken (`next_batch`): the next batch
     /// starts after it. At most one per partition this node leads (`retain_partitions`).
     batch_ends: BTreeMap<u32, Bytes>,
 }
 
 impl Candidates {
-    /// Records that `key` holds a tombstone-only set with `digest`. A changed digest starts
+    /// Records that `key` holds a tombstone-only set with `fingerprint`. A changed set starts
     /// the wait again. Returns false if the table is full and the key was not recorded.
     pub(crate) fn observe(
         &mut self,
         partition: u32,
         key: Bytes,
-        digest: u64,
+        fingerprint: Fingerprint,
         now: Instant,
     ) -> bool {
         let slot = (partition, key);
         let full = self.seen.len() >= PURGE_CANDIDATES_MAX;
         match self.seen.get_mut(&slot) {
-            Some(entry) if entry.0 == digest => true,
+            Some(entry) if entry.0 == fingerprint => true,
             Some(entry) => {
-                *entry = (digest, now, None);
+                *entry = (fingerprint, now, None);
                 true
             }
             None if full => false,
             None => {
-                self.seen.insert(slot, (digest, now, None));
+                self.seen.insert(slot, (fingerprint, now, None));
                 true
             }
         }
@@ -143,13 +146,13 @@ impl Candidates {
         grace: Duration,
         healthy_since: Option<Instant>,
         limit: usize,
-    ) -> Vec<(Bytes, u64)> {
+    ) -> Vec<(Bytes, Fingerprint)> {
         self.seen
             .range((partition, Bytes::new())..)
             .take_while(|((p, _), _)| *p == partition)
             .filter(|(_, (_, since, _))| ripened(*since, now, grace, healthy_since))
             .take(limit)
-            .map(|((_, key), (digest, _, _))| (key.clone(), *digest))
+            .map(|((_, key), (fingerprint, _, _))| (key.clone(), *fingerprint))
             .collect()
     }
 
@@ -167,7 +170,7 @@ impl Candidates {
         grace: Duration,
         healthy_since: Option<Instant>,
         limit: usize,
-    ) -> Vec<(Bytes, u64)> {
+    ) -> Vec<(Bytes, Fingerprint)> {
         let after = self.batch_ends.get(&partition).cloned().unwrap_or_default();
         let tail = self
             .seen
@@ -178,11 +181,11 @@ impl Candidates {
             .seen
             .range((partition, Bytes::new())..=(partition, after))
             .take_while(|((p, _), _)| *p == partition);
-        let batch: Vec<(Bytes, u64)> = tail
+        let batch: Vec<(Bytes, Fingerprint)> = tail
             .chain(head)
             .filter(|(_, (_, since, _))| ripened(*since, now, grace, healthy_since))
             .take(limit)
-            .map(|((_, key), (digest, _, _))| (key.clone(), *digest))
+            .map(|((_, key), (fingerprint, _, _))| (key.clone(), *fingerprint))
             .collect();
         if let Some((last, _)) = batch.last() {
             self.batch_ends.insert(partition, last.clone());
@@ -206,6 +209,24 @@ impl Candidates {
 fn ripened(since: Instant, now: Instant, grace: Duration, healthy_since: Option<Instant>) -> bool {
     let start = healthy_since.map_or(since, |h| h.max(since));
     now.saturating_duration_since(start) >= grace
+}
+
+/// What a key's set must still be for `Node::forget_local` to remove it.
+#[derive(Debug, Clone)]
+pub(crate) enum Expected {
+    /// Exactly this set, held on this node (the sweep's own scan): compared whole.
+    Set(VersionSet),
+    /// The set with this fingerprint, named by another node (a purge leader's `Purge`).
+    Fingerprint(Fingerprint),
+}
+
+impl Expected {
+    pub(crate) fn matches(&self, held: &VersionSet) -> bool {
+        match self {
+            Expected::Set(expected) => held == expected,
+            Expected::Fingerprint(f) => held.same_as_fingerprint(f),
+        }
+    }
 }
 
 /// Which keys `Node::forget_local` may remove.
@@ -424,7 +445,7 @@ impl Node {
             let mut candidates = self.tombstones.candidates.lock().unwrap();
             for (key, versions) in batch {
                 if versions.is_tombstone_only() {
-                    candidates.observe(index, key, versions.digest(), now);
+                    candidates.observe(index, key, versions.fingerprint(), now);
                 } else {
                     candidates.forget(index, &key);
                 }
@@ -450,17 +471,17 @@ impl Node {
         self: &Arc<Self>,
         ring: &RingState,
         partition: PartitionId,
-        ripe: Vec<(Bytes, u64)>,
+        ripe: Vec<(Bytes, Fingerprint)>,
         (now, grace, healthy_since): (Instant, Duration, Option<Instant>),
     ) -> Result<usize, String> {
         let index = partition.index();
         let me = self.membership.me().clone();
         // 1. Still the same tombstone here.
         let local = self.same_versions(partition, ripe.clone()).await?;
-        let mut keys: Vec<(Bytes, u64)> = Vec::new();
-        for ((key, digest), same) in ripe.into_iter().zip(local) {
+        let mut keys: Vec<(Bytes, Fingerprint)> = Vec::new();
+        for ((key, fingerprint), same) in ripe.into_iter().zip(local) {
             if same {
-                keys.push((key, digest));
+                keys.push((key, fingerprint));
             } else {
                 self.tombstones
                     .candidates
@@ -579,19 +600,19 @@ impl Node {
         Ok(removed.into_iter().filter(|r| *r).count())
     }
 
-    /// Whether this node holds exactly these (key, digest) pairs (a record it cannot read is
-    /// not the same: that tombstone is not purged).
+    /// Whether this node holds exactly these (key, fingerprint) pairs (a record it cannot read
+    /// is not the same: that tombstone is not purged).
     async fn same_versions(
         &self,
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     ) -> Result<Vec<bool>, String> {
         self.store(
             move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
                 keys.iter()
-                    .map(|(k, d)| {
+                    .map(|(k, f)| {
                         Ok(matches!(held(s, partition, k)?,
-                            Held::Set(v) if v.is_tombstone_only() && v.digest() == *d))
+                            Held::Set(v) if v.is_tombstone_only() && v.same_as_fingerprint(f)))
                     })
                     .collect()
             },
@@ -601,13 +622,13 @@ impl Node {
         .map_err(|e| e.to_string())
     }
 
-    /// For each (key, digest), whether this node holds a copy of the key other than that
-    /// exact set: a stored set with another digest, a record it cannot read (it may be
+    /// For each (key, fingerprint), whether this node holds a copy of the key other than that
+    /// exact set: a stored set with another fingerprint, a record it cannot read (it may be
     /// anything), or a hint (for any target).
     pub(crate) async fn other_copies(
         &self,
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     ) -> Result<Vec<bool>, String> {
         let asked = keys.clone();
         let stored = self
@@ -615,9 +636,9 @@ impl Node {
                 move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
                     asked
                         .iter()
-                        .map(|(k, d)| {
+                        .map(|(k, f)| {
                             Ok(match held(s, partition, k)? {
-                                Held::Set(v) => v.digest() != *d,
+                                Held::Set(v) => !v.same_as_fingerprint(f),
                                 Held::Unreadable => true,
                                 Held::Absent => false,
                             })
@@ -668,14 +689,18 @@ impl Node {
         .map_err(|e| e.to_string())
     }
 
-    /// Removes the keys whose sets still have the given digests and hold only tombstones,
+    /// Removes the keys whose sets still have the given fingerprints and hold only tombstones,
     /// after raising and persisting the dot floor above every counter of this node's replica
     /// id in them. Returns, per key, whether it is gone.
     pub(crate) async fn purge_local(
         &self,
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     ) -> Result<Vec<bool>, String> {
+        let keys = keys
+            .into_iter()
+            .map(|(k, f)| (k, Expected::Fingerprint(f)))
+            .collect();
         let removed = self
             .forget_local(partition, keys, Forget::Tombstones)
             .await?;
@@ -685,7 +710,7 @@ impl Node {
         Ok(removed)
     }
 
-    /// Removes the keys whose sets still have the given digests (and, for `Tombstones`, hold
+    /// Removes the keys whose sets are still what `Expected` says (and, for `Tombstones`, hold
     /// only tombstones). First the dot floor is raised above every counter of this node's
     /// replica id in them and persisted: the node forgets its history of those keys, and a
     /// write it coordinates for one of them later (it gains the partition back, or a peer with
@@ -694,7 +719,7 @@ impl Node {
     pub(crate) async fn forget_local(
         &self,
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Expected)>,
         which: Forget,
     ) -> Result<Vec<bool>, String> {
         let replica = self.replica.clone();
@@ -702,15 +727,19 @@ impl Node {
         let persisting = self.tombstones.floor_persist.clone();
         self.store(
             move |s| -> Result<Vec<bool>, ringkv_storage::StorageError> {
-                // The floor first: a write that runs after a removal must see it.
+                // The floor first: a write that runs after a removal must see it. Each key's set
+                // as read here is what `remove_if` removes, compared whole: a key written
+                // since stays.
                 let mut highest = 0;
-                for (key, digest) in &keys {
-                    if let Some(v) = s.get(partition, key)?
-                        && (which == Forget::Any || v.is_tombstone_only())
-                        && v.digest() == *digest
-                    {
+                let mut matched: Vec<Option<VersionSet>> = Vec::with_capacity(keys.len());
+                for (key, expected) in &keys {
+                    let found = s.get(partition, key)?.filter(|v| {
+                        (which == Forget::Any || v.is_tombstone_only()) && expected.matches(v)
+                    });
+                    if let Some(v) = &found {
                         highest = highest.max(v.highest_counter(&replica));
                     }
+                    matched.push(found);
                 }
                 // One raise at a time, so the stored floor never goes back (two callers
                 // writing 10 then 7 would leave 7 on disk for the next start).
@@ -720,9 +749,12 @@ impl Node {
                     floor.store(highest, Ordering::SeqCst);
                 }
                 drop(_persisting);
-                // By digest: a key written since it was read above stays.
                 keys.iter()
-                    .map(|(key, digest)| s.remove_if(partition, key, *digest))
+                    .zip(&matched)
+                    .map(|((key, _), found)| match found {
+                        Some(v) => s.remove_if(partition, key, v),
+                        None => Ok(false),
+                    })
                     .collect()
             },
         )
@@ -787,6 +819,14 @@ mod tests {
     use super::*;
     use crate::membership::PeerInfo;
 
+    /// A fingerprint for each `n` (of a one-value set whose value is `n`).
+    fn fp(n: u64) -> Fingerprint {
+        let replica = ringkv_core::ReplicaId::new(NodeId::new("n").unwrap(), 1);
+        let value = Bytes::copy_from_slice(&n.to_be_bytes());
+        let (set, _) = VersionSet::new().update(&Default::default(), Some(value), &replica);
+        set.fingerprint()
+    }
+
     fn key(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
@@ -798,8 +838,8 @@ mod tests {
         {
             let mut c = state.candidates.lock().unwrap();
             for p in 0..4 {
-                assert!(c.observe(p, key("a"), 1, now));
-                assert!(c.observe(p, key("b"), 2, now));
+                assert!(c.observe(p, key("a"), fp(1), now));
+                assert!(c.observe(p, key("b"), fp(2), now));
             }
         }
         state
@@ -838,7 +878,7 @@ mod tests {
         let mut c = Candidates::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert!(c.observe(1, key("k"), 7, t0));
+        assert!(c.observe(1, key("k"), fp(7), t0));
         // Ripe by age at 5 s, but another home replica does not hold the tombstone yet.
         assert!(!c.settle(1, &key("k"), false, at(5), grace, None));
         // At 6 s every check passes: the wait starts now, nothing is purged.
@@ -854,7 +894,7 @@ mod tests {
         assert!(!c.settle(1, &key("k"), true, at(24), grace, Some(at(20))));
         assert!(c.settle(1, &key("k"), true, at(25), grace, Some(at(20))));
         // A new tombstone (another digest) starts from scratch.
-        assert!(c.observe(1, key("k"), 8, at(26)));
+        assert!(c.observe(1, key("k"), fp(8), at(26)));
         assert!(!c.settle(1, &key("k"), true, at(40), grace, None));
         // A key that is no candidate is never purged.
         assert!(!c.settle(1, &key("other"), true, at(40), grace, None));
@@ -865,21 +905,21 @@ mod tests {
         let grace = Duration::from_secs(5);
         let mut c = Candidates::default();
         let t0 = Instant::now();
-        assert!(c.observe(3, key("a"), 7, t0));
-        assert!(c.observe(3, key("b"), 9, t0));
-        assert!(c.observe(4, key("a"), 7, t0));
+        assert!(c.observe(3, key("a"), fp(7), t0));
+        assert!(c.observe(3, key("b"), fp(9), t0));
+        assert!(c.observe(4, key("a"), fp(7), t0));
         assert!(
             c.ripe(3, t0 + Duration::from_secs(4), grace, None, 10)
                 .is_empty()
         );
         // Seen again unchanged: the wait keeps its start.
-        assert!(c.observe(3, key("a"), 7, t0 + Duration::from_secs(3)));
+        assert!(c.observe(3, key("a"), fp(7), t0 + Duration::from_secs(3)));
         // Changed: the wait starts over.
-        assert!(c.observe(3, key("b"), 10, t0 + Duration::from_secs(3)));
+        assert!(c.observe(3, key("b"), fp(10), t0 + Duration::from_secs(3)));
         let ripe = c.ripe(3, t0 + Duration::from_secs(5), grace, None, 10);
-        assert_eq!(ripe, vec![(key("a"), 7)]);
+        assert_eq!(ripe, vec![(key("a"), fp(7))]);
         let ripe = c.ripe(3, t0 + Duration::from_secs(8), grace, None, 10);
-        assert_eq!(ripe, vec![(key("a"), 7), (key("b"), 10)]);
+        assert_eq!(ripe, vec![(key("a"), fp(7)), (key("b"), fp(10))]);
         assert_eq!(
             c.ripe(3, t0 + Duration::from_secs(8), grace, None, 1).len(),
             1
@@ -887,11 +927,11 @@ mod tests {
         c.forget(3, &key("a"));
         assert_eq!(
             c.ripe(3, t0 + Duration::from_secs(8), grace, None, 10),
-            vec![(key("b"), 10)]
+            vec![(key("b"), fp(10))]
         );
         assert_eq!(
             c.ripe(4, t0 + Duration::from_secs(8), grace, None, 10),
-            vec![(key("a"), 7)]
+            vec![(key("a"), fp(7))]
         );
     }
 
@@ -1011,7 +1051,7 @@ mod tests {
         let grace = Duration::from_secs(5);
         let mut c = Candidates::default();
         let t0 = Instant::now();
-        c.observe(1, key("k"), 7, t0);
+        c.observe(1, key("k"), fp(7), t0);
         let unhealthy = Some(t0 + Duration::from_secs(3));
         assert!(
             c.ripe(1, t0 + Duration::from_secs(6), grace, unhealthy, 10)
@@ -1019,7 +1059,7 @@ mod tests {
         );
         assert_eq!(
             c.ripe(1, t0 + Duration::from_secs(8), grace, unhealthy, 10),
-            vec![(key("k"), 7)]
+            vec![(key("k"), fp(7))]
         );
         // Unhealthy before the tombstone was seen changes nothing.
         let earlier = Some(t0);
@@ -1041,10 +1081,10 @@ mod tests {
         let total = PURGE_BATCH_KEYS + PURGE_BATCH_KEYS / 2;
         let k = |i: usize| Bytes::from(format!("k{i:05}"));
         for i in 0..total {
-            assert!(c.observe(1, k(i), 7, t0));
+            assert!(c.observe(1, k(i), fp(7), t0));
         }
-        assert!(c.observe(0, key("zz"), 1, t0));
-        assert!(c.observe(2, key("a"), 1, t0));
+        assert!(c.observe(0, key("zz"), fp(1), t0));
+        assert!(c.observe(2, key("a"), fp(1), t0));
         let mut tried = std::collections::BTreeSet::new();
         let mut batches = Vec::new();
         for _ in 0..3 {
@@ -1076,14 +1116,14 @@ mod tests {
         let end = batches[2].last().unwrap().0.clone();
         assert_eq!(end, k(total - 1));
         c.forget(1, &end);
-        assert!(c.observe(1, k(total), 7, t0));
+        assert!(c.observe(1, k(total), fp(7), t0));
         let next = c.next_batch(1, t0, Duration::ZERO, None, PURGE_BATCH_KEYS);
         assert_eq!((&next[0].0, &next[1].0), (&k(total), &k(0)));
         let small = c.next_batch(2, t0, Duration::ZERO, None, PURGE_BATCH_KEYS);
-        assert_eq!(small, vec![(key("a"), 1)]);
+        assert_eq!(small, vec![(key("a"), fp(1))]);
         assert_eq!(c.next_batch(2, t0, Duration::ZERO, None, 10), small);
         // Candidates not ripe yet are passed over and do not end a batch.
-        assert!(c.observe(2, key("b"), 1, t0 + Duration::from_secs(10)));
+        assert!(c.observe(2, key("b"), fp(1), t0 + Duration::from_secs(10)));
         let grace = Duration::from_secs(5);
         let at = t0 + Duration::from_secs(6);
         assert_eq!(c.next_batch(2, at, grace, None, 10), small);
@@ -1093,12 +1133,13 @@ mod tests {
     fn the_candidate_table_is_bounded() {
         let mut c = Candidates::default();
         let now = Instant::now();
+        let one = fp(1);
         for i in 0..PURGE_CANDIDATES_MAX {
-            assert!(c.observe(0, Bytes::from(i.to_be_bytes().to_vec()), 1, now));
+            assert!(c.observe(0, Bytes::from(i.to_be_bytes().to_vec()), one, now));
         }
-        assert!(!c.observe(1, key("one too many"), 1, now));
+        assert!(!c.observe(1, key("one too many"), fp(1), now));
         assert_eq!(c.len(), PURGE_CANDIDATES_MAX);
         // A known key can still be refreshed.
-        assert!(c.observe(0, Bytes::from(0usize.to_be_bytes().to_vec()), 2, now));
+        assert!(c.observe(0, Bytes::from(0usize.to_be_bytes().to_vec()), fp(2), now));
     }
 }

@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use ringkv_core::topology::Topology;
-use ringkv_core::{Context, Dot, NodeId, PartitionId, VersionSet, VersionVector};
+use ringkv_core::{Context, Dot, Fingerprint, NodeId, PartitionId, VersionSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a frame's shape does: a node refuses peers of another version at `Hello`.
 /// 2: `Response::Chunk` carries `resume`. 3: `LeafDigests` carries `after`, and `Digests`
-/// says what of the leaves asked it covers. 4: `RingState` carries the cluster's id.
+/// says what of the leaves asked it covers. 4: `RingState` carries the cluster's id, and
+/// `SameVersions`, `OtherCopies` and `Purge` name sets by `Fingerprint` (SHA-256), not by
+/// 64-bit digest.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,24 +94,27 @@ pub enum Request {
     Leave {
         node: NodeId,
     },
-    /// Ownership sweep: for each (key, version digest), whether the receiver holds exactly
-    /// that version set for the key.
+    /// Ownership sweep and tombstone purge check: for each (key, version set fingerprint),
+    /// whether the receiver holds exactly that version set for the key. A fingerprint, not a
+    /// 64-bit digest: the sender drops its copy on a yes.
     SameVersions {
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     },
-    /// Tombstone purge check: for each (key, digest), whether the receiver holds any other
-    /// copy of the key: a stored set with another digest, or a hint. Answered with `Copies`
-    /// (true: another copy is held; and whether the receiver sees the purge gates open).
+    /// Tombstone purge check: for each (key, fingerprint), whether the receiver holds any
+    /// other copy of the key: a stored set with another fingerprint, or a hint. Answered with
+    /// `Copies` (true: another copy is held; and whether the receiver sees the purge gates
+    /// open).
     OtherCopies {
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     },
     /// From a partition's purge leader: raise the dot floor and remove each key whose set
-    /// still has this digest and holds only tombstones. Answered with `Same` (true: removed).
+    /// still has this fingerprint and holds only tombstones. Answered with `Same` (true:
+    /// removed).
     Purge {
         partition: PartitionId,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, Fingerprint)>,
     },
 }
 

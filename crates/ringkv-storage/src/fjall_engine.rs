@@ -748,11 +748,11 @@ impl StorageEngine for FjallEngine {
         &self,
         partition: PartitionId,
         key: &[u8],
-        digest: u64,
+        expected: &VersionSet,
     ) -> Result<bool, StorageError> {
         let mut removed = false;
         self.modify(partition, key, &mut |current| match current {
-            Some(v) if v.digest() == digest => {
+            Some(v) if v == expected => {
                 removed = true;
                 Change::Delete
             }
@@ -991,7 +991,7 @@ impl HintStore for FjallHintStore {
         let mut held = lock(&self.held);
         let unchanged = self
             .read(&encoded)?
-            .is_some_and(|stored| stored.digest() == hint.versions.digest());
+            .is_some_and(|stored| stored == hint.versions);
         if !unchanged {
             return Ok(());
         }

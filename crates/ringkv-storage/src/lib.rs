@@ -133,14 +133,18 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// Merkle leaf in the same batch. Removing an absent key is not an error.
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;
 
-    /// Removes a key only if its stored versions still have `digest` (`VersionSet::digest`),
-    /// so a write that arrived since the caller looked is never lost. Returns whether it
-    /// removed the key. Durable before it returns.
+    /// Removes a key only if its stored set is still exactly `expected`, so a write that
+    /// arrived since the caller looked is never lost. Returns whether it removed the key.
+    /// Durable before it returns.
+    ///
+    /// The sets themselves are compared, not their digests: a client can make two different
+    /// sets with the same 64-bit `VersionSet::digest`, and removing on an equal digest would
+    /// drop a write the caller never saw.
     fn remove_if(
         &self,
         partition: PartitionId,
         key: &[u8],
-        digest: u64,
+        expected: &VersionSet,
     ) -> Result<bool, StorageError>;
 
     /// `update` of many keys of one partition with one durability wait at the end (a handoff
@@ -246,8 +250,9 @@ pub trait HintStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Hint>, StorageError>;
 
-    /// Deletes a delivered hint, but only if the stored hint is still the one delivered
-    /// (same version digest): a hint merged after delivery started is kept. Durable.
+    /// Deletes a delivered hint, but only if the stored hint is still exactly the one
+    /// delivered (the same version set, compared whole, not by digest): a hint merged after
+    /// delivery started is kept. Durable.
     fn acknowledge(&self, hint: &Hint) -> Result<(), StorageError>;
 
     /// The hint held for `target` of `key`, if any.

@@ -209,7 +209,7 @@ impl StorageEngine for MemoryEngine {
         &self,
         partition: PartitionId,
         key: &[u8],
-        digest: u64,
+        expected: &VersionSet,
     ) -> Result<bool, StorageError> {
         check_key(key)?;
         let mut guard = self.write();
@@ -218,7 +218,7 @@ impl StorageEngine for MemoryEngine {
         if state.records.contains_key(&encoded) {
             self.check_readable(key)?;
         }
-        if state.records.get(&encoded).map(VersionSet::digest) != Some(digest) {
+        if state.records.get(&encoded) != Some(expected) {
             return Ok(false);
         }
         state.records.remove(&encoded);
@@ -226,7 +226,7 @@ impl StorageEngine for MemoryEngine {
             .trees
             .entry(partition)
             .or_default()
-            .update(key, Some(digest), None);
+            .update(key, Some(expected.digest()), None);
         Ok(true)
     }
 
@@ -411,7 +411,7 @@ impl HintStore for MemoryHintStore {
         let id = (hint.partition, hint.key.clone());
         if per_target
             .get(&id)
-            .is_some_and(|held| held.digest() == hint.versions.digest())
+            .is_some_and(|held| *held == hint.versions)
         {
             per_target.remove(&id);
         }

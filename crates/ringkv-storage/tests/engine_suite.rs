@@ -340,13 +340,31 @@ fn remove_if_keeps_a_key_that_changed(engine: &dyn StorageEngine) {
     let first = put(engine, p, b"k", "v1");
     let second = put(engine, p, b"k", "v2");
     assert!(
-        !engine.remove_if(p, b"k", first.digest()).unwrap(),
-        "the key changed since its digest was taken"
+        !engine.remove_if(p, b"k", &first).unwrap(),
+        "the key changed since it was read"
     );
     assert_eq!(engine.get(p, b"k").unwrap(), Some(second.clone()));
-    assert!(engine.remove_if(p, b"k", second.digest()).unwrap());
+    assert!(engine.remove_if(p, b"k", &second).unwrap());
     assert_eq!(engine.get(p, b"k").unwrap(), None);
-    assert!(!engine.remove_if(p, b"k", second.digest()).unwrap());
+    assert!(!engine.remove_if(p, b"k", &second).unwrap());
+    assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
+}
+
+/// `remove_if` compares whole sets: a set with the same 64-bit digest as the stored one, but
+/// different, removes nothing (with a digest comparison it removed the stored write).
+fn remove_if_keeps_a_different_set_with_the_same_digest(engine: &dyn StorageEngine) {
+    let p = partition(5);
+    let (stored, other) = colliding_sets();
+    engine
+        .update(p, b"k", &mut |_| Some(stored.clone()))
+        .unwrap();
+    assert!(
+        !engine.remove_if(p, b"k", &other).unwrap(),
+        "a different set with the same digest removed the stored one"
+    );
+    assert_eq!(engine.get(p, b"k").unwrap(), Some(stored.clone()));
+    assert!(engine.remove_if(p, b"k", &stored).unwrap());
+    assert_eq!(engine.get(p, b"k").unwrap(), None);
     assert_eq!(engine.merkle(p).unwrap(), rebuilt_tree(engine, p));
 }
 
@@ -399,6 +417,10 @@ macro_rules! engine_suite {
             #[test]
             fn remove_if_keeps_a_key_that_changed() {
                 run(super::remove_if_keeps_a_key_that_changed)
+            }
+            #[test]
+            fn remove_if_keeps_a_different_set_with_the_same_digest() {
+                run(super::remove_if_keeps_a_different_set_with_the_same_digest)
             }
             #[test]
             fn update_many_applies_each_key() {

@@ -62,6 +62,7 @@ fn the_core_depends_only_on_pure_crates() {
         "md-5",
         "postcard",
         "serde",
+        "sha2",
         "thiserror",
         "xxhash-rust",
     ];

@@ -43,6 +43,25 @@ pub fn write(
     .0
 }
 
+/// Two different sets with the same 64-bit `VersionSet::digest`: one sibling each, written
+/// by `replica(1)` without context, with 8-byte values a client could choose (the pair
+/// `ringkv-core`'s `version_laws.rs` checks: found by a collision search). Whatever drops
+/// data because a set is "the same" must tell them apart.
+pub fn colliding_sets() -> (VersionSet, VersionSet) {
+    let one_value = |v: u64| {
+        let value = Bytes::copy_from_slice(&v.to_le_bytes());
+        VersionSet::new()
+            .update(&VersionVector::new(), Some(value), &replica(1))
+            .0
+    };
+    let (a, b) = (
+        one_value(0x37d5_7a8a_69a9_a8dd),
+        one_value(0x5530_52df_e4e7_45f3),
+    );
+    assert!(a != b && a.digest() == b.digest(), "the pair collides");
+    (a, b)
+}
+
 /// Stores a write of `value` to `key`, returning what is stored after.
 pub fn put(engine: &dyn StorageEngine, p: PartitionId, key: &[u8], value: &str) -> VersionSet {
     let r = replica(0);
