@@ -769,6 +769,13 @@ impl Node {
         partition: PartitionId,
         keys: Vec<(Bytes, Fingerprint)>,
     ) -> Response {
+        // Only a node that holds the partition in its own ring vouches for a copy: the sweeper
+        // drops its own on that word. Two nodes on diverging rings (two claimants' lineages,
+        // each ring naming the other as the home) each vouched for the other and both dropped
+        // the key. Until their rings agree, each keeps it.
+        if let Some(why) = self.not_a_holder(partition) {
+            return Response::Error(why);
+        }
         let keys: Vec<(Bytes, Fingerprint)> = keys.into_iter().take(SWEEP_BATCH_KEYS).collect();
         match self
             .store(
@@ -788,6 +795,21 @@ impl Node {
             Ok(Err(e)) => Response::Error(e.to_string()),
             Err(e) => Response::Error(e.to_string()),
         }
+    }
+
+    /// Why this node may not vouch for holding `partition`'s data: it has no ring, or its ring
+    /// does not make it a holder (home or gaining) of the partition.
+    fn not_a_holder(&self, partition: PartitionId) -> Option<String> {
+        let Some(ring) = self.membership.ring() else {
+            return Some("this node has no ring".into());
+        };
+        (!ring.topology.holds(partition, self.membership.me())).then(|| {
+            format!(
+                "not a holder of partition {} in ring version {}",
+                partition.index(),
+                ring.version
+            )
+        })
     }
 
     /// Serves a leave request: the claimant records it; others pass it to the claimant. Once

@@ -4,7 +4,9 @@
 //! - a run of unreadable records longer than one chunk request scans: the chunk answers move
 //!   the receiver's cursor past it, so the readable records behind it still arrive;
 //! - a source that missed writes the other old replicas hold: the gaining node levels with
-//!   them before it confirms the partition.
+//!   them before it confirms the partition;
+//! - a node that does not hold a partition in its own ring does not vouch for a copy of it
+//!   (`SameVersions`), even one it has: a sweeper would drop its own copy on that word.
 //!
 //! Nodes run in this process on the in-memory engine, anti-entropy off.
 
@@ -316,5 +318,60 @@ async fn keys_a_new_home_cannot_read_stay_and_the_rest_of_the_partition_is_dropp
         );
     }
     assert!(!n1.node.membership().has_left());
+    shutdown.cancel();
+}
+
+/// Two nodes on diverging rings (each naming the other as a partition's home) each vouched
+/// for the other's copy when asked `SameVersions`, and both swept the key: it was on no node.
+/// A node vouches only for partitions its own ring makes it hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_hold_a_partition_does_not_vouch_for_a_copy_of_it() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, one_replica).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, one_replica).await;
+    let ids = node_ids(&["n1", "n2"]);
+    eventually(Duration::from_secs(30), "n1 and n2 never settled", || {
+        settled(&[&n1, &n2], &ids)
+    })
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    // A key whose only home (N=1) is n1; both nodes hold the same copy of it.
+    let (partition, key) = (0..)
+        .map(|i| Bytes::from(format!("k{i}")))
+        .map(|key| (ring.topology.partition_of(key_hash(&key)), key))
+        .find(|(p, _)| ring.topology.home(*p) == [ids[0].clone()])
+        .unwrap();
+    let writer = ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+    let (versions, _) =
+        VersionSet::default().update(&VersionVector::new(), Some(key.clone()), &writer);
+    for n in [&n1, &n2] {
+        n.engine
+            .update(partition, &key, &mut |_| Some(versions.clone()))
+            .unwrap();
+    }
+    let peers = Peers::new(
+        NodeId::new("sweeper").unwrap(),
+        ringkv_node::settings::Limits::default(),
+        Seams::production().network,
+    );
+    let ask = |n: &Running| {
+        let request = Request::SameVersions {
+            partition,
+            keys: vec![(key.clone(), versions.fingerprint())],
+        };
+        let addr = n.listen.parse().unwrap();
+        let peers = &peers;
+        async move { peers.call(addr, request, Duration::from_secs(10)).await }
+    };
+    let holder = ask(&n1).await.unwrap();
+    assert!(
+        matches!(&holder, Response::Same(same) if same == &[true]),
+        "the home vouches: {holder:?}"
+    );
+    let other = ask(&n2).await.unwrap();
+    assert!(
+        matches!(&other, Response::Error(why) if why.contains("not a holder")),
+        "a node that does not hold the partition vouched: {other:?}"
+    );
     shutdown.cancel();
 }
