@@ -528,17 +528,30 @@ impl Node {
         Ok(digests)
     }
 
-    /// Syncs one key both ways with `peer`. `Err` only when the peer cannot be reached (the
-    /// exchange ends); a key that either side refuses, or cannot read (its record fails its
+    /// Syncs one key both ways with `peer`. `Err` only when the peer cannot be reached or is
+    /// no home replica of the key (the exchange ends); a key that either side refuses, or cannot read (its record fails its
     /// checksum), is `Skipped`. Such a local record is not overwritten with the peer's copy:
     /// the dots this node issued in it are unknown, and a write it coordinates later could
     /// reissue one that other replicas already hold.
-    async fn repair_key(&self, peer: &NodeId, key: Bytes) -> Result<Repair, String> {
-        let theirs = match self
-            .ask_peer(peer, Request::Read { key: key.clone() })
-            .await?
-        {
+    ///
+    /// The peer is asked as a home replica: one that is none in its own ring and holds
+    /// nothing for the key answers `NotHome`, which ends the exchange (it holds nothing of
+    /// the partition to exchange, and a write would only give it keys its sweep drops again);
+    /// a newer ring it names is fetched.
+    async fn repair_key(self: &Arc<Self>, peer: &NodeId, key: Bytes) -> Result<Repair, String> {
+        let read = Request::Read {
+            key: key.clone(),
+            as_home: true,
+        };
+        let theirs = match self.ask_peer(peer, read).await? {
             Response::Versions(v) => v,
+            Response::NotHome { ring_version } => {
+                self.ring_behind(peer, ring_version);
+                return Err(format!(
+                    "{peer} is no home replica of the partition in its ring (version \
+                     {ring_version})"
+                ));
+            }
             Response::Error(e) => return Ok(Repair::Skipped(format!("peer read: {e}"))),
             other => return Err(format!("unexpected answer to Read: {}", other.summary())),
         };

@@ -746,22 +746,22 @@ impl Node {
         }
         let speculate_at =
             (Instant::now() + self.settings.limits.read_speculate_after).min(deadline);
-        let mut read_here = false;
+        let mut read_here = None;
         for target in initial {
             if target.node == *self.membership.me() {
-                read_here = true;
+                read_here = Some(target);
             } else {
-                reads.push(self.clone().read_from(target.node, key.clone(), deadline));
+                reads.push(self.clone().read_from(target, key.clone(), deadline));
             }
         }
         let mut replies: Vec<(NodeId, Option<VersionSet>)> = Vec::new();
         // This node's own copy is read first, on this task, while the remote reads are sent.
-        let mut here = if read_here {
-            let me = self.membership.me().clone();
-            let result = self.replica_read(&me, key.clone(), deadline).await;
-            Some((me, result))
-        } else {
-            None
+        let mut here = match read_here {
+            Some(me) => {
+                let result = self.replica_read(&me, key.clone(), deadline).await;
+                Some((me.node, result))
+            }
+            None => None,
         };
         loop {
             let (node, result) = match here.take() {
@@ -826,7 +826,7 @@ impl Node {
                 }
             };
             if let Ok(Some(next)) = tracker.record(&node, reply) {
-                reads.push(self.clone().read_from(next.node, key.clone(), deadline));
+                reads.push(self.clone().read_from(next, key.clone(), deadline));
             }
         }
         // A fallback without a hint for the key answers "nothing" and counts toward R (a
@@ -904,29 +904,34 @@ impl Node {
         if let Some(target) = reserve.pop() {
             metrics::counter!("ringkv_read_speculations_total").increment(1);
             debug!(node = %target.node, why, "speculative read");
-            reads.push(self.clone().read_from(target.node, key.clone(), deadline));
+            reads.push(self.clone().read_from(target, key.clone(), deadline));
         }
     }
 
     /// One target's read, as a future the coordinator polls.
     fn read_from(
         self: Arc<Self>,
-        node: NodeId,
+        target: Target<NodeId>,
         key: Bytes,
         deadline: Instant,
     ) -> BoxFuture<'static, TargetReply<Option<VersionSet>>> {
         Box::pin(async move {
-            let result = self.replica_read(&node, key, deadline).await;
-            (node, result)
+            let result = self.replica_read(&target, key, deadline).await;
+            (target.node, result)
         })
     }
 
+    /// What `target` holds for `key`. A home target is asked as one (`Request::Read`'s
+    /// `as_home`): if it is no home replica of the key in its own ring and holds nothing,
+    /// its `NotHome` fails like an unreachable target's answer (the next fallback is asked),
+    /// and a newer ring it names is fetched.
     async fn replica_read(
-        &self,
-        node: &NodeId,
+        self: &Arc<Self>,
+        target: &Target<NodeId>,
         key: Bytes,
         deadline: Instant,
     ) -> Result<Option<VersionSet>, Failure> {
+        let node = &target.node;
         if node == self.membership.me() {
             return self
                 .read_held(key)
@@ -941,12 +946,22 @@ impl Node {
             .peers
             .call(
                 addr,
-                Request::Read { key },
+                Request::Read {
+                    key,
+                    as_home: !target.is_fallback(),
+                },
                 deadline.saturating_duration_since(Instant::now()),
             )
             .await?
         {
             Response::Versions(v) => Ok(v),
+            Response::NotHome { ring_version } => {
+                self.ring_behind(node, ring_version);
+                Err(Failure::Failed(format!(
+                    "{node} is no home replica of the key in its ring (version {ring_version}) \
+                     and holds nothing for it"
+                )))
+            }
             Response::Error(e) => Err(Failure::Failed(e)),
             other => Err(Failure::Failed(format!(
                 "unexpected answer {}",
@@ -1337,6 +1352,162 @@ mod tests {
             other => panic!("the read missed n4's copy: {other:?}"),
         };
         assert_eq!(values, [Bytes::from_static(b"acknowledged")]);
+        shutdown.cancel();
+    }
+    /// A node asked as a home replica of a key it no longer is home for in its own ring, and
+    /// holding nothing for it (it handed the partition over and swept it), does not count
+    /// toward R. N=2, R=2: n1, the coordinator, still holds the old ring, where the key's home
+    /// replicas are n1 and n2 and n3 is the fallback; n2 and n3 hold a newer ring (which n1
+    /// cannot fetch from them), where n3 has taken n2's place and holds the acknowledged
+    /// write. n1's own "nothing" and n2's met R: the read answered not found.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_no_longer_home_that_holds_nothing_does_not_count_toward_r() {
+        use crate::common::{Distorting, eventually, node_ids, settled, start, start_serving};
+        use ringkv_core::ring::Ring;
+        use ringkv_core::topology::Topology;
+        use ringkv_storage::StorageEngine;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio_util::sync::CancellationToken;
+        let shutdown = CancellationToken::new();
+        let two = |args: &mut crate::settings::ServerArgs| {
+            args.n = Some(2);
+            args.r = Some(2);
+            args.anti_entropy_interval_ms = Some(3_600_000);
+            args.test_disable_repair = true;
+        };
+        // Once set, n2 and n3 refuse to hand out their ring (n1 keeps the old one), and to
+        // take part in a sweep (n2's sweep keeps what the test gives it).
+        let diverged = Arc::new(AtomicBool::new(false));
+        let keeping_rings = |diverged: Arc<AtomicBool>| {
+            move |node| {
+                Arc::new(Distorting {
+                    node,
+                    distort: move |request: &Request, answer| match request {
+                        Request::FetchRing | Request::SameVersions { .. }
+                            if diverged.load(Ordering::SeqCst) =>
+                        {
+                            Response::Error("refused by the test".into())
+                        }
+                        _ => answer,
+                    },
+                })
+            }
+        };
+        let n1 = start("n1", None, &shutdown, two).await;
+        let n2 = start_serving(
+            "n2",
+            Some(&n1.listen),
+            &shutdown,
+            two,
+            keeping_rings(diverged.clone()),
+        )
+        .await;
+        let n3 = start_serving(
+            "n3",
+            Some(&n1.listen),
+            &shutdown,
+            two,
+            keeping_rings(diverged.clone()),
+        )
+        .await;
+        let ids = node_ids(&["n1", "n2", "n3"]);
+        eventually(
+            Duration::from_secs(60),
+            "the nodes never formed a ring",
+            || settled(&[&n1, &n2, &n3], &ids),
+        )
+        .await;
+        let old = n1.node.membership().ring().unwrap();
+        // The newer ring moves partitions away from n2 (it weighs half the others).
+        let members: Vec<_> = old
+            .topology
+            .committed()
+            .members()
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.weight = if m.id == ids[1] { 1 } else { 2 };
+                m
+            })
+            .collect();
+        let params = old.topology.params();
+        let newer = Ring::claim(Some(old.topology.committed()), &members, params).unwrap();
+        let newer =
+            crate::wire::RingState::new(old.cluster, old.version + 1, Topology::settled(newer));
+        let key = (0..100_000)
+            .map(|i| Bytes::from(format!("key-{i}")))
+            .find(|k| {
+                let partition = old.topology.partition_of(ringkv_core::key_hash(k));
+                let was = old.topology.home(partition);
+                let now = newer.topology.home(partition);
+                was.contains(&ids[0])
+                    && was.contains(&ids[1])
+                    && now.contains(&ids[2])
+                    && !now.contains(&ids[1])
+            })
+            .expect("some key moves from n2 to n3 and stays on n1");
+        diverged.store(true, Ordering::SeqCst);
+        assert!(n2.node.membership().adopt(newer.clone()).await);
+        assert!(n3.node.membership().adopt(newer).await);
+        let partition = old.topology.partition_of(ringkv_core::key_hash(&key));
+        let writer = ReplicaId::new(ids[2].clone(), 1);
+        let held = VersionSet::new()
+            .update(
+                &VersionVector::new(),
+                Some(Bytes::from_static(b"acknowledged")),
+                &writer,
+            )
+            .0;
+        n3.engine
+            .update(partition, &key, &mut |_| Some(held.clone()))
+            .unwrap();
+
+        let read = ClientOp::Get {
+            key: key.clone(),
+            r: 2,
+            strict: false,
+        };
+        let answer = n1.node.coordinate(read, Duration::from_secs(5)).await;
+        let values: Vec<Bytes> = match &answer {
+            Ok(ClientReply::Read(Some(set))) => set.values().cloned().collect(),
+            other => panic!("n2's nothing hid n3's copy: {other:?}"),
+        };
+        assert_eq!(values, [Bytes::from_static(b"acknowledged")]);
+        assert_eq!(
+            n1.node.membership().ring().unwrap().version,
+            old.version,
+            "n1 adopted the newer ring: the test checks nothing"
+        );
+
+        // The answers themselves: only a node asked as home, home for the key in no ring of
+        // its own and holding nothing, answers `NotHome`.
+        let ask = |node: &Arc<Node>, as_home: bool| {
+            let read = Request::Read {
+                key: key.clone(),
+                as_home,
+            };
+            crate::transport::Handler::handle(node.clone(), read, Duration::from_secs(5))
+        };
+        let answer = ask(&n2.node, true).await;
+        assert!(
+            matches!(answer, Response::NotHome { ring_version } if ring_version == old.version + 1),
+            "{answer:?}"
+        );
+        // A fallback asked for its hints, and a node home in its ring, may hold nothing.
+        let answer = ask(&n2.node, false).await;
+        assert!(matches!(answer, Response::Versions(None)), "{answer:?}");
+        let answer = ask(&n1.node, true).await;
+        assert!(matches!(answer, Response::Versions(None)), "{answer:?}");
+        // A node no longer home that still holds the key (its sweep has not dropped it)
+        // answers it.
+        n2.engine
+            .update(partition, &key, &mut |_| Some(held.clone()))
+            .unwrap();
+        let answer = ask(&n2.node, true).await;
+        assert!(
+            matches!(answer, Response::Versions(Some(ref v)) if *v == held),
+            "{answer:?}"
+        );
         shutdown.cancel();
     }
     /// Read repair never writes what a read gathered more than a tombstone grace ago (a

@@ -65,6 +65,8 @@ pub struct Node {
     pub(crate) stopped: Arc<std::sync::RwLock<bool>>,
     /// The network, clock, randomness and blocking calls (replaced by the simulation).
     pub(crate) seams: Seams,
+    /// Whether a ring fetch prompted by a peer's newer ring runs (`ring_behind`).
+    pub(crate) ring_fetch_running: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -133,6 +135,7 @@ impl Node {
             one_off_lock: Arc::new(tokio::sync::Mutex::new(())),
             stopped: Arc::new(std::sync::RwLock::new(false)),
             seams,
+            ring_fetch_running: Default::default(),
         });
         node.persist_ring().await;
         info!(node = %node.settings.node_id, epoch = node.replica.epoch(), "node started");
@@ -383,6 +386,88 @@ impl Node {
             .map_err(|e| ClientError::Internal(e.to_string()))
     }
 
+    /// Answers a replica's `Read`. A "nothing" counts toward R at the asker, so it is only
+    /// answered by a node whose "nothing" means the key has no value here: one that left, or
+    /// that is asked as a home replica of a key it is not home for in its own ring (a
+    /// coordinator on an older ring asking a node that handed the partition over and swept
+    /// it), answers so that the asker counts it as failed. The ring is looked at only when
+    /// nothing is held: a node home in both rings, or holding the key, reads as before.
+    async fn serve_read(&self, key: Bytes, as_home: bool) -> Response {
+        metrics::counter!("ringkv_replica_reads_total").increment(1);
+        // A reference to the frame's bytes, not a copy of the key.
+        let asked_as_home = as_home.then(|| key.clone());
+        match self.read_held(key).await {
+            Ok(None) if self.membership.has_left() => {
+                Response::Error("this node has left the ring".into())
+            }
+            Ok(None) => match asked_as_home.and_then(|key| self.not_home_of(&key)) {
+                Some(ring_version) => {
+                    metrics::counter!("ringkv_replica_reads_not_home_total").increment(1);
+                    Response::NotHome { ring_version }
+                }
+                None => Response::Versions(None),
+            },
+            Ok(v) => Response::Versions(v),
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    /// The version of this node's ring if this node is no home replica serving `key` in it
+    /// (0 without a ring: version 0 never exists); `None` if it is one.
+    fn not_home_of(&self, key: &[u8]) -> Option<u64> {
+        let Some(ring) = self.membership.ring() else {
+            return Some(0);
+        };
+        let partition = ring.topology.partition_of(key_hash(key));
+        (!ring.topology.is_home(partition, self.membership.me())).then_some(ring.version)
+    }
+
+    /// A peer answered with a ring newer than this node's (`version`): fetch it from that peer
+    /// now rather than at the next membership round, which fetches it only once gossip says
+    /// who holds it. At most one such fetch runs at a time (every read meeting the peer would
+    /// ask otherwise), bounded by the request timeout.
+    pub(crate) fn ring_behind(self: &Arc<Self>, holder: &NodeId, version: u64) {
+        use std::sync::atomic::Ordering;
+        if self.membership.ring().is_some_and(|r| r.version >= version) {
+            return;
+        }
+        let Some(addr) = self.membership.address(holder) else {
+            return;
+        };
+        if self
+            .ring_fetch_running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        let (me, holder) = (self.clone(), holder.clone());
+        tokio::spawn(async move {
+            me.fetch_ring(&holder, addr, version).await;
+            me.ring_fetch_running.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Fetches `holder`'s ring, of `version` or newer, and adopts it if it is newer than this
+    /// node's (persisted when adopted).
+    async fn fetch_ring(&self, holder: &NodeId, addr: std::net::SocketAddr, version: u64) {
+        match self
+            .peers
+            .call(addr, Request::FetchRing, self.settings.request_timeout)
+            .await
+        {
+            Ok(Response::Ring(state)) if state.version >= version => {
+                if self.membership.adopt(*state).await {
+                    self.persist_ring().await;
+                }
+            }
+            Ok(other) => {
+                warn!(%holder, answer = other.summary(), "could not fetch the newer ring")
+            }
+            Err(e) => warn!(%holder, error = %e, "could not fetch the newer ring"),
+        }
+    }
+
     /// Stores the current ring so a restart resumes with it.
     pub(crate) async fn persist_ring(&self) {
         let Some(ring) = self.membership.ring() else {
@@ -404,21 +489,7 @@ impl Node {
         let known = self.membership.known_addresses();
         self.peers.forget_others(|addr| known.contains(addr));
         if let Some((holder, addr, version)) = self.membership.better_ring_holder() {
-            match self
-                .peers
-                .call(addr, Request::FetchRing, self.settings.request_timeout)
-                .await
-            {
-                Ok(Response::Ring(state)) if state.version >= version => {
-                    if self.membership.adopt(*state).await {
-                        self.persist_ring().await;
-                    }
-                }
-                Ok(other) => {
-                    warn!(%holder, answer = other.summary(), "could not fetch the newer ring")
-                }
-                Err(e) => warn!(%holder, error = %e, "could not fetch the newer ring"),
-            }
+            self.fetch_ring(&holder, addr, version).await;
         }
         if let Some((next, _claiming)) = self.membership.next_ring_as_claimant().await {
             info!(
@@ -508,18 +579,7 @@ impl Node {
         }
         match request {
             Request::Ping => Response::Ok,
-            Request::Read { key } => {
-                metrics::counter!("ringkv_replica_reads_total").increment(1);
-                match self.read_held(key).await {
-                    // A node that left holds nothing it must: its "nothing" would count toward
-                    // R at a coordinator on an older ring, as if it were a replica's answer.
-                    Ok(None) if self.membership.has_left() => {
-                        Response::Error("this node has left the ring".into())
-                    }
-                    Ok(v) => Response::Versions(v),
-                    Err(e) => Response::Error(e.to_string()),
-                }
-            }
+            Request::Read { key, as_home } => self.serve_read(key, as_home).await,
             Request::Write {
                 key,
                 versions,

@@ -79,6 +79,7 @@ const ZERO_FROM_START: &[&str] = &[
     "ringkv_read_repairs_total",
     "ringkv_read_speculations_total",
     "ringkv_replica_reads_total",
+    "ringkv_replica_reads_not_home_total",
     "ringkv_forwarded_total",
     "ringkv_fallback_coordinated_total",
     "ringkv_hints_delivered_total",

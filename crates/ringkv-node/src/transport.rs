@@ -885,7 +885,7 @@ mod tests {
         ) -> futures::future::BoxFuture<'static, Response> {
             Box::pin(async move {
                 let slow = match &request {
-                    Request::Read { key } => key.as_ref() == b"slow",
+                    Request::Read { key, .. } => key.as_ref() == b"slow",
                     Request::FetchRing => true,
                     _ => false,
                 };
@@ -893,7 +893,7 @@ mod tests {
                     self.arrived.notify_one();
                     self.release.notified().await;
                 }
-                if matches!(&request, Request::Read { key } if key.as_ref() == b"big") {
+                if matches!(&request, Request::Read { key, .. } if key.as_ref() == b"big") {
                     return Response::Versions(Some(versions_of(BIG_BYTES)));
                 }
                 Response::Versions(None)
@@ -1096,6 +1096,7 @@ mod tests {
         .await;
         let request = Request::Read {
             key: Bytes::from_static(b"slow"),
+            as_home: true,
         };
         let answer = server
             .peers
@@ -1129,6 +1130,7 @@ mod tests {
                         addr,
                         Request::Read {
                             key: Bytes::from_static(key),
+                            as_home: true,
                         },
                         Duration::from_secs(10),
                     )
@@ -1223,7 +1225,11 @@ mod tests {
         let slow = tokio::spawn(async move {
             let key = Bytes::from_static(b"slow");
             peers
-                .call(addr, Request::Read { key }, Duration::from_secs(10))
+                .call(
+                    addr,
+                    Request::Read { key, as_home: true },
+                    Duration::from_secs(10),
+                )
                 .await
         });
         tokio::time::timeout(Duration::from_secs(5), server.handler.arrived.notified())
@@ -1256,7 +1262,11 @@ mod tests {
         let key = Bytes::from_static(b"big");
         let big = server
             .peers
-            .call(server.addr, Request::Read { key }, Duration::from_secs(5))
+            .call(
+                server.addr,
+                Request::Read { key, as_home: true },
+                Duration::from_secs(5),
+            )
             .await;
         match big {
             Ok(Response::Error(why)) => assert!(why.contains("frame limit"), "{why}"),
@@ -1352,7 +1362,11 @@ mod tests {
         let call = tokio::spawn(async move {
             let key = Bytes::from_static(b"slow");
             peers
-                .call(addr, Request::Read { key }, Duration::from_secs(60))
+                .call(
+                    addr,
+                    Request::Read { key, as_home: true },
+                    Duration::from_secs(60),
+                )
                 .await
         });
         tokio::time::timeout(Duration::from_secs(5), server.handler.arrived.notified())

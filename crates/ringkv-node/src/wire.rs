@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// Changes whenever a frame's shape does: a node refuses peers of another version at `Hello`.
 /// 2: `Response::Chunk` carries `resume`. 3: `LeafDigests` carries `after`, and `Digests`
-/// says what of the leaves asked it covers. 4: `RingState` carries the cluster's id, and
+/// says what of the leaves asked it covers. 4: `RingState` carries the cluster's id;
 /// `SameVersions`, `OtherCopies` and `Purge` name sets by `Fingerprint` (SHA-256), not by
-/// 64-bit digest.
+/// 64-bit digest; `Read` carries `as_home`, answered `NotHome` by a node that is no home
+/// replica of the key and holds nothing for it.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,9 +45,15 @@ pub enum Frame {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     Ping,
-    /// A replica's read: what do you hold for this key?
+    /// A replica's read: what do you hold for this key? `as_home`: the asker counts the
+    /// receiver as one of the key's home replicas (a coordinator asking a home target,
+    /// anti-entropy asking a peer); a receiver that is no home replica of the key in its own
+    /// ring and holds nothing for it (it handed the partition over and swept it, or has not
+    /// received it) answers `NotHome` instead of a "nothing" that would count toward R.
+    /// Without `as_home` (a fallback asked for its hints, a checker) it answers what it holds.
     Read {
         key: Bytes,
+        as_home: bool,
     },
     /// A replica's write: sync these versions into what you hold (replication, read repair).
     /// `hinted_for` names the home replica a fallback stores it for (sloppy quorum).
@@ -208,6 +215,12 @@ pub enum Response {
     Copies {
         other: Vec<bool>,
         all_live: bool,
+    },
+    /// Answer to a `Read` asked `as_home` of a node that is no home replica of the key in its
+    /// ring (of this version) and holds nothing for it: not a replica's answer, so it counts
+    /// as a failure, never toward R. A version above the asker's says its ring is behind.
+    NotHome {
+        ring_version: u64,
     },
 }
 

@@ -219,6 +219,7 @@ async fn a_node_that_left_is_not_reported_left_while_it_holds_a_hint() {
     // Nor does its "nothing" answer a read as a replica's would.
     let read = Request::Read {
         key: late.key.clone(),
+        as_home: true,
     };
     let answer = peer
         .call(n3_addr, read, Duration::from_secs(5))

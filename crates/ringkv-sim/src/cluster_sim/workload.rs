@@ -508,8 +508,11 @@ async fn look(
         let mut seen: Vec<Option<VersionSet>> = Vec::new();
         for home in ring.topology.home(partition) {
             let addr = SocketAddr::new(turmoil::lookup(home.as_str()), NODE_PORT);
+            // What the node holds, whatever its ring says: the checks compare the replicas'
+            // stored sets (a node still on an older ring answers them too).
             let request = Request::Read {
                 key: Bytes::from(key.to_string()),
+                as_home: false,
             };
             match peers.call(addr, request, CLIENT_TIMEOUT).await {
                 Ok(Response::Versions(v)) => seen.push(v),
