@@ -17,6 +17,10 @@
 //!   asked for meanwhile wait for the next one (`begin_transition` returns `None`).
 //! - **Completion is monotone.** `record_received` only removes receivers from pending
 //!   partitions; a partition never becomes pending again within a transition.
+//! - **A receiver gone for good does not pin the transition.** `release_receiver` takes a
+//!   leaving receiver off the pending lists (a committed home replica that stays stands in for
+//!   it where no other gaining node holds the partition), or abandons the transition if no
+//!   partition has switched yet; a switched partition never goes back.
 //! - **Leaving is explicit.** A member leaves only when asked (`request_leave`); being down
 //!   changes nothing here.
 
@@ -306,6 +310,94 @@ impl Topology {
         changed
     }
 
+    /// Whether `node` is one of the receivers `partition` still waits for.
+    pub fn awaits(&self, partition: PartitionId, node: &NodeId) -> bool {
+        self.transition.as_ref().is_some_and(|t| {
+            t.pending
+                .get(&partition.index())
+                .is_some_and(|receivers| receivers.contains(node))
+        })
+    }
+
+    /// Stops waiting for `node`, a member asked to leave, to receive partitions of the open
+    /// transition: the claimant calls it for a leaving receiver that is down (removed because
+    /// it is gone for good), which would otherwise keep the transition open for ever, and with
+    /// it every later join and leave. Returns whether anything changed; nothing does unless
+    /// `node` is leaving and a pending receiver.
+    ///
+    /// - If no partition has switched yet, the transition is **abandoned**: every partition was
+    ///   served by the committed ring all along, so its home replicas hold every acknowledged
+    ///   write and none of them swept anything (a node sweeps only what it no longer serves).
+    ///   The next `begin_transition` plans again from the committed ring, without `node`.
+    /// - Otherwise the switched partitions stay switched (their old home replicas may have
+    ///   swept them: the committed ring is no longer where their data is), and `node` is taken
+    ///   off every pending list. A partition left with no receiver switches only if a gaining
+    ///   node that is not leaving confirmed it (it copied and levelled the partition and got
+    ///   every write since). If none did, a target home replica that is also a committed one and
+    ///   not leaving becomes its receiver instead: it pulls the partition from the other old home
+    ///   replicas and levels with them like any gaining node, so the ring it switches to has one
+    ///   home replica holding everything the old ones acknowledged, not only what it happened
+    ///   to get. Only when no such node exists (every target home replica of the partition is
+    ///   leaving) does it switch without one; the old home replicas still keep their copies,
+    ///   since a node sweeps only while every home replica is up.
+    ///
+    /// `node` stays listed as leaving, and a member of the target: the transition after this one
+    /// removes it. Cost: O(Q * N).
+    pub fn release_receiver(&mut self, node: &NodeId) -> bool {
+        if !self.leaving.contains(node) {
+            return false;
+        }
+        let Some(t) = &self.transition else {
+            return false;
+        };
+        if !t.pending.values().any(|receivers| receivers.contains(node)) {
+            return false;
+        }
+        let gains: BTreeMap<u32, Vec<NodeId>> = self
+            .committed
+            .home_changes(&t.target)
+            .into_iter()
+            .filter(|c| !c.gained().is_empty())
+            .map(|c| (c.partition().index(), c.gained().to_vec()))
+            .collect();
+        if gains.keys().all(|p| t.pending.contains_key(p)) {
+            self.transition = None;
+            let committed = &self.committed;
+            self.leaving.retain(|n| committed.member(n).is_some());
+            return true;
+        }
+        let q = self.params().partitions;
+        let committed = &self.committed;
+        let leaving = &self.leaving;
+        let t = self.transition.as_mut().expect("checked above");
+        let target = &t.target;
+        t.pending.retain(|p, receivers| {
+            receivers.retain(|n| n != node);
+            if !receivers.is_empty() {
+                return true;
+            }
+            let confirmed = gains
+                .get(p)
+                .is_some_and(|g| g.iter().any(|n| !leaving.contains(n)));
+            if confirmed {
+                return false;
+            }
+            let partition = PartitionId::new(*p, q).expect("pending partitions are below Q");
+            match target
+                .preference_list(partition)
+                .home()
+                .find(|n| committed.is_home(partition, n) && !leaving.contains(*n))
+            {
+                Some(stand_in) => {
+                    receivers.push(stand_in.clone());
+                    true
+                }
+                None => false,
+            }
+        });
+        true
+    }
+
     /// Ends the transition if no partition is pending: the target becomes the committed ring
     /// and members that left are no longer listed as leaving. Returns whether it ended.
     pub fn finish_if_done(&mut self) -> bool {
@@ -462,6 +554,160 @@ mod tests {
         assert_eq!(next.partitions_owned(&id("b")), 0);
         assert!(!next.is_member(&id("b")));
         assert!(next.leaving().is_empty());
+    }
+
+    /// Every partition's serving home replicas, in partition order.
+    fn serving_homes(t: &Topology) -> Vec<Vec<NodeId>> {
+        let q = t.params().partitions;
+        (0..q)
+            .map(|i| t.home(PartitionId::new(i, q).unwrap()))
+            .collect()
+    }
+
+    fn confirm_all(t: &mut Topology, node: &str) {
+        let all: Vec<u32> = t.awaiting(&id(node)).iter().map(|p| p.index()).collect();
+        t.record_received(&id(node), &all);
+    }
+
+    /// The reviewer's probe: a gaining node dies for good mid-transition and is removed with
+    /// a leave. Before `release_receiver`, nothing took it off the pending lists: the
+    /// transition never finished and no other change could ever begin.
+    #[test]
+    fn a_receiver_removed_mid_transition_no_longer_pins_it() {
+        let mut t = three()
+            .begin_transition(&[member("d", "z"), member("e", "z")])
+            .unwrap()
+            .unwrap();
+        confirm_all(&mut t, "e");
+        let awaited = t.awaiting(&id("d"));
+        let (confirmed, lost) = awaited.split_at(awaited.len() / 2);
+        let confirmed: Vec<u32> = confirmed.iter().map(|p| p.index()).collect();
+        t.record_received(&id("d"), &confirmed);
+        t.request_leave(&id("d")).unwrap();
+        assert!(!t.finish_if_done());
+        assert!(t.begin_transition(&[]).unwrap().is_none());
+        assert!(!t.awaiting(&id("d")).is_empty(), "pinned by d");
+
+        let before = t.clone();
+        assert!(t.release_receiver(&id("d")));
+        assert!(!t.release_receiver(&id("d")), "idempotent");
+        assert!(t.awaiting(&id("d")).is_empty());
+        assert!(t.transition().is_some(), "some partitions had switched");
+        let q = t.params().partitions;
+        for i in 0..q {
+            let p = PartitionId::new(i, q).unwrap();
+            if !before.is_pending(p) {
+                assert_eq!(
+                    t.home(p),
+                    before.home(p),
+                    "a switched partition stays switched"
+                );
+            }
+        }
+        for p in lost {
+            match t.transition().unwrap().pending.get(&p.index()) {
+                // Switched: e, which is not leaving, gained it and confirmed it.
+                None => assert!(
+                    t.home(*p).contains(&id("e")),
+                    "partition {} switched with no gaining node holding it",
+                    p.index()
+                ),
+                // Waits for an old home replica that stays, to pull and level it.
+                Some(receivers) => {
+                    assert_eq!(receivers.len(), 1);
+                    assert!(before.committed().is_home(*p, &receivers[0]));
+                    assert!(before.target().unwrap().is_home(*p, &receivers[0]));
+                    assert_eq!(t.home(*p), before.home(*p), "still served by the old homes");
+                }
+            }
+        }
+        for n in ["a", "b", "c"] {
+            confirm_all(&mut t, n);
+        }
+        assert!(t.finish_if_done(), "the transition ends without d");
+        assert!(
+            t.leaving().contains(&id("d")),
+            "d is removed by the next one"
+        );
+        let mut next = t
+            .begin_transition(&[])
+            .unwrap()
+            .expect("d's removal begins");
+        assert!(next.awaiting(&id("d")).is_empty());
+        for n in ["a", "b", "c", "e"] {
+            confirm_all(&mut next, n);
+        }
+        assert!(next.finish_if_done());
+        assert!(!next.is_member(&id("d")));
+        assert!(next.leaving().is_empty());
+        assert!(
+            next.begin_transition(&[member("f", "z")])
+                .unwrap()
+                .is_some(),
+            "a new join begins"
+        );
+    }
+
+    /// A lone joiner that confirmed part of its partitions and died: each partition it still
+    /// awaited now waits for a committed home replica that stays, not for nobody.
+    #[test]
+    fn a_lone_joiner_removed_mid_transition_hands_its_partitions_to_stand_ins() {
+        let mut t = three()
+            .begin_transition(&[member("d", "z")])
+            .unwrap()
+            .unwrap();
+        let awaited = t.awaiting(&id("d"));
+        t.record_received(&id("d"), &[awaited[0].index()]);
+        t.request_leave(&id("d")).unwrap();
+        let before = serving_homes(&t);
+        assert!(t.release_receiver(&id("d")));
+        assert_eq!(serving_homes(&t), before, "nothing switches at once");
+        for p in &awaited[1..] {
+            let receivers: Vec<NodeId> = t
+                .transition()
+                .unwrap()
+                .pending
+                .get(&p.index())
+                .unwrap()
+                .clone();
+            assert_eq!(receivers.len(), 1);
+            assert_ne!(receivers[0], id("d"));
+            assert!(t.committed().is_home(*p, &receivers[0]));
+        }
+        for n in ["a", "b", "c"] {
+            confirm_all(&mut t, n);
+        }
+        assert!(t.finish_if_done());
+        let mut next = t.begin_transition(&[]).unwrap().unwrap();
+        for n in ["a", "b", "c"] {
+            confirm_all(&mut next, n);
+        }
+        assert!(next.finish_if_done());
+        assert!(!next.is_member(&id("d")));
+    }
+
+    /// Nothing had switched: the transition is abandoned, every partition stays with its
+    /// committed home replicas (which never swept it), and the joiner is forgotten.
+    #[test]
+    fn a_receiver_removed_before_anything_switched_abandons_the_transition() {
+        let mut t = three()
+            .begin_transition(&[member("d", "z")])
+            .unwrap()
+            .unwrap();
+        let before = serving_homes(&t);
+        assert!(
+            !t.release_receiver(&id("d")),
+            "only a leaving node is released"
+        );
+        t.request_leave(&id("d")).unwrap();
+        assert!(t.release_receiver(&id("d")));
+        assert!(t.transition().is_none());
+        assert_eq!(serving_homes(&t), before);
+        assert_eq!(t, three(), "back to the committed ring, nobody leaving");
+        assert!(
+            t.begin_transition(&[member("e", "z")]).unwrap().is_some(),
+            "a new join begins"
+        );
     }
 
     #[test]

@@ -611,6 +611,20 @@ impl Node {
                 }
             }
         }
+        // A leaving node that is down and no longer awaits the partition (the claimant released
+        // it: it was removed for good) will never confirm it: a hint would only fill the
+        // backlog. The write is on W serving home replicas; receivers that do confirm get it.
+        if let Some(ring) = self.membership.ring() {
+            let topology = &ring.topology;
+            let partition = topology.partition_of(ringkv_core::key_hash(&key));
+            if topology.leaving().contains(&node)
+                && !topology.awaits(partition, &node)
+                && !self.membership.is_live(&node)
+            {
+                debug!(%node, "no hint kept for a leaving node that no longer receives the partition");
+                return;
+            }
+        }
         if let Err(e) = self.store_hint(node.clone(), key, versions).await {
             warn!(%node, error = %e, "no hint kept for a gaining node; its sweep or anti-entropy brings the write");
         }

@@ -150,7 +150,16 @@ pub struct Membership {
     gossip_failure: Arc<std::sync::Mutex<Option<String>>>,
     /// Ranks of rings refused as another cluster's (`adopt`), bounded.
     refused_rings: Mutex<BTreeSet<(u64, u64)>>,
+    /// As claimant: since when each leaving member has been seen down without a break (at
+    /// most one entry per leaving member; `release_dead_receivers`).
+    down_since: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
 }
+
+/// Gossip intervals a leaving receiver must stay down, as seen by the claimant, before the
+/// transition stops waiting for it (on top of the failure detector's own eight or so): a
+/// claimant that just started, whose view does not show its peers up yet, or a node that
+/// only missed a few rounds, does not lose its partitions to stand-ins.
+const RELEASE_AFTER_DOWN_INTERVALS: u32 = 30;
 
 /// Rings refused as another cluster's that `better_ring_holder` passes over (the oldest
 /// forgotten first).
@@ -278,6 +287,7 @@ impl Membership {
             received: std::sync::Mutex::new(BTreeMap::new()),
             gossip_failure,
             refused_rings: Mutex::new(BTreeSet::new()),
+            down_since: Mutex::new(BTreeMap::new()),
         };
         if let Some(ring) = ring {
             membership.adopt(ring).await;
@@ -542,7 +552,9 @@ impl Membership {
         &self,
     ) -> Option<(RingState, tokio::sync::MutexGuard<'_, ()>)> {
         let guard = self.claim_lock.lock().await;
-        if self.claimant()? != self.me {
+        if self.claimant().as_ref() != Some(&self.me) {
+            // Another claimant's rounds: what this node saw down before is stale.
+            self.down_since.lock().unwrap().clear();
             return None;
         }
         let current = self.ring()?;
@@ -555,6 +567,7 @@ impl Membership {
                 }
             }
         }
+        self.release_dead_receivers(&mut topology);
         topology.finish_if_done();
         let joiners = claimable_joiners(&self.view(), &topology);
         match topology.begin_transition(&joiners) {
@@ -577,6 +590,43 @@ impl Membership {
             RingState::new(current.cluster, current.version.checked_add(1)?, topology),
             guard,
         ))
+    }
+
+    /// Takes every member asked to leave that has been down for `RELEASE_AFTER_DOWN_INTERVALS`
+    /// off the open transition's pending lists (`Topology::release_receiver`): one removed
+    /// because it is gone for good would otherwise keep the transition, and every later join
+    /// and leave, waiting for ever. A leaving receiver that is up still receives what it
+    /// awaits: it holds what it serves until the next transition removes it. Bounded by the
+    /// leaving members, O(Q * N) each.
+    fn release_dead_receivers(&self, topology: &mut Topology) {
+        let now = tokio::time::Instant::now();
+        let patience = self.settings.gossip_interval * RELEASE_AFTER_DOWN_INTERVALS;
+        let down: Vec<NodeId> = {
+            let mut down_since = self.down_since.lock().unwrap();
+            down_since.retain(|n, _| topology.leaving().contains(n) && !self.is_live(n));
+            for n in topology.leaving() {
+                if !self.is_live(n) {
+                    down_since.entry(n.clone()).or_insert(now);
+                }
+            }
+            down_since
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= patience)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for node in down {
+            let pending = topology.transition().map(|t| t.pending_transfers());
+            if topology.release_receiver(&node) {
+                warn!(
+                    %node,
+                    pending_before = ?pending,
+                    pending_after = ?topology.transition().map(|t| t.pending_transfers()),
+                    abandoned = topology.transition().is_none(),
+                    "claimant: a leaving node that is down no longer receives partitions"
+                );
+            }
+        }
     }
 
     /// As claimant, marks `node` as leaving in a new ring version and adopts it.
