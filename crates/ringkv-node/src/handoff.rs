@@ -88,6 +88,11 @@ pub struct HandoffState {
     pub(crate) forward_slots: ForwardSlots,
     /// Replica and hinted writes accepted and not yet stored (`Node::accept_write`).
     writes_in_flight: AtomicU64,
+    /// Where the last sweep ran out of its budget: the partition, and the last key it examined
+    /// there (none: from its first key). The next round starts there, so keys kept every round (unreadable, or refused by
+    /// a home replica) in one partition cannot use the whole budget every round and leave the
+    /// partitions after it never handed over.
+    sweep_resume: Mutex<Option<(PartitionId, Option<Bytes>)>>,
 }
 
 /// An accepted replica or hinted write; dropped once it is stored (or failed).
@@ -626,10 +631,27 @@ impl Node {
             }
         };
         let mut budget = SWEEP_KEYS_PER_ROUND;
+        // Go round: start where the last round stopped, in that partition after its last key.
+        let resume = self.handoff.sweep_resume.lock().unwrap().take();
+        let first = resume
+            .as_ref()
+            .map_or(0, |(p, _)| held.iter().position(|h| h >= p).unwrap_or(0));
+        let mut held = held;
+        held.rotate_left(first);
         for partition in held {
             if budget == 0 || self.shutdown.is_cancelled() {
+                // Not reached this round: the next starts here.
+                self.handoff
+                    .sweep_resume
+                    .lock()
+                    .unwrap()
+                    .get_or_insert((partition, None));
                 return;
             }
+            let after = resume
+                .as_ref()
+                .filter(|(p, _)| *p == partition)
+                .and_then(|(_, key)| key.clone());
             if ring.topology.holds(partition, &me) {
                 continue;
             }
@@ -639,7 +661,10 @@ impl Node {
                 debug!(partition = partition.index(), %down, "keeping handed-over data until every home replica is up");
                 continue;
             }
-            match self.sweep_partition(partition, &homes, &mut budget).await {
+            match self
+                .sweep_partition(partition, &homes, after, &mut budget)
+                .await
+            {
                 Ok(0) => {}
                 Ok(dropped) => {
                     info!(
@@ -652,17 +677,22 @@ impl Node {
         }
     }
 
-    /// Confirms each key of `partition` with every home replica and removes it locally.
-    /// Returns the keys removed.
+    /// Confirms each key of `partition` after `after` with every home replica and removes it
+    /// locally. Returns the keys removed. When the budget runs out before the partition's
+    /// end, records where (`HandoffState::sweep_resume`) for the next round.
     async fn sweep_partition(
         &self,
         partition: PartitionId,
         homes: &[NodeId],
+        mut after: Option<Bytes>,
         budget: &mut usize,
     ) -> Result<u64, String> {
-        let mut after: Option<Bytes> = None;
         let mut dropped = 0;
-        while *budget > 0 {
+        loop {
+            if *budget == 0 {
+                *self.handoff.sweep_resume.lock().unwrap() = Some((partition, after.clone()));
+                break;
+            }
             let limit = SWEEP_BATCH_KEYS.min(*budget);
             let cursor = after.clone();
             let scanned = self

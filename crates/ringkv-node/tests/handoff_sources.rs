@@ -375,3 +375,60 @@ async fn a_node_that_does_not_hold_a_partition_does_not_vouch_for_a_copy_of_it()
     );
     shutdown.cancel();
 }
+
+/// The sweep goes round: it starts each round where the last one ran out of its budget. Before,
+/// it started every round at the first key of the first partition, so more keys kept every
+/// round (here unreadable) than one round's budget in a low partition meant the partitions
+/// after it were never handed over (and a leaving node never drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_kept_every_round_do_not_starve_the_sweep_of_later_partitions() {
+    let shutdown = CancellationToken::new();
+    let n1 = start("n1", None, &shutdown, one_replica).await;
+    let n2 = start("n2", Some(&n1.listen), &shutdown, one_replica).await;
+    let ids = node_ids(&["n1", "n2"]);
+    eventually(Duration::from_secs(30), "n1 and n2 never settled", || {
+        settled(&[&n1, &n2], &ids)
+    })
+    .await;
+    let ring = n1.node.membership().ring().unwrap();
+    let on_n1: Vec<PartitionId> = (0..ring.topology.params().partitions)
+        .map(|i| PartitionId::new(i, ring.topology.params().partitions).unwrap())
+        .filter(|p| ring.topology.home(*p) == [ids[0].clone()])
+        .collect();
+    let (low, high) = (on_n1[0], *on_n1.last().unwrap());
+    let in_partition = |p: PartitionId, prefix: &str, count: usize| -> Vec<Bytes> {
+        (0..)
+            .map(|i| Bytes::from(format!("{prefix}-{i}")))
+            .filter(|k| ring.topology.partition_of(key_hash(k)) == p)
+            .take(count)
+            .collect()
+    };
+    // n2 holds copies of n1's partitions: more unreadable ones in the low partition than one
+    // round's budget, and one readable key in the high one.
+    let writer = ReplicaId::new(NodeId::new("n1").unwrap(), 1);
+    let stuck = in_partition(
+        low,
+        "stuck",
+        ringkv_node::handoff::SWEEP_KEYS_PER_ROUND + 100,
+    );
+    let [wanted] = <[Bytes; 1]>::try_from(in_partition(high, "wanted", 1)).unwrap();
+    for (p, key) in stuck.iter().map(|k| (low, k)).chain([(high, &wanted)]) {
+        let (versions, _) =
+            VersionSet::default().update(&VersionVector::new(), Some(key.clone()), &writer);
+        n2.engine
+            .update(p, key, &mut |_| Some(versions.clone()))
+            .unwrap();
+    }
+    let refs: Vec<&[u8]> = stuck.iter().map(|k| k.as_ref()).collect();
+    n2.engine.make_unreadable(&refs);
+    eventually(
+        Duration::from_secs(30),
+        "the key behind a partition of kept keys was never handed over",
+        || {
+            n1.engine.get(high, &wanted).unwrap().is_some()
+                && n2.engine.get(high, &wanted).unwrap().is_none()
+        },
+    )
+    .await;
+    shutdown.cancel();
+}
